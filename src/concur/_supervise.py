@@ -1,0 +1,159 @@
+"""Keeping child processes tied to their parent.
+
+Parent side
+    One *lifeline* pipe per process. The parent keeps the write end and never
+    writes to it; every child concur starts gets a copy of the read end. When
+    the parent dies for any reason (SIGKILL included) the kernel closes the
+    write end and the children read EOF. ``os.register_at_fork`` closes the
+    write end in every forked child, so no child can keep a sibling's
+    lifeline open.
+
+Child side (``child_setup``, first thing in a worker)
+    * a daemon thread blocks reading the lifeline and ends the process the
+      moment it reads EOF, even while the main thread runs a long task;
+    * on Linux, ``PR_SET_PDEATHSIG`` asks the kernel for SIGKILL when the
+      parent *thread* that started the child exits. concur starts workers
+      from the pool's supervisor thread, which lives as long as the pool, so
+      the signal never fires early; it covers the case where the lifeline
+      thread cannot run (a C call holding the GIL);
+    * SIGINT is ignored: Ctrl-C reaches the whole foreground process group,
+      and it is the parent's job to stop the workers, without a traceback
+      from each of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from multiprocessing import process as mp_process
+
+from .errors import ConcurError
+
+__all__ = ["MainGuardMissing", "check_not_bootstrapping", "child_setup", "lifeline_fd"]
+
+# Exit status of a worker that left because its parent is gone.
+ORPHAN_EXIT = 75
+
+_lock = threading.Lock()
+_lifeline: tuple[int, int] | None = None  # (read fd, write fd), in the owning process
+_owner_pid: int | None = None
+
+
+class MainGuardMissing(ConcurError, RuntimeError):
+    """A process was started while the main module was still being imported."""
+
+
+def lifeline_fd() -> int:
+    """The read end of this process's lifeline, created on first use."""
+    global _lifeline, _owner_pid
+    with _lock:
+        if _lifeline is None or _owner_pid != os.getpid():
+            _lifeline = os.pipe()
+            _owner_pid = os.getpid()
+        return _lifeline[0]
+
+
+def _forget_lifeline_in_child() -> None:
+    """After fork: the parent's write end must not live on in the child."""
+    global _lifeline, _owner_pid, _lock
+    _lock = threading.Lock()
+    if _lifeline is not None:
+        try:
+            os.close(_lifeline[1])
+        except OSError:
+            pass
+    _lifeline = None
+    _owner_pid = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lifeline_in_child)
+
+
+def child_setup(lifeline: int, title: str, pdeathsig: bool) -> None:
+    """Tie this (child) process to its parent; see the module docstring.
+
+    ``pdeathsig`` only when the thread that started the child lives as long
+    as the parent process (a pool's supervisor, or the main thread).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pdeathsig:
+        _set_pdeathsig()
+    _set_title(title)
+    if _at_eof(lifeline):  # the parent died before we got here
+        os._exit(ORPHAN_EXIT)
+    watcher = threading.Thread(
+        target=_watch_lifeline, args=(lifeline,), name="concur-lifeline", daemon=True
+    )
+    watcher.start()
+
+
+def _watch_lifeline(fd: int) -> None:
+    while True:
+        try:
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+    os._exit(ORPHAN_EXIT)
+
+
+def _at_eof(fd: int) -> bool:
+    import select
+
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+def _libc() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _set_pdeathsig() -> None:
+    libc = _libc()
+    if libc is not None:
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)  # type: ignore[attr-defined]
+
+
+def _set_title(title: str) -> None:
+    """A readable name in ``ps`` and ``top``: setproctitle if installed, else PR_SET_NAME."""
+    try:
+        import setproctitle
+    except ImportError:
+        libc = _libc()
+        if libc is not None:
+            pr_set_name = 15
+            libc.prctl(pr_set_name, title.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
+        return
+    setproctitle.setproctitle(title)
+
+
+def check_not_bootstrapping(what: str) -> None:
+    """Refuse to start processes while a child imports the main module.
+
+    Under the spawn and forkserver start methods a child imports the main
+    script again; code at its top level that starts processes would start
+    them again in every child (CPython raises a long RuntimeError or hangs).
+    """
+    if getattr(mp_process.current_process(), "_inheriting", False):
+        raise MainGuardMissing(
+            f"{what} was started while a child process was importing the main module.\n"
+            "Put the code that starts processes under a main guard:\n\n"
+            '    if __name__ == "__main__":\n'
+            "        main()\n\n"
+            "Child processes import your script again; the guard keeps them from "
+            "starting processes of their own."
+        )

@@ -1,0 +1,161 @@
+"""Every error concur raises, under one root: :class:`ConcurError`.
+
+Where the standard library raises a type of its own for the same event
+(``BrokenProcessPool``, ``RuntimeError`` after shutdown, ``TimeoutError``,
+``PicklingError``), the concur error subclasses it too, so ``except`` clauses
+written for ``concurrent.futures`` keep catching it.
+
+Each error carries the facts as attributes and its message says what to do.
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
+
+__all__ = [
+    "ConcurError",
+    "PoolBroken",
+    "PoolClosed",
+    "ProcessPoolBroken",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "ThreadNotKillable",
+    "ThreadPoolBroken",
+    "WorkerCrashed",
+    "WorkerStateError",
+]
+
+
+class ConcurError(Exception):
+    """Root of every error raised by concur itself."""
+
+
+class PoolClosed(ConcurError, RuntimeError):
+    """A task was submitted to a pool that is shut down (or shutting down)."""
+
+
+class PoolBroken(ConcurError, BrokenExecutor):
+    """The pool cannot run tasks any more (its worker initializer failed)."""
+
+
+class ProcessPoolBroken(PoolBroken, BrokenProcessPool):
+    """A :class:`concur.ProcessPool` cannot run tasks any more."""
+
+
+class ThreadPoolBroken(PoolBroken, BrokenThreadPool):
+    """A :class:`concur.ThreadPool` cannot run tasks any more."""
+
+
+class SerializationError(ConcurError, pickle.PicklingError, TypeError):
+    """An object could not be sent to or from a worker process.
+
+    ``what`` names the object ("argument", "result", "exception", "callable").
+    """
+
+    def __init__(self, message: str, what: str = "object") -> None:
+        super().__init__(message)
+        self.what = what
+
+
+class WorkerCrashed(ConcurError, BrokenProcessPool):
+    """The worker process running a task died before the task finished.
+
+    Only that task fails: the pool replaces the worker and goes on.
+    ``pid``, ``exitcode`` (negative: killed by a signal) and ``signal_name``
+    describe the death; ``hint`` suggests a likely cause.
+    """
+
+    def __init__(self, pid: int | None, exitcode: int | None, task: str | None = None) -> None:
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = _signal_name(exitcode)
+        self.hint = _crash_hint(exitcode)
+        how = (
+            f"was killed by {self.signal_name}"
+            if self.signal_name
+            else f"exited with code {exitcode}"
+        )
+        about = f" while running {task}" if task else ""
+        super().__init__(
+            f"worker process {pid} {how}{about}. {self.hint} "
+            "Only this task failed; the pool replaced the worker."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid, self.exitcode))
+
+
+class ThreadNotKillable(ConcurError, TypeError):
+    """terminate() or kill() was called on a thread worker."""
+
+
+class WorkerStateError(ConcurError, ValueError):
+    """An attribute of a worker was changed at a time it cannot change."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process.
+
+    concur attaches it as ``__cause__`` of the re-raised exception, so the
+    worker's frames print under "The above exception was the direct cause".
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class RemoteError(ConcurError):
+    """An exception from a worker whose own class could not be rebuilt here.
+
+    ``type_name``, ``message`` and ``traceback`` keep what the worker knew.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(
+            f"{type_name}: {message} (the worker's exception could not be rebuilt in "
+            "this process; define the exception class in an importable module)"
+        )
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))
+
+
+_HINTS = {
+    "SIGKILL": "Killed from outside: out of memory? (check `dmesg` for the OOM killer)",
+    "SIGSEGV": "A crash in native code (a C extension or ctypes).",
+    "SIGBUS": "A crash in native code (bad memory access).",
+    "SIGABRT": "Native code aborted (a failed assertion in a C library?).",
+    "SIGTERM": "Something sent it SIGTERM.",
+    "SIGFPE": "A crash in native code (arithmetic fault).",
+}
+
+
+def _signal_name(exitcode: int | None) -> str | None:
+    import signal
+
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _crash_hint(exitcode: int | None) -> str:
+    name = _signal_name(exitcode)
+    if name is not None:
+        return _HINTS.get(name, "It was killed by a signal.")
+    if exitcode is None:
+        return "Its exit status is unknown."
+    return "The task (or code it called) ended the process, e.g. with os._exit() or sys.exit()."
