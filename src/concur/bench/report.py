@@ -1,0 +1,124 @@
+"""The benchmark's output: the machine first, then one table per scenario, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import sysconfig
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..processes import cpu_count, default_start_method
+from .backends import BACKENDS
+from .runner import SCENARIOS, Result
+
+
+def environment() -> dict[str, Any]:
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "build": " ".join(platform.python_build()),
+        "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+        "gil_enabled": gil,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": cpu_count(),
+        "start_method": default_start_method(),
+    }
+
+
+def print_environment(console: Console, env: dict[str, Any]) -> None:
+    gil = "GIL enabled" if env["gil_enabled"] else "GIL disabled (free-threaded)"
+    console.print(
+        f"[bold]Python[/] {env['implementation']} {env['python']} ({env['build']}), {gil}\n"
+        f"[bold]CPUs[/] {env['cpus_usable']} usable of {env['cpus']} · "
+        f"[bold]start method[/] {env['start_method']} · {env['platform']}"
+    )
+
+
+def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
+    """One row per (scenario, backend) with median, min, max and ratios."""
+    rows = []
+    for (scenario_name, backend_name), result in results.items():
+        scenario = SCENARIOS[scenario_name]
+        serial = results.get((scenario_name, "serial"))
+        kind = BACKENDS[backend_name].kind
+        # Compare like with like: threads with thread peers, processes with process peers.
+        peers = [
+            r.median
+            for (s, b), r in results.items()
+            if s == scenario_name
+            and BACKENDS[b].family == "peer"
+            and r.median is not None
+            and (kind == "none" or BACKENDS[b].kind == kind)
+        ]
+        median = result.median
+        row: dict[str, Any] = {
+            "scenario": scenario_name,
+            "backend": backend_name,
+            "unit": scenario.unit,
+            "median": median,
+            "min": min(result.samples) if result.samples else None,
+            "max": max(result.samples) if result.samples else None,
+            "samples": result.samples,
+            "error": result.error,
+            # > 1 means faster than serial / than the best peer.
+            "vs_serial": (serial.median / median) if median and serial and serial.median else None,
+            "vs_best_peer": (min(peers) / median) if median and peers else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def _num(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if unit != "s" else f"{value:.3f}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 10:
+        return f"{value:.0f}×"
+    return f"{value:.2f}×" if value >= 0.1 else f"{value:.4f}×"
+
+
+def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
+    for scenario_name in dict.fromkeys(r["scenario"] for r in rows):
+        scenario = SCENARIOS[scenario_name]
+        table = Table(title=f"{scenario_name}: {scenario.about}", title_justify="left")
+        table.add_column("backend")
+        table.add_column(f"median {scenario.unit}", justify="right")
+        table.add_column("min", justify="right")
+        table.add_column("max", justify="right")
+        table.add_column("vs serial", justify="right")
+        table.add_column("vs best peer", justify="right")
+        for row in (r for r in rows if r["scenario"] == scenario_name):
+            if row["error"] and not row["samples"]:
+                table.add_row(row["backend"], f"[red]{row['error'].splitlines()[0]}[/]")
+                continue
+            table.add_row(
+                row["backend"],
+                _num(row["median"], row["unit"]),
+                _num(row["min"], row["unit"]),
+                _num(row["max"], row["unit"]),
+                _ratio(row["vs_serial"]),
+                _ratio(row["vs_best_peer"]),
+            )
+        console.print(table)
+    console.print(
+        "Ratios divide medians from this run: above 1.00× means faster than serial, "
+        "or than the fastest peer of the same kind (threads vs threads, processes vs processes)."
+    )
+
+
+def write_json(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"environment": env, "results": rows}, handle, indent=2)
+        handle.write("\n")
