@@ -1,0 +1,76 @@
+"""Shared fixtures: every test must leave no child process and no stray thread."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+START_METHODS = ["fork", "forkserver", "spawn"]
+
+
+def _service_pids() -> set[int]:
+    """multiprocessing's own long-lived helpers, shared by the whole session."""
+    pids = set()
+    from multiprocessing import forkserver, resource_tracker
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None):
+        pids.add(server._forkserver_pid)
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if tracker is not None and getattr(tracker, "_pid", None):
+        pids.add(tracker._pid)
+    return pids
+
+
+def leftover_children() -> list[psutil.Process]:
+    service = _service_pids()
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in service:
+            continue
+        try:
+            if child.ppid() in service and child.status() == psutil.STATUS_ZOMBIE:
+                continue  # the fork server reaps its own children
+        except psutil.NoSuchProcess:
+            continue
+        found.append(child)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    threads_before = set(threading.enumerate())
+    yield
+    multiprocessing.active_children()  # reap what multiprocessing started
+    deadline = time.monotonic() + 5.0
+    while True:
+        children = leftover_children()
+        threads = [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and (not t.daemon or "concur" in t.name)
+        ]
+        if not children and not threads:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    described = [f"{c.pid} {c.name()} {c.status()}" for c in children]
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    pytest.fail(
+        f"test left behind child processes {described} and threads {[t.name for t in threads]}"
+    )
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

@@ -1,0 +1,72 @@
+"""The one-shot helpers: concur.map, concur.imap, concur.run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import concur
+
+BACKENDS = ["process", "thread", "inline"]
+
+
+def inc(x):
+    return x + 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_matches_builtin_map(backend):
+    assert concur.map(inc, range(20), backend=backend, workers=2) == list(map(inc, range(20)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_imap_streams_and_closes(backend):
+    results = concur.imap(inc, itertools.count(), backend=backend, workers=2)
+    assert list(itertools.islice(results, 5)) == [1, 2, 3, 4, 5]
+    results.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_returns_the_result(backend):
+    pid = concur.run(os.getpid, backend=backend)
+    assert (pid == os.getpid()) == (backend != "process")
+
+
+def test_run_passes_keywords_and_raises_remote_errors():
+    assert concur.run(int, "ff", base=16) == 255
+    with pytest.raises(ValueError, match="invalid literal"):
+        concur.run(int, "zz")
+
+
+def test_run_timeout_kills_the_process():
+    import time
+
+    with pytest.raises(TimeoutError):
+        concur.run(time.sleep, 30, timeout=0.3)
+
+
+def test_unknown_backend_says_what_is_allowed():
+    with pytest.raises(ValueError, match="'process', 'thread', 'inline'"):
+        concur.map(inc, [1], backend="gpu")
+
+
+def test_bad_worker_count():
+    with pytest.raises(ValueError, match="workers"):
+        concur.map(inc, [1], workers=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=-(10**6), max_value=10**6), max_size=200))
+def test_thread_map_equals_builtin_map_on_random_input(items):
+    assert concur.map(inc, items, backend="thread", workers=3) == [x + 1 for x in items]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(), max_size=300), st.sampled_from([1, 3, "auto"]))
+def test_pool_imap_equals_builtin_map_on_random_input(items, chunksize):
+    with concur.ThreadPool(2) as pool:
+        assert list(pool.imap(inc, items, chunksize=chunksize)) == [x + 1 for x in items]

@@ -1,0 +1,52 @@
+import concurrent.futures
+
+import concur
+
+
+def test_public_api_is_pinned():
+    assert concur.__all__ == (
+        "ConcurError",
+        "MainGuardMissing",
+        "PoolBroken",
+        "PoolClosed",
+        "ProcessPool",
+        "ProcessPoolBroken",
+        "RemoteError",
+        "RemoteTraceback",
+        "SerializationError",
+        "ThreadNotKillable",
+        "ThreadPool",
+        "ThreadPoolBroken",
+        "Worker",
+        "WorkerCrashed",
+        "WorkerStateError",
+        "__version__",
+        "imap",
+        "map",
+        "process",
+        "run",
+        "spawn",
+        "thread",
+    )
+    for name in concur.__all__:
+        assert hasattr(concur, name), name
+
+
+def test_pools_are_executors():
+    assert issubclass(concur.ThreadPool, concurrent.futures.Executor)
+    assert issubclass(concur.ProcessPool, concurrent.futures.Executor)
+
+
+def test_errors_share_one_root_and_keep_stdlib_types():
+    for name in concur.__all__:
+        obj = getattr(concur, name)
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Exception)
+            and obj is not concur.RemoteTraceback
+        ):
+            assert issubclass(obj, concur.ConcurError), name
+    assert issubclass(concur.ProcessPoolBroken, concurrent.futures.process.BrokenProcessPool)
+    assert issubclass(concur.ThreadPoolBroken, concurrent.futures.thread.BrokenThreadPool)
+    assert issubclass(concur.WorkerCrashed, concurrent.futures.process.BrokenProcessPool)
+    assert issubclass(concur.PoolClosed, RuntimeError)
