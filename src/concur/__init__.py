@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from ._supervise import MainGuardMissing
+from ._pool import PoolView, TaskOptions
 from .api import imap, map, run
 from .errors import (
     ConcurError,
+    MainGuardMissing,
     PoolBroken,
     PoolClosed,
     ProcessPoolBroken,
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    TaskTimeout,
     ThreadNotKillable,
     ThreadPoolBroken,
     WorkerCrashed,
     WorkerStateError,
 )
 from .processes import ProcessPool
+from .ps import WorkerInfo
 from .spawn import Worker, process, spawn, thread
 from .threads import ThreadPool
 
@@ -28,16 +31,20 @@ __all__ = (
     "MainGuardMissing",
     "PoolBroken",
     "PoolClosed",
+    "PoolView",
     "ProcessPool",
     "ProcessPoolBroken",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskOptions",
+    "TaskTimeout",
     "ThreadNotKillable",
     "ThreadPool",
     "ThreadPoolBroken",
     "Worker",
     "WorkerCrashed",
+    "WorkerInfo",
     "WorkerStateError",
     "__version__",
     "imap",

@@ -1,8 +1,9 @@
 """What both pools share: ``map`` and ``imap`` over chunks, and their sizing.
 
-A pool subclass provides ``submit`` and ``_submit_chunk(fn, items)``; the
-latter returns a future whose result is ``(outcomes, wall_s, cpu_s)``: one
-outcome per item, in order, and the time the whole chunk took in the worker.
+A pool subclass provides ``_submit_with(options, fn, args, kwargs)`` and
+``_submit_chunk(fn, items, fn_blob, options)``; the latter returns a future
+whose result is ``(outcomes, wall_s, cpu_s)``: one outcome per item, in
+order, and the time the whole chunk took in the worker.
 Items of a chunk run one after another in one worker; an item that raises
 does not stop the rest of its chunk, so ``map`` can yield every result before
 a failed item and then raise at the failed item's position, exactly where the
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, InvalidStateError, wait
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _task
@@ -47,6 +51,77 @@ def check_timeout(timeout: float | None) -> float | None:
     if not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be None or a number >= 0 seconds, not {timeout!r}")
     return float(timeout)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task settings: a time limit (seconds, from when the task starts
+    running) and how many times a task whose worker crashed is run again."""
+
+    timeout: float | None = None
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        check_timeout(self.timeout)
+        if self.timeout == 0:
+            raise ValueError("timeout must be > 0 seconds (or None for no limit)")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {self.retries!r}")
+
+    def for_chunk(self, items: int) -> TaskOptions:
+        """A chunk of ``items`` gets each item's time limit, added up."""
+        if self.timeout is None or items == 1:
+            return self
+        return TaskOptions(self.timeout * items, self.retries)
+
+
+class RunningFuture(Future[Any]):
+    """A Future whose ``cancel()`` also stops a task that is already running.
+
+    The pool sets ``_stop``: a callable that stops the task where it runs
+    (kills its worker process) and returns True if it did.
+    """
+
+    _stop: Callable[[], bool] | None = None
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        stop = self._stop
+        if stop is None or not self.running() or not stop():
+            return False
+        with self._condition:
+            if self._state != RUNNING:
+                return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+
+def settle(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
+    """Set a result or exception unless the future is already done.
+
+    A pool's future can be finished from two sides (a reply and a timeout, a
+    crash and a cancel); the first one wins and the other is dropped.
+    """
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+def dying_of_interrupt() -> bool:
+    """True when the interpreter is exiting because of an uncaught Ctrl-C."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
 
 
 def static_chunksize(n: int, workers: int) -> int:
@@ -82,15 +157,72 @@ class ChunkSizer:
 
 
 class PoolBase(Executor):
-    """Executor with chunked ``map`` and streaming ``imap``."""
+    """Executor with per-task options, chunked ``map`` and streaming ``imap``."""
 
     _kind = "thread"
     _max_workers: int
+    _defaults: TaskOptions
+
+    def _submit_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
+        raise NotImplementedError
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[tuple[Any, ...]], fn_blob: bytes | None
+        self,
+        fn: Callable[..., Any],
+        items: list[tuple[Any, ...]],
+        fn_blob: bytes | None,
+        options: TaskOptions,
     ) -> Future[ChunkResult]:
         raise NotImplementedError
+
+    def _abort(self) -> None:
+        """Stop now: cancel queued tasks, stop running ones where possible."""
+        raise NotImplementedError
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        return self._submit_with(self._defaults, fn, args, kwargs)
+
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> PoolView:
+        """This pool with other per-task settings, for ``submit``, ``map`` and ``imap``::
+
+            pool.options(timeout=5).submit(fetch, url)
+
+        ``timeout`` (seconds) counts from when a task starts running;
+        ``retries`` reruns a task whose worker crashed, on a fresh worker.
+        Unset values keep the pool's own.
+        """
+        current = self._defaults
+        return PoolView(
+            self,
+            TaskOptions(
+                current.timeout if timeout is None else timeout,
+                current.retries if retries is None else retries,
+            ),
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # One Ctrl-C stops everything: no waiting for the queue to drain.
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._abort()
+        else:
+            self.shutdown(wait=True)
+
+    def _exit_hook(self) -> None:
+        if dying_of_interrupt():
+            self._abort()
+        else:
+            self.shutdown(wait=True)
 
     def _prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         """Serialize the callable once per map/imap call (processes only)."""
@@ -112,18 +244,30 @@ class PoolBase(Executor):
         position, after every result before it was yielded. ``timeout`` counts
         from this call and raises ``TimeoutError`` when a result is late.
         """
+        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+
+    def _map(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., R],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: ChunkSize,
+    ) -> Iterator[R]:
         timeout = check_timeout(timeout)
         end_time = None if timeout is None else time.monotonic() + timeout
         items = list(zip(*iterables, strict=False))
         if chunksize == "auto":
-            size = static_chunksize(len(items), self._max_workers)
+            # Items with a time limit go one by one, so each gets its own.
+            one_by_one = options.timeout is not None
+            size = 1 if one_by_one else static_chunksize(len(items), self._max_workers)
         else:
             size = ChunkSizer(chunksize, self._max_workers, self._kind).next_size(None)
         fn_blob = self._prepare_fn(fn) if items else None
-        futures = [
-            self._submit_chunk(fn, items[start : start + size], fn_blob)
-            for start in range(0, len(items), size)
-        ]
+        futures = []
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            futures.append(self._submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk))))
         return _map_results(futures, end_time)
 
     # -- imap --------------------------------------------------------------
@@ -145,13 +289,64 @@ class PoolBase(Executor):
         yields results as they finish. With ``return_exceptions=True`` a
         failed item yields its exception instead of raising it.
         """
+        return self._imap(
+            self._defaults, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
+
+    def _imap(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., R],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        chunksize: ChunkSize,
+        return_exceptions: bool,
+        max_inflight: int | None,
+    ) -> Iterator[R]:
+        if chunksize == "auto" and options.timeout is not None:
+            chunksize = 1  # items with a time limit go one by one
         sizer = ChunkSizer(chunksize, self._max_workers, self._kind)
         limit = max_inflight if max_inflight is not None else 2 * self._max_workers
         if limit < 1:
             raise ValueError(f"max_inflight must be >= 1, not {limit!r}")
         source: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         remaining = _length_hint(iterables)
-        return _Stream(self, fn, source, sizer, limit, ordered, return_exceptions, remaining)
+        return _Stream(
+            self, options, fn, source, sizer, limit, ordered, return_exceptions, remaining
+        )
+
+
+class PoolView:
+    """A pool seen with other per-task options (see ``PoolBase.options``)."""
+
+    def __init__(self, pool: PoolBase, options: TaskOptions) -> None:
+        self.pool = pool
+        self.task_options = options
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        return self.pool._submit_with(self.task_options, fn, args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: ChunkSize = "auto",
+    ) -> Iterator[R]:
+        return self.pool._map(self.task_options, fn, iterables, timeout, chunksize)
+
+    def imap(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: ChunkSize = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+    ) -> Iterator[R]:
+        return self.pool._imap(
+            self.task_options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
 
 
 def _length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
@@ -170,20 +365,32 @@ def _chunk_result(future: Future[ChunkResult], end_time: float | None) -> ChunkR
     return future.result(max(0.0, end_time - time.monotonic()))
 
 
+def cancel_all(futures: Iterable[Future[Any]], running_too: bool) -> None:
+    """Cancel futures that have not started; with ``running_too``, stop running ones.
+
+    Leaving a loop early (break, an exception) cancels only the queued work, as
+    the standard library does; Ctrl-C stops the running work too.
+    """
+    for future in futures:
+        if running_too or not future.running():
+            future.cancel()
+
+
 def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> Iterator[Any]:
     pending = deque(futures)
+    interrupted = False
     try:
         while pending:
             try:
                 outcomes, _, _ = _chunk_result(pending[0], end_time)
-            except FuturesTimeout:
-                raise FuturesTimeout() from None
+            except KeyboardInterrupt:
+                interrupted = True
+                raise
             pending.popleft()
             for outcome in outcomes:
                 yield _task.resolve(outcome)
     finally:
-        for future in pending:
-            future.cancel()
+        cancel_all(pending, running_too=interrupted)
 
 
 class _Stream(Iterator[Any]):
@@ -192,6 +399,7 @@ class _Stream(Iterator[Any]):
     def __init__(
         self,
         pool: PoolBase,
+        options: TaskOptions,
         fn: Callable[..., Any],
         source: Iterator[tuple[Any, ...]],
         sizer: ChunkSizer,
@@ -201,6 +409,7 @@ class _Stream(Iterator[Any]):
         remaining: int | None,
     ) -> None:
         self._pool = pool
+        self._options = options
         self._fn = fn
         self._fn_blob: bytes | None = None
         self._blob_ready = False
@@ -222,7 +431,11 @@ class _Stream(Iterator[Any]):
             if not self._inflight:
                 self.close()
                 raise StopIteration
-            self._collect()
+            try:
+                self._collect()
+            except KeyboardInterrupt:
+                self.close(running_too=True)
+                raise
         status, value = self._ready.popleft()
         if status == _task.OK:
             return value
@@ -244,7 +457,8 @@ class _Stream(Iterator[Any]):
             if not self._blob_ready:
                 self._fn_blob = self._pool._prepare_fn(self._fn)
                 self._blob_ready = True
-            future = self._pool._submit_chunk(self._fn, chunk, self._fn_blob)
+            options = self._options.for_chunk(len(chunk))
+            future = self._pool._submit_chunk(self._fn, chunk, self._fn_blob, options)
             self._inflight.append((future, len(chunk)))
 
     def _collect(self) -> None:
@@ -274,11 +488,10 @@ class _Stream(Iterator[Any]):
         self._sizer.observe(count, wall)
         self._ready.extend(outcomes)
 
-    def close(self) -> None:
+    def close(self, running_too: bool = False) -> None:
         """Stop reading input and cancel chunks that have not started."""
         self._source = None
-        for future, _ in self._inflight:
-            future.cancel()
+        cancel_all([future for future, _ in self._inflight], running_too)
         self._inflight.clear()
 
     def __del__(self) -> None:

@@ -29,20 +29,18 @@ import sys
 import threading
 from multiprocessing import process as mp_process
 
-from .errors import ConcurError
+from .errors import MainGuardMissing
 
-__all__ = ["MainGuardMissing", "check_not_bootstrapping", "child_setup", "lifeline_fd"]
+__all__ = ["check_not_bootstrapping", "child_setup", "lifeline_fd", "main_guard_error"]
 
 # Exit status of a worker that left because its parent is gone.
 ORPHAN_EXIT = 75
+# Exit status of a child that found its main module starting processes.
+MAIN_GUARD_EXIT = 78
 
 _lock = threading.Lock()
 _lifeline: tuple[int, int] | None = None  # (read fd, write fd), in the owning process
 _owner_pid: int | None = None
-
-
-class MainGuardMissing(ConcurError, RuntimeError):
-    """A process was started while the main module was still being imported."""
 
 
 def lifeline_fd() -> int:
@@ -72,16 +70,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_lifeline_in_child)
 
 
-def child_setup(lifeline: int, title: str, pdeathsig: bool) -> None:
+def child_setup(lifeline: int, title: str, pdeathsig: bool, short: str = "concur-worker") -> None:
     """Tie this (child) process to its parent; see the module docstring.
 
     ``pdeathsig`` only when the thread that started the child lives as long
     as the parent process (a pool's supervisor, or the main thread).
+    ``title`` names the process in ``ps`` when setproctitle is installed;
+    ``short`` (15 bytes at most) is its kernel name either way.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if pdeathsig:
         _set_pdeathsig()
-    _set_title(title)
+    _set_title(title, short)
     if _at_eof(lifeline):  # the parent died before we got here
         os._exit(ORPHAN_EXIT)
     watcher = threading.Thread(
@@ -128,17 +128,31 @@ def _set_pdeathsig() -> None:
         libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)  # type: ignore[attr-defined]
 
 
-def _set_title(title: str) -> None:
-    """A readable name in ``ps`` and ``top``: setproctitle if installed, else PR_SET_NAME."""
+def _set_title(title: str, short: str) -> None:
+    """A readable name in ``ps`` and ``top``: the kernel's process name
+    (``PR_SET_NAME``, what ``ps -o comm`` and ``top`` show) and, with the
+    optional setproctitle, the whole command line."""
     try:
         import setproctitle
     except ImportError:
-        libc = _libc()
-        if libc is not None:
-            pr_set_name = 15
-            libc.prctl(pr_set_name, title.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
-        return
-    setproctitle.setproctitle(title)
+        pass
+    else:
+        setproctitle.setproctitle(title)  # it sets the kernel name too; ours follows
+    libc = _libc()
+    if libc is not None:
+        pr_set_name = 15
+        libc.prctl(pr_set_name, short.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
+
+
+def main_guard_error(what: str) -> MainGuardMissing:
+    return MainGuardMissing(
+        f"{what} was started while a child process was importing the main module.\n"
+        "Put the code that starts processes under a main guard:\n\n"
+        '    if __name__ == "__main__":\n'
+        "        main()\n\n"
+        "Child processes import your script again; the guard keeps them from "
+        "starting processes of their own."
+    )
 
 
 def check_not_bootstrapping(what: str) -> None:
@@ -146,14 +160,12 @@ def check_not_bootstrapping(what: str) -> None:
 
     Under the spawn and forkserver start methods a child imports the main
     script again; code at its top level that starts processes would start
-    them again in every child (CPython raises a long RuntimeError or hangs).
+    them again in every child (CPython raises a long RuntimeError from deep
+    inside multiprocessing, or hangs). The child prints the fix once and
+    exits with ``MAIN_GUARD_EXIT``; the parent, seeing that status, raises
+    ``MainGuardMissing`` with the same text.
     """
     if getattr(mp_process.current_process(), "_inheriting", False):
-        raise MainGuardMissing(
-            f"{what} was started while a child process was importing the main module.\n"
-            "Put the code that starts processes under a main guard:\n\n"
-            '    if __name__ == "__main__":\n'
-            "        main()\n\n"
-            "Child processes import your script again; the guard keeps them from "
-            "starting processes of their own."
-        )
+        sys.stderr.write(f"concur: {main_guard_error(what)}\n")
+        sys.stderr.flush()
+        os._exit(MAIN_GUARD_EXIT)

@@ -4,7 +4,9 @@
 
 One task at a time, so the parent always knows which task a worker holds.
 Nothing here talks to other workers. A reply says whether the worker is about
-to retire (``max_tasks_per_child``), so the parent sends it no more work.
+to retire (``max_tasks_per_child`` reached, or its RSS above
+``max_memory_per_child`` after the task), so the parent sends it no more work
+and starts a replacement.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from . import _supervise, _task
 from .errors import SerializationError
+from .ps import own_rss
 
 INIT_FAILED = -1
 
@@ -25,9 +28,10 @@ def main(
     lifeline: Connection,
     title: str,
     init_blob: bytes | None,
-    max_tasks: int | None,
+    limits: tuple[int | None, int | None],
 ) -> None:
     _supervise.child_setup(lifeline.fileno(), title, pdeathsig=True)
+    max_tasks, max_memory = limits
     if init_blob is not None and not _run_initializer(init_blob, results):
         return
     done = 0
@@ -58,7 +62,9 @@ def main(
                 outcomes, _, _ = _task.run_chunk(cached[1], message[3], pack=True)
                 outcome = (_task.CHUNK_DONE, outcomes)
         done += 1
-        retiring = max_tasks is not None and done >= max_tasks
+        retiring = (max_tasks is not None and done >= max_tasks) or (
+            max_memory is not None and own_rss() > max_memory
+        )
         _reply(results, task_id, outcome, start_wall, start_cpu, retiring)
         if retiring:
             return

@@ -63,10 +63,10 @@ def map(
     check_timeout(timeout)
     if backend == "inline":
         return list(builtins.map(fn, *iterables))
-    with _pool(backend, workers) as pool:
+    with _pool(backend, workers) as pool:  # Ctrl-C: the pool stops at once
         try:
             return list(pool.map(fn, *iterables, timeout=timeout, chunksize=chunksize))
-        except BaseException:
+        except Exception:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
@@ -121,6 +121,9 @@ def _pooled_imap(
             chunksize=chunksize,
             return_exceptions=return_exceptions,
         )
+    except KeyboardInterrupt:
+        pool._abort()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -11,18 +11,21 @@ Each error carries the facts as attributes and its message says what to do.
 from __future__ import annotations
 
 import pickle
+from concurrent import futures
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 __all__ = [
     "ConcurError",
+    "MainGuardMissing",
     "PoolBroken",
     "PoolClosed",
     "ProcessPoolBroken",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskTimeout",
     "ThreadNotKillable",
     "ThreadPoolBroken",
     "WorkerCrashed",
@@ -32,6 +35,11 @@ __all__ = [
 
 class ConcurError(Exception):
     """Root of every error raised by concur itself."""
+
+
+class MainGuardMissing(ConcurError, RuntimeError):
+    """A process was started while a child was importing the main module
+    (the script lacks ``if __name__ == "__main__":``)."""
 
 
 class PoolClosed(ConcurError, RuntimeError):
@@ -87,6 +95,33 @@ class WorkerCrashed(ConcurError, BrokenProcessPool):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.pid, self.exitcode))
+
+
+# On 3.10 concurrent.futures has its own TimeoutError; from 3.11 it is the builtin.
+_TIMEOUT_BASES: tuple[type[Exception], ...] = tuple(
+    dict.fromkeys([TimeoutError, futures.TimeoutError])
+)
+
+
+class TaskTimeout(ConcurError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task ran past its time limit and was stopped.
+
+    A process task's worker was killed (SIGTERM, then SIGKILL) and replaced;
+    a thread task's thread cannot be stopped and was abandoned.
+    """
+
+    def __init__(self, task: str, timeout: float, pid: int | None = None) -> None:
+        self.task = task
+        self.timeout = timeout
+        self.pid = pid
+        where = f"its worker process {pid} was stopped" if pid else "its thread was abandoned"
+        super().__init__(
+            f"{task} ran longer than its {timeout:g} s limit; {where}. "
+            "Raise the timeout, or split the work into smaller tasks."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.timeout, self.pid))
 
 
 class ThreadNotKillable(ConcurError, TypeError):

@@ -33,6 +33,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -45,7 +46,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _pool, _supervise, _task, _worker
 from ._exit import register_exit_hook
-from .errors import PoolClosed, ProcessPoolBroken, SerializationError, WorkerCrashed
+from .errors import (
+    PoolClosed,
+    ProcessPoolBroken,
+    SerializationError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+from .ps import WorkerInfo, parse_size, rss
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,6 +63,8 @@ _task_ids = itertools.count()
 
 # How long a worker asked to exit gets before it is terminated, then killed.
 _EXIT_GRACE_S = 2.0
+# How long a timed-out worker gets between SIGTERM and SIGKILL.
+_STOP_GRACE_S = 0.2
 
 
 def cpu_count() -> int:
@@ -104,16 +114,25 @@ def _preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
 
 
 class _Task:
-    __slots__ = ("chunk", "fn", "future", "id", "payload")
+    __slots__ = ("chunk", "deadline", "fn", "future", "id", "payload", "retries", "timeout")
 
     def __init__(
-        self, task_id: int, future: Future[Any], payload: bytes, fn: object, chunk: bool
+        self,
+        task_id: int,
+        future: _pool.RunningFuture,
+        payload: bytes,
+        fn: object,
+        chunk: bool,
+        options: _pool.TaskOptions,
     ) -> None:
         self.id = task_id
         self.future = future
         self.payload = payload
         self.fn = fn
         self.chunk = chunk
+        self.timeout = options.timeout
+        self.retries = options.retries
+        self.deadline: float | None = None
 
     @property
     def label(self) -> str:
@@ -123,12 +142,14 @@ class _Task:
 
 class _Worker:
     __slots__ = (
+        "kill_at",
         "name",
         "pid",
         "process",
         "retiring",
         "rx",
         "sentinel",
+        "stopping",
         "task",
         "task_started",
         "tasks_done",
@@ -145,7 +166,15 @@ class _Worker:
         self.task: _Task | None = None
         self.task_started = 0.0
         self.tasks_done = 0
-        self.retiring = False
+        self.retiring = False  # will exit by itself after its current reply
+        self.stopping = False  # being killed (timeout, cancel, abort)
+        self.kill_at: float | None = None  # when SIGTERM turns into SIGKILL
+
+    @property
+    def state(self) -> str:
+        if self.retiring or self.stopping:
+            return "exiting"
+        return "idle" if self.task is None else "busy"
 
 
 _WAKE, _REPLY, _EXIT = 0, 1, 2
@@ -155,8 +184,10 @@ class _Core:
     """The pool's state, shared by callers and the supervisor thread.
 
     ``lock`` guards ``pending``, ``idle``, ``workers``, each worker's ``task``
-    and the flags. Pipes are written outside the lock: a worker is written to
-    only by whoever just gave it a task, so writes never interleave.
+    and flags, and the pool's flags. Pipes are written outside the lock: a
+    worker is written to only by whoever just gave it a task, so writes
+    never interleave. Futures are settled outside the lock too, because
+    settling runs the caller's callbacks.
     """
 
     def __init__(
@@ -165,19 +196,21 @@ class _Core:
         max_workers: int,
         init_blob: bytes | None,
         max_tasks: int | None,
+        max_memory: int | None,
         name: str,
     ) -> None:
         self.ctx = ctx
         self.max_workers = max_workers
         self.init_blob = init_blob
         self.max_tasks = max_tasks
+        self.max_memory = max_memory
         self.name = name
         self.lock = threading.Lock()
         self.pending: deque[_Task] = deque()
         self.idle: list[_Worker] = []
         self.workers: dict[int, _Worker] = {}
         self.closing = False
-        self.broken: str | None = None
+        self.broken: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.worker_ids = itertools.count()
         self.wake_r, self.wake_w = os.pipe()
@@ -189,11 +222,12 @@ class _Core:
 
     def check_open(self) -> None:
         if self.broken is not None:
-            raise ProcessPoolBroken(self.broken)
+            raise self.broken
         if self.closing:
             raise PoolClosed("cannot schedule new futures after shutdown")
 
     def submit(self, task: _Task) -> None:
+        task.future._stop = lambda: self.stop_task(task)
         with self.lock:
             self.check_open()
             if self.thread is None:
@@ -204,26 +238,63 @@ class _Core:
             worker = self.idle.pop() if self.idle else None
             if worker is not None:
                 task.future.set_running_or_notify_cancel()
-                worker.task = task
-                worker.task_started = time.monotonic()
+                self.assign(worker, task)
             else:
                 self.pending.append(task)
-                grow = len(self.workers) < self.max_workers
+            wake = worker is None and len(self.workers) < self.max_workers
         if worker is not None:
             self.send(worker, task)
-        elif grow:
-            self.wake()
+        if wake or task.deadline is not None:
+            self.wake()  # start a worker, or wait for the new deadline
 
-    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+    def assign(self, worker: _Worker, task: _Task) -> None:
+        """Give ``task`` to ``worker`` (lock held); its clock starts now."""
+        now = time.monotonic()
+        worker.task = task
+        worker.task_started = now
+        task.deadline = None if task.timeout is None else now + task.timeout
+
+    def stop_task(self, task: _Task) -> bool:
+        """Stop a running task for ``Future.cancel()``: kill the worker holding it."""
+        with self.lock:
+            if task in self.pending:  # waiting for a retry
+                self.pending.remove(task)
+                return True
+            for worker in self.workers.values():
+                if worker.task is task and not worker.stopping:
+                    self.stop_worker(worker, graceful=False)
+                    return True
+        return False
+
+    def stop_worker(self, worker: _Worker, graceful: bool) -> None:
+        """SIGTERM with a grace period, or SIGKILL now (lock held).
+
+        The supervisor reaps the worker when its sentinel fires and starts a
+        replacement if work is waiting.
+        """
+        worker.stopping = True
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if graceful:
+            worker.kill_at = time.monotonic() + _STOP_GRACE_S
+            _signal(worker, signal.SIGTERM)
+        else:
+            worker.kill_at = None
+            _signal(worker, signal.SIGKILL)
+        self.wake()
+
+    def shutdown(self, wait: bool, cancel_futures: bool, kill: bool = False) -> None:
         cancelled: list[_Task] = []
         with self.lock:
             self.closing = True
-            if cancel_futures:
+            if cancel_futures or kill:
                 cancelled = list(self.pending)
                 self.pending.clear()
+            if kill:
+                cancelled += [w.task for w in self.workers.values() if w.task is not None]
             thread = self.thread
         for task in cancelled:
-            task.future.cancel()
+            task.future.cancel()  # a running task's worker is killed
         if thread is None:
             self.close_fds()
             return
@@ -243,13 +314,35 @@ class _Core:
         except OSError:
             pass  # the worker died; the supervisor sees its sentinel and fails the task
 
+    def info(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        with self.lock:
+            rows = [
+                (w.name, w.pid, w.state, w.task, w.task_started, w.tasks_done)
+                for w in self.workers.values()
+            ]
+        return [
+            WorkerInfo(
+                name=name,
+                pid=pid,
+                ident=pid,
+                state=state,
+                task_id=task.id if task else None,
+                task=task.label if task else None,
+                running_for=now - started if task else None,
+                tasks_done=done,
+                rss=rss(pid),
+            )
+            for name, pid, state, task, started, done in rows
+        ]
+
     # -- the supervisor thread ----------------------------------------------
 
     def run(self) -> None:
         try:
             while not self.finished():
                 self.grow()
-                ready = self.selector.select()
+                ready = self.selector.select(self.next_timeout())
                 replies, exits = [], []
                 for key, _ in ready:
                     tag, worker = key.data
@@ -263,8 +356,11 @@ class _Core:
                     self.on_reply(worker)
                 for worker in exits:
                     self.on_exit(worker)
+                self.enforce_deadlines()
         except BaseException as exc:  # a bug in concur: fail loudly, leave no child
-            self.break_pool(f"the pool's supervisor failed: {type(exc).__name__}: {exc}")
+            self.break_pool(
+                ProcessPoolBroken(f"the pool's supervisor failed: {type(exc).__name__}: {exc}")
+            )
             raise
         finally:
             self.stop_workers()
@@ -274,8 +370,36 @@ class _Core:
         with self.lock:
             if self.broken is not None:
                 return True
-            busy = any(w.task is not None for w in self.workers.values())
+            busy = any(w.task is not None and not w.stopping for w in self.workers.values())
             return self.closing and not self.pending and not busy
+
+    def next_timeout(self) -> float | None:
+        """Seconds until the next deadline or pending SIGKILL, or None."""
+        with self.lock:
+            times = [
+                w.kill_at if w.stopping else (w.task.deadline if w.task else None)
+                for w in self.workers.values()
+            ]
+        due = [t for t in times if t is not None]
+        return None if not due else max(0.0, min(due) - time.monotonic())
+
+    def enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        expired: list[tuple[_Task, int]] = []
+        with self.lock:
+            for worker in self.workers.values():
+                if worker.stopping:
+                    if worker.kill_at is not None and worker.kill_at <= now:
+                        worker.kill_at = None
+                        _signal(worker, signal.SIGKILL)
+                    continue
+                task = worker.task
+                if task is not None and task.deadline is not None and task.deadline <= now:
+                    expired.append((task, worker.pid))
+                    self.stop_worker(worker, graceful=True)
+        for task, pid in expired:
+            assert task.timeout is not None
+            _pool.settle(task.future, error=TaskTimeout(task.label, task.timeout, pid))
 
     def drain_wake(self) -> None:
         try:
@@ -287,29 +411,27 @@ class _Core:
         """Pop the next pending task that was not cancelled (lock held)."""
         while self.pending:
             task = self.pending.popleft()
-            if task.future.set_running_or_notify_cancel():
+            # A retried task is already running as far as its future knows.
+            if task.future.running() or task.future.set_running_or_notify_cancel():
                 return task
         return None
 
     def grow(self) -> None:
         while True:
             with self.lock:
-                if self.broken or not self.pending or len(self.workers) >= self.max_workers:
+                live = sum(1 for w in self.workers.values() if not w.stopping)
+                if self.broken or not self.pending or live >= self.max_workers:
                     return
             worker = self.start_worker()
             with self.lock:
                 self.workers[worker.pid] = worker
-            self.give_work(worker)
-
-    def give_work(self, worker: _Worker) -> None:
-        with self.lock:
-            task = None if self.closing and not self.pending else self.next_task()
-            if task is None:
-                self.idle.append(worker)
-                return
-            worker.task = task
-            worker.task_started = time.monotonic()
-        self.send(worker, task)
+                task = self.next_task()
+                if task is None:
+                    self.idle.append(worker)
+                else:
+                    self.assign(worker, task)
+            if task is not None:
+                self.send(worker, task)
 
     def start_worker(self) -> _Worker:
         number = next(self.worker_ids)
@@ -317,9 +439,10 @@ class _Core:
         task_r, task_w = self.ctx.Pipe(duplex=False)
         result_r, result_w = self.ctx.Pipe(duplex=False)
         lifeline = Connection(os.dup(_supervise.lifeline_fd()), writable=False)
+        limits = (self.max_tasks, self.max_memory)
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=_worker.main,
-            args=(task_r, result_w, lifeline, f"concur {name}", self.init_blob, self.max_tasks),
+            args=(task_r, result_w, lifeline, f"concur {name}", self.init_blob, limits),
             name=name,
         )
         try:
@@ -341,36 +464,38 @@ class _Core:
             self.unregister(worker.rx.fileno())
             return  # it died mid-reply; its sentinel reports the death
         try:
-            task_id, outcome, _wall, _cpu, retiring = _task.loads(data)
+            task_id, outcome, wall, cpu, retiring = _task.loads(data)
         except Exception as exc:
-            task_id, retiring = 0, False
+            task_id, retiring, wall, cpu = 0, False, 0.0, 0.0
             error = SerializationError(
                 f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}",
                 what="result",
             )
             outcome = (_task.RAISED, error)
-            _wall = _cpu = 0.0
         if task_id == _worker.INIT_FAILED:
-            error_text = _task.unpack_exception(outcome[1])
+            failure = _task.unpack_exception(outcome[1])
             self.break_pool(
-                f"a worker's initializer failed ({type(error_text).__name__}: {error_text}); "
-                "the pool cannot run tasks. Fix the initializer and create a new pool."
+                ProcessPoolBroken(
+                    f"a worker's initializer failed ({type(failure).__name__}: {failure}); "
+                    "the pool cannot run tasks. Fix the initializer and create a new pool."
+                )
             )
             return
         with self.lock:
             task, worker.task = worker.task, None
             worker.tasks_done += 1
             worker.retiring = retiring
-            following = None if retiring else self.next_task()
-            if following is not None:
-                worker.task = following
-                worker.task_started = time.monotonic()
-            elif not retiring:
-                self.idle.append(worker)
+            following = None
+            if not (retiring or worker.stopping):
+                following = self.next_task()
+                if following is not None:
+                    self.assign(worker, following)
+                else:
+                    self.idle.append(worker)
         if following is not None:
             self.send(worker, following)
         if task is not None:
-            _settle(task.future, outcome, _wall, _cpu)
+            _settle(task.future, outcome, wall, cpu)
 
     def on_exit(self, worker: _Worker) -> None:
         if worker.pid not in self.workers:
@@ -383,16 +508,27 @@ class _Core:
         self.unregister(worker.sentinel)
         worker.process.join()  # reaps it now: it already exited
         exitcode = worker.process.exitcode
+        crash = None
         with self.lock:
             del self.workers[worker.pid]
             if worker in self.idle:
                 self.idle.remove(worker)
             task, worker.task = worker.task, None
+            if task is not None and not task.future.done():
+                if task.retries > 0 and not worker.stopping and not self.closing:
+                    task.retries -= 1
+                    self.pending.appendleft(task)  # rerun on a fresh worker
+                else:
+                    crash = task
         worker.tx.close()
         worker.rx.close()
         worker.process.close()
-        if task is not None:
-            _fail(task.future, WorkerCrashed(worker.pid, exitcode, task.label))
+        if crash is not None:
+            error: BaseException = WorkerCrashed(worker.pid, exitcode, crash.label)
+            if exitcode == _supervise.MAIN_GUARD_EXIT:
+                error = _supervise.main_guard_error("A concur.ProcessPool")
+                self.break_pool(error)
+            _pool.settle(crash.future, error=error)
 
     def unregister(self, fd: int) -> None:
         try:
@@ -400,16 +536,15 @@ class _Core:
         except (KeyError, ValueError):
             pass
 
-    def break_pool(self, message: str) -> None:
+    def break_pool(self, error: BaseException) -> None:
         with self.lock:
-            self.broken = message
+            self.broken = error
             tasks = list(self.pending) + [w.task for w in self.workers.values() if w.task]
             self.pending.clear()
             for worker in self.workers.values():
                 worker.task = None
-        error = ProcessPoolBroken(message)
         for task in tasks:
-            _fail(task.future, error)
+            _pool.settle(task.future, error=error)
 
     def stop_workers(self) -> None:
         with self.lock:
@@ -448,6 +583,15 @@ class _Core:
 _EXIT_MESSAGE = _task.dumps(None)
 
 
+def _signal(worker: _Worker, sig: int) -> None:
+    # The supervisor reaps workers only after their sentinel fired, so the pid
+    # still names this worker (at worst a zombie, for which the signal is moot).
+    try:
+        os.kill(worker.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _readable(conn: Connection) -> bool:
     try:
         return conn.poll(0)
@@ -455,24 +599,16 @@ def _readable(conn: Connection) -> bool:
         return False
 
 
-def _fail(future: Future[Any], error: BaseException) -> None:
-    if future.cancelled() or future.done():
-        return
-    future.set_exception(error)
-
-
 def _settle(future: Future[Any], outcome: _task.Outcome, wall: float, cpu: float) -> None:
     status, value = outcome
-    if future.done():
-        return
     if status == _task.CHUNK_DONE:
-        future.set_result((value, wall, cpu))
+        _pool.settle(future, (value, wall, cpu))
     elif status == _task.OK:
-        future.set_result(value)
+        _pool.settle(future, value)
     elif status == _task.RAISED:
-        future.set_exception(value)
+        _pool.settle(future, error=value)
     else:
-        future.set_exception(_task.unpack_exception(value))
+        _pool.settle(future, error=_task.unpack_exception(value))
 
 
 class ProcessPool(_pool.PoolBase):
@@ -480,8 +616,18 @@ class ProcessPool(_pool.PoolBase):
 
     Beyond the standard library: lambdas and closures work (cloudpickle), a
     worker's exception arrives with its own type and the worker's traceback,
-    a worker that dies fails only its task (``WorkerCrashed``), workers never
-    outlive the parent, and ``map``/``imap`` chunk small work automatically.
+    a worker that dies fails only its task (``WorkerCrashed``), tasks can
+    have time limits that really stop them, a running task can be cancelled,
+    workers never outlive the parent, and ``map``/``imap`` chunk small work
+    automatically.
+
+    ``task_timeout``: seconds a task may run (from when it starts) before its
+    worker is stopped and the task fails with ``TaskTimeout``.
+    ``retries``: how many times a task whose worker crashed is run again on
+    a fresh worker. ``max_tasks_per_child`` and ``max_memory_per_child``
+    (bytes, or a string such as ``"512MB"``; checked after each task) retire
+    a worker gracefully and replace it. ``pool.options(...)`` overrides the
+    task settings for some calls.
     """
 
     _kind = "process"
@@ -494,6 +640,9 @@ class ProcessPool(_pool.PoolBase):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | str | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
     ) -> None:
         _supervise.check_not_bootstrapping("A concur.ProcessPool")
         if max_workers is None:
@@ -505,7 +654,9 @@ class ProcessPool(_pool.PoolBase):
         if max_tasks_per_child is not None and (
             not isinstance(max_tasks_per_child, int) or max_tasks_per_child < 1
         ):
-            raise ValueError("max_tasks_per_child must be >= 1")
+            raise ValueError("max_tasks_per_child must be an int >= 1")
+        max_memory = None if max_memory_per_child is None else parse_size(max_memory_per_child)
+        self._defaults = _pool.TaskOptions(task_timeout, retries)
         ctx = get_context(mp_context)
         init_blob = None
         if initializer is not None:
@@ -513,7 +664,12 @@ class ProcessPool(_pool.PoolBase):
         self._max_workers = max_workers
         self._mp_context = ctx
         self._core = _Core(
-            ctx, max_workers, init_blob, max_tasks_per_child, f"ProcessPool-{next(_pool_ids)}"
+            ctx,
+            max_workers,
+            init_blob,
+            max_tasks_per_child,
+            max_memory,
+            f"ProcessPool-{next(_pool_ids)}",
         )
         # Collected without shutdown: finish the queued work, then stop.
         weakref.finalize(self, self._core.shutdown, False, False)
@@ -524,38 +680,52 @@ class ProcessPool(_pool.PoolBase):
         """The multiprocessing start method the workers use."""
         return str(self._mp_context.get_start_method())
 
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    def workers(self) -> list[WorkerInfo]:
+        """Each worker now: pid, state, the task it runs and for how long, RSS."""
+        return self._core.info()
+
+    def _submit_with(
+        self,
+        options: _pool.TaskOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
         self._core.check_open()
-        future: Future[R] = Future()
+        future = _pool.RunningFuture()
         task_id = next(_task_ids)
         try:
             payload = _task.serialize_call(task_id, fn, args, kwargs)
         except SerializationError as exc:
             future.set_exception(exc)
             return future
-        self._core.submit(_Task(task_id, future, payload, fn, chunk=False))
+        self._core.submit(_Task(task_id, future, payload, fn, False, options))
         return future
 
     def _prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         return _task.serialize_callable(fn)
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[tuple[Any, ...]], fn_blob: bytes | None
+        self,
+        fn: Callable[..., Any],
+        items: list[tuple[Any, ...]],
+        fn_blob: bytes | None,
+        options: _pool.TaskOptions,
     ) -> Future[_pool.ChunkResult]:
         assert fn_blob is not None
         self._core.check_open()
-        future: Future[_pool.ChunkResult] = Future()
+        future = _pool.RunningFuture()
         task_id = next(_task_ids)
         try:
             payload = _task.serialize_chunk(task_id, fn_blob, items)
         except SerializationError as exc:
             future.set_exception(exc)
             return future
-        self._core.submit(_Task(task_id, future, payload, fn, chunk=True))
+        self._core.submit(_Task(task_id, future, payload, fn, True, options))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._core.shutdown(wait, cancel_futures)
 
-    def _exit_hook(self) -> None:
-        self.shutdown(wait=True)
+    def _abort(self) -> None:
+        self._core.shutdown(wait=True, cancel_futures=True, kill=True)

@@ -239,7 +239,7 @@ class Worker:
 def _process_main(
     payload: bytes, writer: Connection, lifeline: Connection, title: str, pdeathsig: bool
 ) -> None:
-    _supervise.child_setup(lifeline.fileno(), title, pdeathsig)
+    _supervise.child_setup(lifeline.fileno(), title, pdeathsig, short="concur-spawn")
     try:
         _, _, fn, args, kwargs = _task.loads(payload)
         outcome: _task.Outcome = (_task.OK, fn(*args, **kwargs))

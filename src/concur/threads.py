@@ -1,12 +1,22 @@
-"""ThreadPool: a ``ThreadPoolExecutor`` with chunked ``map`` and streaming ``imap``.
+"""ThreadPool: a ``ThreadPoolExecutor`` with time limits, chunked ``map`` and ``imap``.
 
     submit ─► work queue ─► worker thread (started on demand, up to max_workers)
-                                 │ runs fn, sets the Future
+                                 │ runs fn, settles the Future
                                  └─► waits for the next item; ``None`` = exit
 
+    a task with a time limit ─► deadline watcher thread (only while such tasks run)
+                                 └─► at the deadline: the Future fails with TaskTimeout
+
 Threads share the caller's memory, so nothing is pickled. A thread is started
-only when no idle one is waiting, like the standard library's. At interpreter
-exit every ThreadPool finishes its queued work and joins its threads.
+only when no idle one is waiting, like the standard library's.
+
+A Python thread cannot be stopped from outside. When a task runs past its
+time limit its future fails on time and the thread is *abandoned*: it keeps
+its slot (the pool does not start a thread in its place) until the function
+really returns, then takes new work again. ``shutdown(wait=True)`` does not
+wait for abandoned threads, and worker threads are daemon threads so an
+abandoned one cannot keep the interpreter from exiting; at exit each pool
+still finishes its queued work first, as the standard library's does.
 """
 
 from __future__ import annotations
@@ -15,46 +25,122 @@ import itertools
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from . import _pool, _task
 from ._exit import register_exit_hook
-from .errors import PoolClosed, ThreadPoolBroken
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from .errors import PoolClosed, TaskTimeout, ThreadPoolBroken
+from .ps import WorkerInfo
 
 _counter = itertools.count()
+_task_ids = itertools.count()
 
 
 class _WorkItem:
-    __slots__ = ("args", "fn", "future", "kwargs")
+    __slots__ = ("args", "fn", "future", "id", "kwargs", "label_fn", "timeout")
 
     def __init__(
-        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        label_fn: object,
     ) -> None:
+        self.id = next(_task_ids)
         self.future = future
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.timeout = timeout
+        self.label_fn = label_fn
+
+    @property
+    def label(self) -> str:
+        return _task.describe(self.label_fn)
 
     def run(self) -> None:
-        if not self.future.set_running_or_notify_cancel():
-            return
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
-            self.future.set_exception(exc)
-            self = None  # type: ignore[assignment]  # break the cycle through the traceback
+            _pool.settle(self.future, error=exc)
+            del exc  # break the cycle through the traceback
         else:
-            self.future.set_result(result)
+            _pool.settle(self.future, result)
+
+
+class _Slot:
+    """What one worker thread is doing, for time limits and ``workers()``."""
+
+    __slots__ = ("abandoned", "item", "started", "tasks_done", "thread")
+
+    def __init__(self) -> None:
+        self.thread = threading.current_thread()  # replaced by the pool at once
+        self.item: _WorkItem | None = None
+        self.started = 0.0
+        self.tasks_done = 0
+        self.abandoned = False
+
+
+class _Deadlines:
+    """One watcher thread that fails futures whose task overran its time limit.
+
+    It runs only while timed tasks are running (at most ``max_workers``), so a
+    scan of them per wake-up is cheap, and it exits when none is left.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cond = threading.Condition()
+        self.active: dict[_Slot, float] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, slot: _Slot, deadline: float) -> None:
+        with self.cond:
+            self.active[slot] = deadline
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.watch, name=self.name, daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def remove(self, slot: _Slot) -> None:
+        with self.cond:
+            if self.active.pop(slot, None) is not None:
+                self.cond.notify()
+
+    def watch(self) -> None:
+        while True:
+            with self.cond:
+                if not self.active:
+                    self.thread = None
+                    return
+                now = time.monotonic()
+                expired = [slot for slot, due in self.active.items() if due <= now]
+                for slot in expired:
+                    del self.active[slot]
+                    slot.abandoned = True
+                if not expired:
+                    self.cond.wait(min(self.active.values()) - now)
+                    continue
+            for slot in expired:
+                item = slot.item
+                if item is not None and item.timeout is not None:
+                    _pool.settle(item.future, error=TaskTimeout(item.label, item.timeout))
 
 
 class ThreadPool(_pool.PoolBase):
-    """A pool of threads; a drop-in for ``concurrent.futures.ThreadPoolExecutor``."""
+    """A pool of threads; a drop-in for ``concurrent.futures.ThreadPoolExecutor``.
+
+    ``task_timeout`` (seconds from when a task starts) fails a late task's
+    future with ``TaskTimeout`` on time; its thread is abandoned until it
+    returns (threads cannot be stopped). ``pool.options(timeout=...)`` sets
+    it for some calls.
+    """
 
     _kind = "thread"
 
@@ -64,6 +150,8 @@ class ThreadPool(_pool.PoolBase):
         thread_name_prefix: str = "",
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        *,
+        task_timeout: float | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = min(32, (os.cpu_count() or 1) + 4)
@@ -71,13 +159,15 @@ class ThreadPool(_pool.PoolBase):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        self._defaults = _pool.TaskOptions(task_timeout)
         self._max_workers = max_workers
         self._prefix = thread_name_prefix or f"concur-ThreadPool-{next(_counter)}"
         self._initializer = initializer
         self._initargs = initargs
         self._queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
-        self._threads: set[threading.Thread] = set()
+        self._slots: dict[threading.Thread, _Slot] = {}
+        self._deadlines = _Deadlines(f"{self._prefix}-deadlines")
         self._lock = threading.Lock()
         self._closed = False
         self._broken: str | None = None
@@ -89,18 +179,30 @@ class ThreadPool(_pool.PoolBase):
 
     # -- Executor API ------------------------------------------------------
 
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    def _submit_with(
+        self,
+        options: _pool.TaskOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        label_fn: object = None,
+    ) -> Future[Any]:
         with self._lock:
             self._check_open()
-            future: Future[R] = Future()
-            self._queue.put(_WorkItem(future, fn, args, kwargs))
+            future: Future[Any] = Future()
+            item = _WorkItem(future, fn, args, kwargs, options.timeout, label_fn or fn)
+            self._queue.put(item)
             self._adjust()
             return future
 
     def _submit_chunk(
-        self, fn: Callable[..., Any], items: list[tuple[Any, ...]], fn_blob: bytes | None
+        self,
+        fn: Callable[..., Any],
+        items: list[tuple[Any, ...]],
+        fn_blob: bytes | None,
+        options: _pool.TaskOptions,
     ) -> Future[_pool.ChunkResult]:
-        return self.submit(_task.run_chunk, fn, items, False)
+        return self._submit_with(options, _task.run_chunk, (fn, items, False), {}, fn)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -110,8 +212,34 @@ class ThreadPool(_pool.PoolBase):
             # One exit marker wakes one thread; each thread passes it on.
             self._queue.put(None)
         if wait:
-            for thread in list(self._threads):
-                thread.join()
+            for slot in list(self._slots.values()):
+                if not slot.abandoned:
+                    slot.thread.join()
+
+    def _abort(self) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Each worker thread now: its state, the task it runs and for how long."""
+        now, pid = time.monotonic(), os.getpid()
+        rows = []
+        for slot in list(self._slots.values()):
+            item = slot.item
+            state = "abandoned" if slot.abandoned else ("idle" if item is None else "busy")
+            rows.append(
+                WorkerInfo(
+                    name=slot.thread.name,
+                    pid=pid,
+                    ident=slot.thread.ident,
+                    state=state,
+                    task_id=item.id if item else None,
+                    task=item.label if item else None,
+                    running_for=now - slot.started if item else None,
+                    tasks_done=slot.tasks_done,
+                    rss=None,
+                )
+            )
+        return rows
 
     # -- internals ---------------------------------------------------------
 
@@ -124,11 +252,30 @@ class ThreadPool(_pool.PoolBase):
     def _adjust(self) -> None:
         if self._idle.acquire(blocking=False):
             return
-        if len(self._threads) < self._max_workers:
-            name = f"{self._prefix}_{len(self._threads)}"
-            thread = threading.Thread(name=name, target=_worker_loop, args=(self._ref, self._queue))
-            thread.start()
-            self._threads.add(thread)
+        if len(self._slots) < self._max_workers:
+            slot = _Slot()
+            slot.thread = threading.Thread(
+                name=f"{self._prefix}_{len(self._slots)}",
+                target=_worker_loop,
+                args=(self._ref, self._queue, slot),
+                daemon=True,
+            )
+            self._slots[slot.thread] = slot
+            slot.thread.start()
+
+    def _run(self, item: _WorkItem, slot: _Slot) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            return
+        slot.item, slot.started = item, time.monotonic()
+        if item.timeout is not None:
+            self._deadlines.add(slot, slot.started + item.timeout)
+        try:
+            item.run()
+        finally:
+            if item.timeout is not None:
+                self._deadlines.remove(slot)
+            slot.item, slot.abandoned = None, False
+            slot.tasks_done += 1
 
     def _drain(self, cancel: bool, error: BaseException | None = None) -> None:
         while True:
@@ -152,11 +299,10 @@ class ThreadPool(_pool.PoolBase):
             self._drain(cancel=False, error=ThreadPoolBroken(self._broken))
             self._queue.put(None)
 
-    def _exit_hook(self) -> None:
-        self.shutdown(wait=True)
 
-
-def _worker_loop(pool_ref: weakref.ref[ThreadPool], work: queue.SimpleQueue[Any]) -> None:
+def _worker_loop(
+    pool_ref: weakref.ref[ThreadPool], work: queue.SimpleQueue[Any], slot: _Slot
+) -> None:
     pool = pool_ref()
     if pool is not None and pool._initializer is not None:
         try:
@@ -168,12 +314,14 @@ def _worker_loop(pool_ref: weakref.ref[ThreadPool], work: queue.SimpleQueue[Any]
     while True:
         item = work.get()
         if item is not None:
-            item.run()
-            del item
             pool = pool_ref()
-            if pool is not None:
+            if pool is None:
+                if item.future.set_running_or_notify_cancel():
+                    item.run()
+            else:
+                pool._run(item, slot)
                 pool._idle.release()
-            del pool
+            del item, pool
             continue
         pool = pool_ref()
         if pool is None or pool._closed:
