@@ -9,16 +9,20 @@ def test_public_api_is_pinned():
         "MainGuardMissing",
         "PoolBroken",
         "PoolClosed",
+        "PoolView",
         "ProcessPool",
         "ProcessPoolBroken",
         "RemoteError",
         "RemoteTraceback",
         "SerializationError",
+        "TaskOptions",
+        "TaskTimeout",
         "ThreadNotKillable",
         "ThreadPool",
         "ThreadPoolBroken",
         "Worker",
         "WorkerCrashed",
+        "WorkerInfo",
         "WorkerStateError",
         "__version__",
         "imap",
@@ -50,3 +54,5 @@ def test_errors_share_one_root_and_keep_stdlib_types():
     assert issubclass(concur.ThreadPoolBroken, concurrent.futures.thread.BrokenThreadPool)
     assert issubclass(concur.WorkerCrashed, concurrent.futures.process.BrokenProcessPool)
     assert issubclass(concur.PoolClosed, RuntimeError)
+    assert issubclass(concur.TaskTimeout, TimeoutError)
+    assert issubclass(concur.TaskTimeout, concurrent.futures.TimeoutError)

@@ -1,0 +1,163 @@
+"""Real parent deaths, real Ctrl-C, real zombies: each in a subprocess of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import concur
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def run_script(name: str, *args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / name), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def wait_gone(pids: list[int], limit: float) -> float:
+    """Seconds until none of ``pids`` is alive (a zombie counts as gone)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return time.monotonic() - start
+        time.sleep(0.005)
+    raise AssertionError(f"processes {alive} outlived their parent by {limit} s")
+
+
+@pytest.mark.parametrize("mode", ["pool-sleep", "pool-busy", "spawn"])
+def test_no_orphans_when_the_parent_is_killed(mode):
+    parent = run_script("pool_then_wait.py", mode)
+    try:
+        line = parent.stdout.readline()
+        workers = [int(pid) for pid in line.split()]
+        assert len(workers) == 2, (line, parent.stderr.read() if parent.poll() else "")
+        descendants = [p.pid for p in psutil.Process(parent.pid).children(recursive=True)]
+        assert set(workers) <= set(descendants)
+        parent.kill()
+        parent.wait(10)
+        took = wait_gone(descendants, limit=5.0)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()
+    assert took < 1.0, f"the last worker exited {took:.3f} s after the parent's death"
+
+
+@pytest.mark.parametrize("mode", ["map", "imap", "result", "with"])
+def test_one_ctrl_c_stops_everything(mode, tmp_path):
+    child = run_script("interrupt_me.py", mode, str(tmp_path), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("started-*"))) < 2:
+            assert time.monotonic() < deadline, child.stderr.read() if child.poll() else ""
+            time.sleep(0.01)
+        descendants = [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
+        pressed = time.monotonic()
+        os.killpg(child.pid, signal.SIGINT)  # what a terminal does: the whole group
+        child.wait(timeout=10)
+        took = time.monotonic() - pressed
+        stderr = child.stderr.read()
+        wait_gone(descendants, limit=5.0)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    assert took < 1.0, f"exit took {took:.3f} s after one Ctrl-C"
+    assert stderr.count("KeyboardInterrupt") == 1, stderr  # the parent's, none from workers
+    assert len(list(tmp_path.glob("started-*"))) <= 4  # queued tasks never started
+
+
+def test_no_zombies_after_a_thousand_single_task_workers():
+    with concur.ProcessPool(2, max_tasks_per_child=1) as pool:
+        assert sum(pool.map(abs, range(-1000, 0), chunksize=1)) == 500500
+        zombies = [
+            c
+            for c in psutil.Process().children(recursive=True)
+            if c.status() == psutil.STATUS_ZOMBIE
+        ]
+        assert zombies == []
+        assert len(pool.workers()) <= 2
+    # after shutdown no child of the pool is left (the fixture checks the rest)
+    assert all(not w for w in [pool.workers()])
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_max_tasks_per_child_never_strands_work(start_method):
+    with concur.ProcessPool(2, mp_context=start_method, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(os.getpid) for _ in range(12)]
+        pids = [f.result(timeout=60) for f in futures]
+    assert len(set(pids)) == 12
+
+
+def _grow(megabytes):
+    global _ballast
+    _ballast = bytearray(megabytes * 1024 * 1024)
+    return os.getpid()
+
+
+def test_max_memory_per_child_retires_the_worker_after_the_task():
+    with concur.ProcessPool(1, max_memory_per_child="100MB") as pool:
+        small = [pool.submit(_grow, 1).result(timeout=30) for _ in range(3)]
+        assert len(set(small)) == 1  # under the limit: the same worker goes on
+        big = [pool.submit(_grow, 150).result(timeout=30) for _ in range(2)]
+        # the task that crossed the limit finished on the old worker, which then retired
+        assert big[0] == small[0]
+        assert big[1] != small[0]
+
+
+@pytest.mark.parametrize("bad", ["lots", -5, 0, "12XB"])
+def test_bad_memory_limit_is_refused(bad):
+    with pytest.raises(ValueError, match="512MB"):
+        concur.ProcessPool(1, max_memory_per_child=bad)
+
+
+@pytest.mark.parametrize(
+    ("kind", "daemon", "finished"),
+    [
+        ("process", "daemon", False),
+        ("process", "joined", True),
+        ("thread", "daemon", False),
+        ("thread", "joined", True),
+    ],
+)
+def test_daemon_workers_end_with_the_program_and_others_are_joined(
+    kind, daemon, finished, tmp_path
+):
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "daemons.py"), kind, daemon, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    took = time.monotonic() - started
+    assert (tmp_path / "finished").exists() is finished
+    if kind == "process":
+        wait_gone([int(out.stdout.split()[0])], limit=2.0)
+    if finished:
+        assert took >= 0.5  # the program waited for its worker
