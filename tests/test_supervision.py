@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -161,3 +162,62 @@ def test_daemon_workers_end_with_the_program_and_others_are_joined(
         wait_gone([int(out.stdout.split()[0])], limit=2.0)
     if finished:
         assert took >= 0.5  # the program waited for its worker
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])  # the child's parent is us
+def test_workers_outlive_the_short_lived_thread_that_made_the_pool(start_method):
+    # PR_SET_PDEATHSIG fires when the *thread* that started a child exits;
+    # concur starts workers from the pool's own supervisor thread.
+    made: dict[str, concur.ProcessPool] = {}
+    first: dict[str, int] = {}
+
+    def build() -> None:
+        made["pool"] = concur.ProcessPool(1, mp_context=start_method)
+        first["pid"] = made["pool"].submit(os.getpid).result(timeout=30)
+
+    helper = threading.Thread(target=build)
+    helper.start()
+    helper.join()
+    with made["pool"] as pool:
+        time.sleep(0.2)  # give a wrongly-armed death signal time to land
+        assert pool.submit(os.getpid).result(timeout=30) == first["pid"]
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_process_spawned_from_a_short_lived_thread_survives_it(start_method):
+    holder: dict[str, concur.Worker] = {}
+
+    def start() -> None:
+        worker = concur.spawn(_nap_then_pid, 1.0, mp_context=start_method)
+        holder["w"] = worker
+        # Exit only once the child has armed itself: a death signal wrongly
+        # tied to this thread would then fire.
+        deadline = time.monotonic() + 10
+        while psutil.Process(worker.pid).name() != "concur-spawn":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+    helper = threading.Thread(target=start)
+    helper.start()
+    helper.join()
+    worker = holder["w"]
+    assert worker.result(timeout=30) == worker.pid
+    assert worker.exitcode == 0
+
+
+def _nap_then_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_main_guard_missing_is_reported_under_forkserver_too(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import concur\n"
+        "pool = concur.ProcessPool(1, mp_context='forkserver')\n"
+        "print(pool.submit(abs, -3).result(timeout=20))\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "MainGuardMissing" in out.stderr
+    assert 'if __name__ == "__main__":' in out.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import multiprocessing.context
 import os
 import threading
 import time
@@ -53,6 +54,7 @@ class Worker:
         kind: Kind,
         name: str | None,
         daemon: bool,
+        mp_context: multiprocessing.context.BaseContext | str | None = None,
     ) -> None:
         if kind not in ("process", "thread"):
             raise ValueError(f'kind must be "process" or "thread", not {kind!r}')
@@ -60,7 +62,7 @@ class Worker:
         self._outcome: Any = _NO_OUTCOME
         self._reader: Connection | None = None
         if kind == "process":
-            self._start_process(fn, args, kwargs, name, daemon)
+            self._start_process(fn, args, kwargs, name, daemon, mp_context)
         else:
             self._start_thread(fn, args, kwargs, name, daemon)
 
@@ -73,10 +75,11 @@ class Worker:
         kwargs: dict[str, Any],
         name: str | None,
         daemon: bool,
+        mp_context: multiprocessing.context.BaseContext | str | None,
     ) -> None:
         _supervise.check_not_bootstrapping("A concur.spawn(kind='process') worker")
         payload = _task.serialize_call(0, fn, args, kwargs)
-        ctx = get_context(None)
+        ctx = get_context(mp_context)
         reader, writer = ctx.Pipe(duplex=False)
         lifeline = Connection(os.dup(_supervise.lifeline_fd()), writable=False)
         # PR_SET_PDEATHSIG follows the starting thread: only the main thread
@@ -264,15 +267,17 @@ def spawn(
     kind: Kind = "process",
     name: str | None = None,
     daemon: bool = False,
+    mp_context: multiprocessing.context.BaseContext | str | None = None,
     **kwargs: Any,
 ) -> Worker:
     """Start ``fn(*args, **kwargs)`` in a new process or thread; return its handle.
 
     ``daemon=True`` ends the worker when the main program ends; a
     ``daemon=False`` worker is waited for at exit, as ``Process`` and
-    ``Thread`` do.
+    ``Thread`` do. ``mp_context`` picks a process's start method (default:
+    concur's, see ``docs/start-methods.md``).
     """
-    return Worker(fn, args, kwargs, kind=kind, name=name, daemon=daemon)
+    return Worker(fn, args, kwargs, kind=kind, name=name, daemon=daemon, mp_context=mp_context)
 
 
 _shared: dict[str, Any] = {}
