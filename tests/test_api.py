@@ -45,8 +45,9 @@ def test_run_passes_keywords_and_raises_remote_errors():
 def test_run_timeout_kills_the_process():
     import time
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concur.TaskTimeout) as info:
         concur.run(time.sleep, 30, timeout=0.3)
+    assert isinstance(info.value, TimeoutError)
 
 
 def test_unknown_backend_says_what_is_allowed():

@@ -5,8 +5,11 @@ import concur
 
 def test_public_api_is_pinned():
     assert concur.__all__ == (
+        "AutoPool",
         "ConcurError",
+        "Decision",
         "MainGuardMissing",
+        "Measurements",
         "PoolBroken",
         "PoolClosed",
         "PoolView",
@@ -14,17 +17,20 @@ def test_public_api_is_pinned():
         "ProcessPoolBroken",
         "RemoteError",
         "RemoteTraceback",
+        "Results",
         "SerializationError",
         "TaskOptions",
         "TaskTimeout",
         "ThreadNotKillable",
         "ThreadPool",
         "ThreadPoolBroken",
+        "WaitTimeout",
         "Worker",
         "WorkerCrashed",
         "WorkerInfo",
         "WorkerStateError",
         "__version__",
+        "advise",
         "imap",
         "map",
         "process",
@@ -39,6 +45,7 @@ def test_public_api_is_pinned():
 def test_pools_are_executors():
     assert issubclass(concur.ThreadPool, concurrent.futures.Executor)
     assert issubclass(concur.ProcessPool, concurrent.futures.Executor)
+    assert issubclass(concur.AutoPool, concurrent.futures.Executor)
 
 
 def test_errors_share_one_root_and_keep_stdlib_types():
@@ -56,3 +63,5 @@ def test_errors_share_one_root_and_keep_stdlib_types():
     assert issubclass(concur.PoolClosed, RuntimeError)
     assert issubclass(concur.TaskTimeout, TimeoutError)
     assert issubclass(concur.TaskTimeout, concurrent.futures.TimeoutError)
+    assert issubclass(concur.WaitTimeout, TimeoutError)
+    assert issubclass(concur.WaitTimeout, concurrent.futures.TimeoutError)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ._pool import PoolView, TaskOptions
-from .api import imap, map, run
+from .api import Results, imap, map, run
+from .auto import AutoPool, Decision, Measurements, advise
 from .errors import (
     ConcurError,
     MainGuardMissing,
@@ -16,6 +17,7 @@ from .errors import (
     TaskTimeout,
     ThreadNotKillable,
     ThreadPoolBroken,
+    WaitTimeout,
     WorkerCrashed,
     WorkerStateError,
 )
@@ -27,8 +29,11 @@ from .threads import ThreadPool
 __version__ = "0.1.0"
 
 __all__ = (
+    "AutoPool",
     "ConcurError",
+    "Decision",
     "MainGuardMissing",
+    "Measurements",
     "PoolBroken",
     "PoolClosed",
     "PoolView",
@@ -36,17 +41,20 @@ __all__ = (
     "ProcessPoolBroken",
     "RemoteError",
     "RemoteTraceback",
+    "Results",
     "SerializationError",
     "TaskOptions",
     "TaskTimeout",
     "ThreadNotKillable",
     "ThreadPool",
     "ThreadPoolBroken",
+    "WaitTimeout",
     "Worker",
     "WorkerCrashed",
     "WorkerInfo",
     "WorkerStateError",
     "__version__",
+    "advise",
     "imap",
     "map",
     "process",

@@ -1,9 +1,14 @@
 """One-shot helpers: run a function over data, or once, without managing a pool.
 
-Each call starts a pool sized for the work, uses it, and shuts it down, so
-nothing is left running afterwards. ``backend`` chooses where the work runs:
+Each call starts the workers it needs, uses them, and stops them, so nothing
+is left running afterwards. ``backend`` chooses where the work runs:
 
-``"process"`` (the default)
+``"auto"`` (the default)
+    concur measures the first items and picks one of the others, with the
+    number of workers and the chunk size, and re-decides if the work changes
+    (see ``concur.auto`` and docs/auto.md). ``CONCUR_BACKEND`` in the
+    environment overrides the choice.
+``"process"``
     worker processes, one per CPU: for work that computes in Python;
 ``"thread"``
     worker threads: for work that waits (network, disk, sleeps, or C code
@@ -11,39 +16,83 @@ nothing is left running afterwards. ``backend`` chooses where the work runs:
 ``"inline"``
     in the calling thread, one item after another: for debugging, and for
     work too small to be worth sending anywhere.
+
+Whatever runs it, the result says how: ``concur.map`` returns a list with a
+``decision`` attribute, and ``concur.imap`` an iterator with one.
 """
 
 from __future__ import annotations
 
-import builtins
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
-from ._pool import ChunkSize, PoolBase, check_timeout
-from .processes import ProcessPool
+from ._pool import check_timeout
+from ._progress import track
+from ._task import describe
+from .auto import AutoMap, Decision, environment_override, forced
+from .errors import TaskTimeout, WaitTimeout
 from .spawn import spawn
-from .threads import ThreadPool
 
 R = TypeVar("R")
 
-Backend = Literal["process", "thread", "inline"]
-BACKENDS = ("process", "thread", "inline")
-DEFAULT_BACKEND: Backend = "process"
+Backend = Literal["auto", "process", "thread", "inline"]
+BACKENDS = ("auto", "process", "thread", "inline")
+DEFAULT_BACKEND: Backend = "auto"
+
+log = logging.getLogger("concur.auto")
 
 
-def _check_backend(backend: str) -> None:
+class Results(list[Any]):
+    """The list ``concur.map`` returns, with the ``decision`` that produced it."""
+
+    decision: Decision | None = None
+
+
+def _check(backend: str, workers: int | None) -> str | None:
+    """The backend to force on the run, or None to let auto decide."""
     if backend not in BACKENDS:
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}"
         )
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+    return None if backend == "auto" else backend
 
 
-def _pool(backend: str, workers: int | None) -> PoolBase:
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, not {workers!r}")
-    if backend == "thread":
-        return ThreadPool(workers)
-    return ProcessPool(workers)
+def _stream(
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    backend: str,
+    workers: int | None,
+    ordered: bool = True,
+    return_exceptions: bool = False,
+    timeout: float | None = None,
+) -> AutoMap:
+    return AutoMap(
+        fn,
+        iterables,
+        ordered=ordered,
+        return_exceptions=return_exceptions,
+        workers=workers,
+        forced_backend=_check(backend, workers),
+        timeout=check_timeout(timeout),
+    )
+
+
+def _total(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    try:
+        return min(len(i) for i in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _label(stream: AutoMap) -> Callable[[], str]:
+    def label() -> str:
+        d = stream.decision
+        return "measuring" if d is None else f"{d.backend} × {d.workers}"
+
+    return label
 
 
 def map(
@@ -51,24 +100,52 @@ def map(
     *iterables: Iterable[Any],
     backend: Backend = DEFAULT_BACKEND,
     workers: int | None = None,
-    chunksize: ChunkSize = "auto",
     timeout: float | None = None,
-) -> list[R]:
-    """``list(builtins.map(fn, *iterables))``, computed on ``backend``.
+    progress: bool = False,
+) -> Results:
+    """``list(builtins.map(fn, *iterables))``, computed where it runs best.
 
     Results are in input order; the first failed item raises its exception
-    (with the worker's traceback) after the pool is shut down.
+    (with the worker's traceback) once the workers are stopped. ``timeout``
+    bounds the whole call (``TimeoutError``). ``progress=True`` draws a bar
+    on a terminal. The returned list's ``decision`` says where it ran.
     """
-    _check_backend(backend)
-    check_timeout(timeout)
-    if backend == "inline":
-        return list(builtins.map(fn, *iterables))
-    with _pool(backend, workers) as pool:  # Ctrl-C: the pool stops at once
-        try:
-            return list(pool.map(fn, *iterables, timeout=timeout, chunksize=chunksize))
-        except Exception:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    stream = _stream(fn, iterables, backend, workers, timeout=timeout)
+    try:
+        if progress:
+            results = Results(track(stream, _total(iterables), _label(stream)))
+        else:
+            results = Results(stream.to_list())
+    finally:
+        stream.close()
+    results.decision = stream.decision
+    return results
+
+
+class _Imap(Iterator[Any]):
+    """What ``concur.imap`` returns: the results, and the ``decision`` behind them."""
+
+    def __init__(self, stream: AutoMap, results: Iterator[Any]) -> None:
+        self._stream = stream
+        self._results = results
+
+    @property
+    def decision(self) -> Decision | None:
+        return self._stream.decision
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return self._stream.decisions
+
+    def __iter__(self) -> _Imap:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._results)
+
+    def close(self) -> None:
+        """Stop: cancel what has not started and stop the workers."""
+        self._stream.close()
 
 
 def imap(
@@ -77,55 +154,20 @@ def imap(
     backend: Backend = DEFAULT_BACKEND,
     workers: int | None = None,
     ordered: bool = True,
-    chunksize: ChunkSize = "auto",
     return_exceptions: bool = False,
-) -> Iterator[R]:
-    """Stream ``fn(*args)`` over the iterables (lazily, endless input is fine).
+    progress: bool = False,
+) -> _Imap:
+    """Stream ``fn(*args)`` over the iterables, lazily (endless input is fine).
 
-    The pool lives as long as the iteration: it shuts down when the iterator
-    is exhausted, closed, or garbage-collected.
+    The workers live as long as the iteration: they stop when the iterator is
+    exhausted, closed, or garbage-collected. ``decision`` on the iterator says
+    where the work runs now; ``decisions`` lists every change.
     """
-    _check_backend(backend)
-    if backend == "inline":
-        return _inline_imap(fn, iterables, return_exceptions)
-    return _pooled_imap(fn, iterables, backend, workers, ordered, chunksize, return_exceptions)
-
-
-def _inline_imap(
-    fn: Callable[..., R], iterables: tuple[Iterable[Any], ...], return_exceptions: bool
-) -> Iterator[Any]:
-    for args in zip(*iterables, strict=False):
-        try:
-            yield fn(*args)
-        except Exception as exc:
-            if not return_exceptions:
-                raise
-            yield exc
-
-
-def _pooled_imap(
-    fn: Callable[..., R],
-    iterables: tuple[Iterable[Any], ...],
-    backend: str,
-    workers: int | None,
-    ordered: bool,
-    chunksize: ChunkSize,
-    return_exceptions: bool,
-) -> Iterator[R]:
-    pool = _pool(backend, workers)
-    try:
-        yield from pool.imap(
-            fn,
-            *iterables,
-            ordered=ordered,
-            chunksize=chunksize,
-            return_exceptions=return_exceptions,
-        )
-    except KeyboardInterrupt:
-        pool._abort()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    stream = _stream(fn, iterables, backend, workers, ordered, return_exceptions)
+    results: Iterator[Any] = stream
+    if progress:
+        results = track(stream, _total(iterables), _label(stream))
+    return _Imap(stream, results)
 
 
 def run(
@@ -135,13 +177,19 @@ def run(
     timeout: float | None = None,
     **kwargs: Any,
 ) -> R:
-    """Call ``fn(*args, **kwargs)`` once on ``backend`` and return its result.
+    """Call ``fn(*args, **kwargs)`` once and return its result.
 
-    A process is killed if it runs past ``timeout`` (``TimeoutError``); a
-    thread cannot be stopped, so it is left to finish on its own.
+    A single call has nothing to overlap with, so ``"auto"`` runs it inline,
+    unless a ``timeout`` is given: only a process can be stopped, so then it
+    runs in one. A process past ``timeout`` is killed (``TaskTimeout``); a
+    thread cannot be stopped and is left to finish (``WaitTimeout``).
     """
-    _check_backend(backend)
+    _check(backend, None)
     timeout = check_timeout(timeout)
+    if backend == "auto":
+        chosen = environment_override() or ("process" if timeout is not None else "inline")
+        log.info("concur auto: run %s %s", describe(fn), forced(chosen, "run()").backend)
+        backend = chosen  # type: ignore[assignment]
     if backend == "inline":
         return fn(*args, **kwargs)
     kind: Literal["process", "thread"] = "thread" if backend == "thread" else "process"
@@ -149,6 +197,11 @@ def run(
     try:
         result: R = worker.result(timeout)
         return result
+    except WaitTimeout:
+        if kind == "thread":
+            raise  # a thread cannot be stopped; it finishes on its own
+        assert timeout is not None
+        raise TaskTimeout(describe(fn), timeout, worker.pid) from None
     finally:
         if kind == "process" and worker.is_alive():
             worker.kill()

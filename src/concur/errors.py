@@ -28,6 +28,7 @@ __all__ = [
     "TaskTimeout",
     "ThreadNotKillable",
     "ThreadPoolBroken",
+    "WaitTimeout",
     "WorkerCrashed",
     "WorkerStateError",
 ]
@@ -122,6 +123,13 @@ class TaskTimeout(ConcurError, *_TIMEOUT_BASES):  # type: ignore[misc]
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.timeout, self.pid))
+
+
+class WaitTimeout(ConcurError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """Waiting for a worker's result took longer than the caller allowed.
+
+    Unlike ``TaskTimeout``, nothing was stopped: the worker goes on.
+    """
 
 
 class ThreadNotKillable(ConcurError, TypeError):

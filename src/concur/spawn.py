@@ -24,12 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FuturesTimeout
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _pool, _supervise, _task
-from .errors import ThreadNotKillable, WorkerCrashed, WorkerStateError
+from .errors import ThreadNotKillable, WaitTimeout, WorkerCrashed, WorkerStateError
 from .processes import ProcessPool, get_context
 from .threads import ThreadPool
 
@@ -202,13 +201,16 @@ class Worker:
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value, or its exception re-raised here.
 
-        Raises ``TimeoutError`` if the worker is still running after
+        Raises ``WaitTimeout`` (a ``TimeoutError``) if the worker is still running after
         ``timeout`` seconds, and ``WorkerCrashed`` if a process worker died
         without an answer (killed, or it called ``os._exit``).
         """
         self.join(timeout)
         if self.is_alive():
-            raise FuturesTimeout(f"{self.name} is still running after {timeout} s")
+            raise WaitTimeout(
+                f"{self.name} is still running after {timeout} s; it goes on "
+                "(kill() stops a process worker)"
+            )
         if self._outcome is _NO_OUTCOME:
             raise WorkerCrashed(self.pid, self.exitcode)
         return _task.resolve(self._outcome)

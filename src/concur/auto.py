@@ -1,0 +1,995 @@
+"""Auto: measure the work, then run it inline, on threads or on processes.
+
+How a run is decided (``AutoMap``, behind ``concur.map/imap/run`` with
+``backend="auto"``)::
+
+    item 0 ─► a probe thread ──── done within 2 ms? ── yes ─► tiny: time the next items
+                 │                                              inline for up to 5 ms
+                 no: sample process CPU over those 2 ms
+                 ├─ CPU ≈ 0 ─────────► waiting: threads, as many as wait/compute
+                 │                      says (bounded), started now
+                 └─ CPU busy ─► item 1 on a second thread for 2 ms more:
+                                ├─ CPU > 1.3 cores ─► the GIL is released: threads × cores
+                                └─ else ───────────► GIL-bound: processes × cores
+
+Every finished chunk (inline, thread or process) reports its wall and CPU
+time; ``choose()`` runs again on the moving averages and the run switches
+backend when the work changes (two agreeing verdicts in a row, so noise does
+not flap it). Chunks already handed to a backend finish there: no item runs
+twice, and results come back in input order when asked.
+
+``choose()`` is a pure function of the measurements, so the rules are tested
+directly and documented in ``docs/auto.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import _pool as _pool_base
+from . import _task
+from ._pool import ChunkResult, TaskOptions
+from .processes import ProcessPool, cpu_count
+from .threads import ThreadPool
+
+log = logging.getLogger("concur.auto")
+
+# The rules' constants; docs/auto.md explains each.
+PROBE_WAIT_S = 0.002  # how long item 0 may run before it counts as "long"
+INLINE_PROBE_S = 0.005  # how long tiny items are timed inline
+INLINE_ITEM_S = 50e-6  # below this per item, handing work to a thread costs more than it
+INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
+PROCESS_MIN_TOTAL_S = 0.05  # processes need this much remaining CPU work to pay off
+WAITING = 0.5  # wait fraction above which work counts as waiting
+GIL_FREE_UTILIZATION = 1.3  # process CPU per wall second that proves the GIL is released
+THREAD_BOUND = 256  # most threads auto will run at once
+CHUNK_TARGET_S = {"process": 0.01, "thread": 0.002, "inline": 0.005}
+BACKENDS = ("inline", "thread", "process")
+
+
+def gil_enabled() -> bool:
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What auto measured, per item (seconds)."""
+
+    items: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+    transfer: float = 0.0  # pickling the arguments and the result, once each
+    utilization: float | None = None  # process CPU per wall second, with 2 threads busy
+    cores: int = 1
+    gil: bool = True
+    warm: bool = False  # a process pool is already running: its start-up is paid
+
+    @property
+    def wait_fraction(self) -> float:
+        return 0.0 if self.wall <= 0 else max(0.0, 1.0 - self.cpu / self.wall)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where the work runs and why."""
+
+    backend: str
+    workers: int
+    chunksize: int
+    reason: str
+    measurements: Measurements = field(default_factory=Measurements)
+    source: str = "measured"  # or "environment" (CONCUR_BACKEND), "given" (backend=...)
+
+    def __str__(self) -> str:
+        if self.backend == "inline":
+            return f"inline: {self.reason}"
+        kind = "threads" if self.backend == "thread" else "processes"
+        return f"{self.workers} {kind}, chunks of {self.chunksize}: {self.reason}"
+
+
+def choose(m: Measurements, remaining: int | None) -> Decision:
+    """The rules: measurements and remaining item count → a Decision."""
+    n = remaining if remaining is not None else 1_000_000
+    total = m.wall * n
+    pct = f"CPU {100 * (1 - m.wait_fraction):.0f}% of wall time"
+    per_item = _fmt_s(m.wall)
+    inline_chunk = _chunk(m, n, "inline")
+    if remaining is not None and remaining <= 0:
+        return Decision("inline", 1, 1, f"every item ran while being measured ({per_item} each)", m)
+    if total < INLINE_TOTAL_S:
+        return Decision("inline", 1, inline_chunk, f"all that is left takes {_fmt_s(total)}", m)
+    if m.wall < INLINE_ITEM_S and not _processes_pay(m, n):
+        return Decision(
+            "inline",
+            1,
+            inline_chunk,
+            f"{per_item} per item is less than handing it to a worker costs",
+            m,
+        )
+    if m.wait_fraction >= WAITING:
+        ratio = m.wall / max(m.cpu, m.wall / 1000)
+        workers = min(THREAD_BOUND, n, max(m.cores, math.ceil(m.cores * ratio)))
+        return Decision(
+            "thread",
+            workers,
+            1,
+            f"{pct}, {per_item} per item: waiting; wait/compute {ratio:.0f} → {workers} threads",
+            m,
+        )
+    if not m.gil:
+        return Decision(
+            "thread", m.cores, _chunk(m, n, "thread"), f"{pct}; no GIL: {m.cores} threads", m
+        )
+    if m.utilization is not None and m.utilization > GIL_FREE_UTILIZATION:
+        return Decision(
+            "thread",
+            m.cores,
+            _chunk(m, n, "thread"),
+            f"{pct}; 2 threads used {m.utilization:.1f} CPUs: the GIL is released → threads",
+            m,
+        )
+    if m.cores > 1 and _processes_pay(m, n):
+        chunk = _chunk(m, n, "process")
+        return Decision(
+            "process",
+            m.cores,
+            chunk,
+            f"{pct}; {m.cores} cores → {m.cores} processes, chunks of {chunk}",
+            m,
+        )
+    why = "one core" if m.cores <= 1 else "too little work to pay for processes"
+    return Decision("inline", 1, inline_chunk, f"{pct}, GIL-bound; {why}", m)
+
+
+def _processes_pay(m: Measurements, n: int) -> bool:
+    return m.cpu > 2 * m.transfer and (m.warm or m.cpu * n >= PROCESS_MIN_TOTAL_S)
+
+
+def _chunk(m: Measurements, n: int, backend: str) -> int:
+    """Items per chunk: long enough to hide the hand-off, short enough to balance."""
+    size = math.ceil(CHUNK_TARGET_S[backend] / max(m.wall, 1e-9))
+    if backend != "inline":  # keep at least two chunks per worker
+        size = min(size, max(1, n // (m.cores * 2)))
+    return max(1, min(size, 100_000))
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def forced(backend: str, source: str, workers: int | None = None) -> Decision:
+    """A decision nobody measured: CONCUR_BACKEND, or a backend the caller named."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}"
+        )
+    cores = cpu_count()
+    default = {"inline": 1, "thread": min(32, cores + 4), "process": cores}[backend]
+    return Decision(backend, workers or default, 0, f"set by {source}", source=source)
+
+
+def environment_override() -> str | None:
+    value = os.environ.get("CONCUR_BACKEND", "").strip().lower()
+    if not value or value == "auto":
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"CONCUR_BACKEND={value!r} is not a backend; use auto, {', '.join(BACKENDS)}"
+        )
+    return value
+
+
+def _transfer_cost(args: tuple[Any, ...], result: Any) -> float:
+    start = time.perf_counter()
+    try:
+        _task.dumps(args)
+        _task.dumps(result)
+    except Exception:
+        return math.inf  # cannot be pickled: processes are out
+    return time.perf_counter() - start
+
+
+# -- the streaming engine ------------------------------------------------------
+
+
+class _Values(list[Any]):
+    """Results of a chunk that all succeeded: plain values, not outcomes."""
+
+
+class _Block:
+    __slots__ = ("items", "raw")
+
+    def __init__(self, items: list[Any], raw: bool) -> None:
+        self.items = items
+        self.raw = raw
+
+
+def _starred(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
+    def call(args: tuple[Any, ...]) -> Any:
+        return fn(*args)
+
+    return call
+
+
+class _Watchdog:
+    """Ends an inline chunk's iterator at a deadline, from another thread.
+
+    A list iterator's ``__setstate__`` moves its index; set to the end, the
+    ``map`` feeding ``list.extend`` stops after the item in progress. The
+    thread lives only while its AutoMap runs inline chunks.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._job: tuple[Any, int, float] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def arm(self, iterator: Any, end: int, deadline: float) -> None:
+        with self._cond:
+            self._job = (iterator, end, deadline)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="concur-auto-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._job = None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._job = None
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                job = self._job
+                if job is None:
+                    self._cond.wait()
+                    continue
+                left = job[2] - time.perf_counter()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                if self._job is job:
+                    job[0].__setstate__(job[1])  # the iterator is now at its end
+                    self._job = None
+
+
+class _Done(Future[ChunkResult]):
+    """A finished future for a chunk that ran inline."""
+
+    def __init__(self, result: ChunkResult) -> None:
+        super().__init__()
+        self.set_result(result)
+
+
+class AutoMap(Iterator[Any]):
+    """The iterator behind ``backend="auto"``: decides, runs, re-decides.
+
+    ``decision`` is the current Decision; ``decisions`` every one in order.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        workers: int | None = None,
+        forced_backend: str | None = None,
+        options: TaskOptions | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self._fn = fn
+        # One iterable: items stay as they are, so inline calls are plain fn(x).
+        self._single = len(iterables) == 1
+        self._source: Iterator[Any] | None = (
+            iter(iterables[0]) if self._single else zip(*iterables, strict=False)
+        )
+        self._call: Callable[[Any], Any] = fn if self._single else _starred(fn)
+        self._remaining = _length_hint(iterables)
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._workers = workers
+        self._options = options or TaskOptions()
+        self._end_time = None if timeout is None else time.monotonic() + timeout
+        self._cores = cpu_count()
+        self._threads: ThreadPool | None = None
+        self._processes: ProcessPool | None = None
+        self._fn_blob: bytes | None = None
+        self._inflight: deque[tuple[Future[ChunkResult], int, str]] = deque()
+        self._blocks: deque[_Block] = deque()
+        self._index = 0
+        self._pushed: list[Any] = []  # items an inline chunk gave back, before the source
+        self._watchdog = _Watchdog()
+        self._stats: Measurements | None = None
+        self._pending_switch: str | None = None
+        self.decisions: list[Decision] = []
+        self._gil = gil_enabled()
+        self._utilization: float | None = None
+        self._transfer = 0.0
+        self._clock = (time.perf_counter(), time.process_time())
+        self._forced = forced_backend or environment_override()
+        if self._forced is not None:
+            source = "backend=" if forced_backend else "CONCUR_BACKEND"
+            self._adopt(forced(self._forced, source, workers))
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.decisions[-1] if self.decisions else None
+
+    # -- iteration ---------------------------------------------------------
+
+    def __iter__(self) -> AutoMap:
+        return self
+
+    def __next__(self) -> Any:
+        while not self._blocks or self._index >= len(self._blocks[0].items):
+            if self._blocks:
+                self._blocks.popleft()
+                self._index = 0
+                continue
+            self._advance()
+        block = self._blocks[0]
+        item = block.items[self._index]
+        self._index += 1
+        return item if block.raw else self._resolve(item)
+
+    def to_list(self) -> list[Any]:
+        """Every result, in order: ``list(self)`` without a call per item."""
+        out: list[Any] = []
+        while True:
+            while self._blocks:
+                block = self._blocks.popleft()
+                rest = block.items[self._index :] if self._index else block.items
+                self._index = 0
+                if block.raw:
+                    out.extend(rest)
+                else:
+                    out.extend(self._resolve(item) for item in rest)
+            try:
+                self._advance()
+            except StopIteration:
+                return out
+
+    def _advance(self) -> None:
+        """Get at least one more block ready, or raise StopIteration."""
+        try:
+            if self.decision is None:
+                self._probe()
+                return
+            self._fill()
+            if not self._inflight:
+                self.close()
+                raise StopIteration
+            self._collect()
+        except KeyboardInterrupt:
+            self.close(abort=True)
+            raise
+
+    def _resolve(self, outcome: _task.Outcome) -> Any:
+        status, value = outcome
+        if status == _task.OK:
+            return value
+        exc = value if status == _task.RAISED else _task.unpack_exception(value)
+        if self._return_exceptions:
+            return exc
+        self.close()
+        raise exc
+
+    def _take_items(self, count: int) -> list[Any]:
+        """The next ``count`` items: given-back ones first, then the input."""
+        chunk, self._pushed = self._pushed[:count], self._pushed[count:]
+        if len(chunk) < count and self._source is not None:
+            more = list(itertools.islice(self._source, count - len(chunk)))
+            if len(chunk) + len(more) < count:
+                self._source = None
+            chunk.extend(more)
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+        return chunk
+
+    # -- probing -------------------------------------------------------------
+
+    def _probe(self) -> None:
+        first = self._take_items(1)
+        if not first:
+            self._adopt(Decision("inline", 1, 1, "no items"))
+            return
+        threads = self._thread_pool()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        probe = threads.submit(_task.run_chunk, self._fn, self._as_args(first), False)
+        self._inflight.append((probe, 1, "thread"))
+        done, _ = wait([probe], timeout=PROBE_WAIT_S)
+        if done:
+            self._probe_tiny(first, probe.result())
+            return
+        self._transfer = _transfer_cost(self._as_args(first)[0], None)
+        window = PROBE_WAIT_S
+        while True:
+            elapsed = time.perf_counter() - wall0
+            used = time.process_time() - cpu0
+            busy = used / max(elapsed, 1e-9)
+            if busy < WAITING:
+                # Waiting, for an unknown time yet: the ratio measured so far is
+                # only a lower bound, so start as many threads as allowed.
+                m = self._measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
+                self._adopt(choose(m, self._left()))
+                return
+            # Computing for at least ``elapsed``: enough to justify processes?
+            left = self._left()
+            if elapsed * (left if left is not None else 1_000_000) >= PROCESS_MIN_TOTAL_S:
+                break
+            window *= 2
+            if wait([probe], timeout=window)[0]:
+                outcomes, wall, cpu = probe.result()
+                self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
+                self._adopt(choose(self._measure(wall, cpu, 1), self._left()))
+                return
+        # Computing. A second thread shows whether the work releases the GIL.
+        second = self._take_items(1)
+        if second:
+            wall1, cpu1 = time.perf_counter(), time.process_time()
+            other = threads.submit(_task.run_chunk, self._fn, self._as_args(second), False)
+            self._inflight.append((other, 1, "thread"))
+            wait([probe, other], timeout=PROBE_WAIT_S, return_when=FIRST_COMPLETED)
+            span = time.perf_counter() - wall1
+            self._utilization = (time.process_time() - cpu1) / max(span, 1e-9)
+        m = self._measure(elapsed, used, 1)
+        self._adopt(choose(m, self._left()))
+
+    def _probe_tiny(self, first: list[Any], result: ChunkResult) -> None:
+        outcomes, wall, cpu = result
+        self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
+        # Time more items inline, where a small item's cost is seen exactly.
+        items, spent_wall, spent_cpu = 1, wall, cpu
+        deadline = time.perf_counter() + INLINE_PROBE_S
+        while time.perf_counter() < deadline:
+            chunk = self._take_items(max(1, items))
+            if not chunk:
+                break
+            done, taken = self._run_inline(chunk)
+            _, w, c = done.result()
+            self._inflight.append((done, taken, "inline"))
+            items += taken
+            spent_wall += w
+            spent_cpu += c
+            self._measure(spent_wall, spent_cpu, items)  # later chunks run at this pace
+        self._adopt(choose(self._measure(spent_wall, spent_cpu, items), self._left()))
+
+    def _measure(self, wall: float, cpu: float, items: int) -> Measurements:
+        m = Measurements(
+            items=items,
+            wall=wall / items,
+            cpu=cpu / items,
+            transfer=self._transfer,
+            utilization=self._utilization,
+            cores=self._cores,
+            gil=self._gil,
+        )
+        self._stats = m
+        return m
+
+    def _left(self) -> int | None:
+        if self._remaining is None:
+            return None
+        return self._remaining + sum(n for f, n, _ in self._inflight if not f.done())
+
+    def _adopt(self, decision: Decision) -> None:
+        if self._forced is None and self._workers is not None and decision.backend != "inline":
+            decision = replace(decision, workers=self._workers)
+        previous = self.decision
+        self.decisions.append(decision)
+        if previous is None:
+            log.info("concur auto: %s", decision)
+        elif previous.backend != decision.backend:
+            log.info("concur auto: the work changed; now %s", decision)
+
+    # -- running -------------------------------------------------------------
+
+    def _limit(self) -> int:
+        d = self.decision
+        assert d is not None
+        if d.backend == "process":
+            return 2 * d.workers
+        if d.backend == "thread":
+            return d.workers + 1
+        return 1
+
+    def _fill(self) -> None:
+        d = self.decision
+        assert d is not None
+        while self._has_input() and self._pending_count() < self._limit():
+            size = d.chunksize or self._default_chunk(d)
+            if d.backend == "inline" and self._inflight_pending():
+                return  # let pool work drain before running inline in this thread
+            chunk = self._take_items(size)
+            if not chunk:
+                return
+            if d.backend == "inline":
+                done, taken = self._run_inline(chunk)
+                self._inflight.append((done, taken, "inline"))
+                _, wall, cpu = done.result()
+                self._observe(taken, wall, cpu, "inline")  # now: the next chunk may differ
+                return
+            self._inflight.append((self._run(d.backend, chunk), len(chunk), d.backend))
+
+    def _default_chunk(self, d: Decision) -> int:
+        if self._stats is None:
+            return 1
+        return _chunk(self._stats, self._left() or 1_000_000, d.backend)
+
+    def _pending_count(self) -> int:
+        return sum(1 for f, _, _ in self._inflight if not f.done())
+
+    def _inflight_pending(self) -> bool:
+        return any(not f.done() for f, _, backend in self._inflight if backend != "inline")
+
+    def _as_args(self, chunk: list[Any]) -> list[tuple[Any, ...]]:
+        return [(x,) for x in chunk] if self._single else chunk
+
+    def _run_inline(self, chunk: list[Any]) -> tuple[_Done, int]:
+        """Run a chunk here; return its future and how many items it took.
+
+        The items run through ``list.extend(map(fn, iterator))``, as fast as a
+        plain loop. A watchdog thread ends the iterator early once the chunk
+        has run 4 × the inline target: work that turns heavy mid-chunk is
+        noticed after one slow item, at no cost per item. Items not run go
+        back to the input. An item that raises ends the chunk too
+        (``extend`` keeps the values before it).
+        """
+        values = _Values()
+        items = iter(chunk)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        self._watchdog.arm(items, len(chunk), wall0 + 4 * CHUNK_TARGET_S["inline"])
+        try:
+            values.extend(map(self._call, items))
+        except Exception as exc:
+            outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
+            outcomes.append((_task.RAISED, exc))
+            self._push_back(chunk[len(outcomes) :])
+            spent = (time.perf_counter() - wall0, time.thread_time() - cpu0)
+            return _Done((outcomes, *spent)), len(outcomes)
+        finally:
+            self._watchdog.disarm()
+        self._push_back(chunk[len(values) :])
+        return _Done((values, time.perf_counter() - wall0, time.thread_time() - cpu0)), len(values)
+
+    def _push_back(self, items: list[Any]) -> None:
+        if items:
+            self._pushed[:0] = items
+            if self._remaining is not None:
+                self._remaining += len(items)
+
+    def _has_input(self) -> bool:
+        return bool(self._pushed) or self._source is not None
+
+    def _run(self, backend: str, chunk: list[Any]) -> Future[ChunkResult]:
+        options = self._options.for_chunk(len(chunk))
+        items = self._as_args(chunk)
+        if backend == "thread":
+            return self._thread_pool()._submit_chunk(self._fn, items, None, options)
+        processes = self._process_pool()
+        if self._fn_blob is None:
+            self._fn_blob = processes._prepare_fn(self._fn)
+        return processes._submit_chunk(self._fn, items, self._fn_blob, options)
+
+    def _time_left(self) -> float | None:
+        return None if self._end_time is None else max(0.0, self._end_time - time.monotonic())
+
+    def _collect(self) -> None:
+        if self._ordered:
+            future, count, backend = self._inflight[0]
+            wait([future], timeout=self._time_left())
+            if not future.done():
+                self.close()
+                raise FuturesTimeout()
+            self._inflight.popleft()
+            self._take(future, count, backend)
+            return
+        done, _ = wait(
+            [f for f, _, _ in self._inflight],
+            timeout=self._time_left(),
+            return_when=FIRST_COMPLETED,
+        )
+        if not done:
+            self.close()
+            raise FuturesTimeout()
+        keep: deque[tuple[Future[ChunkResult], int, str]] = deque()
+        for item in self._inflight:
+            if item[0] in done:
+                self._take(*item)
+            else:
+                keep.append(item)
+        self._inflight = keep
+
+    def _take(self, future: Future[ChunkResult], count: int, backend: str) -> None:
+        try:
+            outcomes, wall, cpu = future.result()
+        except Exception as exc:  # the whole chunk failed: crash or time-out
+            if not self._return_exceptions:
+                self.close()
+                raise
+            self._blocks.append(_Block([(_task.RAISED, exc)] * count, raw=False))
+            return
+        if isinstance(outcomes, _Values):
+            self._blocks.append(_Block(outcomes, raw=True))
+        elif all(status == _task.OK for status, _ in outcomes):
+            self._blocks.append(_Block([value for _, value in outcomes], raw=True))
+        else:
+            self._blocks.append(_Block(outcomes, raw=False))
+        if backend != "inline":  # inline chunks were observed as they ran
+            self._observe(count, wall, cpu, backend)
+
+    def _process_utilization(self) -> float:
+        """Process CPU seconds per wall second since the last call."""
+        now = (time.perf_counter(), time.process_time())
+        span = now[0] - self._clock[0]
+        used = now[1] - self._clock[1]
+        self._clock = now
+        return used / span if span > 0 else 0.0
+
+    def _observe(self, count: int, wall: float, cpu: float, backend: str) -> None:
+        """Fold a finished chunk into the averages; switch backend if the work changed."""
+        if count == 0:
+            return
+        per_wall, per_cpu = wall / count, cpu / count
+        if backend == "thread":
+            # Busy threads share the GIL, so each one's wall time overstates
+            # waiting. The whole process's CPU rate tells the truth: near one
+            # core means the work computes; above 1.3 means the GIL is released.
+            rate = self._process_utilization()
+            if rate > GIL_FREE_UTILIZATION:
+                self._utilization = rate
+            if rate > 0.8:  # the GIL is the bottleneck: the work computes
+                per_wall = per_cpu
+        old = self._stats or Measurements(cores=self._cores, gil=self._gil, transfer=self._transfer)
+        left = self._left()
+        # Each chunk is a few milliseconds of work: weigh chunks, not items, so
+        # a change shows within a couple of chunks however many items came before.
+        weight = 0.5 if old.items else 1.0
+        m = replace(
+            old,
+            items=old.items + count,
+            wall=(1 - weight) * old.wall + weight * per_wall,
+            cpu=(1 - weight) * old.cpu + weight * per_cpu,
+            utilization=self._utilization,
+            warm=self._processes is not None,
+        )
+        self._stats = m
+        if self._forced is not None or left == 0:
+            return  # the backend stays as given, or there is nothing left to place
+        verdict = choose(m, left)
+        current = self.decision
+        assert current is not None
+        if verdict.backend == current.backend:
+            self._pending_switch = None
+            if verdict.workers > current.workers or verdict.chunksize != current.chunksize:
+                self.decisions[-1] = verdict  # same backend, better sizing
+            return
+        if self._pending_switch == verdict.backend:
+            self._pending_switch = None
+            self._adopt(verdict)
+        else:
+            self._pending_switch = verdict.backend
+
+    # -- pools ---------------------------------------------------------------
+
+    def _thread_pool(self) -> ThreadPool:
+        if self._threads is None:
+            self._threads = ThreadPool(THREAD_BOUND, thread_name_prefix="concur-auto-thread")
+        return self._threads
+
+    def _process_pool(self) -> ProcessPool:
+        if self._processes is None:
+            d = self.decision
+            workers = d.workers if d is not None and d.backend == "process" else self._cores
+            self._processes = ProcessPool(workers)
+        return self._processes
+
+    def close(self, abort: bool = False) -> None:
+        """Stop reading input, cancel what has not started, and stop the pools."""
+        self._source = None
+        self._pushed = []
+        for future, _, _ in self._inflight:
+            if abort or not future.running():
+                future.cancel()
+        self._inflight.clear()
+        for pool in (self._threads, self._processes):
+            if pool is None:
+                continue
+            if abort:
+                pool._abort()
+            else:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._threads = self._processes = None
+        self._watchdog.stop()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _value(outcome: _task.Outcome) -> Any:
+    return outcome[1] if outcome[0] == _task.OK else None
+
+
+def _length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    lengths = []
+    for iterable in iterables:
+        try:
+            lengths.append(len(iterable))  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return min(lengths) if lengths else None
+
+
+def advise(fn: Callable[..., Any], sample: Iterable[Any], *more: Iterable[Any]) -> Decision:
+    """Run ``fn`` over ``sample`` the way auto would and return its Decision.
+
+    The sample really runs (side effects happen); its results are discarded.
+    Give it enough items to be typical; a few dozen is usually plenty.
+    """
+    stream = AutoMap(fn, (sample, *more), return_exceptions=True)
+    try:
+        stream.to_list()
+    finally:
+        stream.close()
+    decision = stream.decision
+    assert decision is not None
+    return decision
+
+
+# -- AutoPool: the same choice for submit() --------------------------------------
+
+
+class _Route:
+    """What AutoPool has learned about one function."""
+
+    __slots__ = ("decision", "stats")
+
+    def __init__(self) -> None:
+        self.stats: Measurements | None = None
+        self.decision: Decision | None = None
+
+
+class AutoPool(_pool_base.PoolBase):
+    """An Executor that decides, per function, where ``submit`` runs it.
+
+    A function's first calls run on threads (nothing to pickle, and the
+    thread's CPU clock measures them exactly); after ``LEARN_CALLS`` calls
+    its Decision routes later calls inline, to threads or to processes, and
+    keeps being updated as calls finish. ``decision`` is the latest Decision;
+    ``decisions`` maps each function's name to its own. ``map`` and ``imap``
+    decide per run, as ``concur.map`` does, on this pool's workers.
+    """
+
+    _kind = "thread"
+    LEARN_CALLS = 3
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self._max_workers = max_workers or cpu_count()
+        self._defaults = TaskOptions()
+        self._threads = ThreadPool(THREAD_BOUND, thread_name_prefix="concur-AutoPool-thread")
+        self._processes: ProcessPool | None = None
+        self._routes: dict[Any, _Route] = {}
+        self._lock = threading.Lock()
+        self._clock = (time.perf_counter(), time.process_time())
+        self._forced = environment_override()
+        self.decision: Decision | None = None
+        self.decisions: dict[str, Decision] = {}
+
+    def _route(self, fn: Callable[..., Any]) -> _Route:
+        key = getattr(fn, "__code__", None) or fn
+        with self._lock:
+            route = self._routes.get(key)
+            if route is None:
+                route = self._routes[key] = _Route()
+                if self._forced is not None:
+                    self._set(fn, route, forced(self._forced, "CONCUR_BACKEND"))
+            return route
+
+    def _set(self, fn: Callable[..., Any], route: _Route, decision: Decision) -> None:
+        changed = route.decision is None or route.decision.backend != decision.backend
+        route.decision = decision
+        self.decision = decision
+        self.decisions[_task.describe(fn)] = decision
+        if changed:
+            log.info("concur auto: %s → %s", _task.describe(fn), decision)
+
+    def _submit_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
+        route = self._route(fn)
+        call = functools.partial(fn, **kwargs) if kwargs else fn
+        backend = route.decision.backend if route.decision else "thread"
+        outer: Future[Any] = Future()
+        if backend == "inline":
+            outer.set_running_or_notify_cancel()
+            outcomes, wall, cpu = _task.run_chunk(call, [args], False)
+            self._learn(fn, route, args, outcomes[0], wall, cpu, "inline")
+            _deliver(outer, outcomes[0])
+            return outer
+        if backend == "process":
+            pool: ThreadPool | ProcessPool = self._process_pool()
+            blob = pool._prepare_fn(call)
+        else:
+            pool, blob = self._threads, None
+        inner = pool._submit_chunk(call, [args], blob, options)
+
+        def finished(done: Future[ChunkResult]) -> None:
+            if outer.cancelled():
+                return
+            try:
+                outcomes, wall, cpu = done.result()
+            except BaseException as exc:
+                _pool_base.settle(outer, error=exc)
+                return
+            self._learn(fn, route, args, outcomes[0], wall, cpu, backend)
+            _deliver(outer, outcomes[0])
+
+        outer.set_running_or_notify_cancel()
+        inner.add_done_callback(finished)
+        return outer
+
+    def _learn(
+        self,
+        fn: Callable[..., Any],
+        route: _Route,
+        args: tuple[Any, ...],
+        outcome: _task.Outcome,
+        wall: float,
+        cpu: float,
+        backend: str,
+    ) -> None:
+        with self._lock:
+            if self._forced is not None:
+                return
+            if backend == "thread":
+                now = (time.perf_counter(), time.process_time())
+                span, used = now[0] - self._clock[0], now[1] - self._clock[1]
+                self._clock = now
+                if span > 0 and used / span > 0.8:  # the GIL is busy: the work computes
+                    wall = cpu
+            old = route.stats or Measurements(
+                cores=cpu_count(),
+                gil=gil_enabled(),
+                transfer=_transfer_cost(args, _value(outcome)),
+            )
+            weight = 1.0 / (old.items + 1) if old.items < 8 else 0.2
+            route.stats = replace(
+                old,
+                items=old.items + 1,
+                wall=(1 - weight) * old.wall + weight * wall,
+                cpu=(1 - weight) * old.cpu + weight * cpu,
+                warm=self._processes is not None,
+            )
+            if route.stats.items >= self.LEARN_CALLS:
+                verdict = choose(route.stats, None)
+                if verdict.backend == "thread":
+                    verdict = replace(verdict, chunksize=1)
+                self._set(fn, route, verdict)
+
+    def _process_pool(self) -> ProcessPool:
+        with self._lock:
+            if self._processes is None:
+                self._processes = ProcessPool(self._max_workers)
+            return self._processes
+
+    def _submit_chunk(
+        self,
+        fn: Callable[..., Any],
+        items: list[tuple[Any, ...]],
+        fn_blob: bytes | None,
+        options: TaskOptions,
+    ) -> Future[ChunkResult]:
+        return self._threads._submit_chunk(fn, items, fn_blob, options)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: Any = "auto",
+    ) -> Iterator[Any]:
+        """Decide for this run by measuring it, as ``concur.map`` does."""
+        timeout = _pool_base.check_timeout(timeout)
+        stream = AutoMap(fn, iterables, forced_backend=self._forced, timeout=timeout)
+        return _TrackedMap(stream, self)
+
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: Any = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+    ) -> Iterator[Any]:
+        stream = AutoMap(
+            fn,
+            iterables,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            forced_backend=self._forced,
+        )
+        return _TrackedMap(stream, self)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._threads.shutdown(wait, cancel_futures=cancel_futures)
+        if self._processes is not None:
+            self._processes.shutdown(wait, cancel_futures=cancel_futures)
+
+    def _abort(self) -> None:
+        self._threads._abort()
+        if self._processes is not None:
+            self._processes._abort()
+
+
+class _TrackedMap(Iterator[Any]):
+    """An AutoMap whose decision also shows on the AutoPool that started it."""
+
+    def __init__(self, stream: AutoMap, pool: AutoPool) -> None:
+        self.stream = stream
+        self.pool = pool
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.stream.decision
+
+    def __iter__(self) -> _TrackedMap:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.stream)
+        finally:
+            if self.stream.decision is not None:
+                self.pool.decision = self.stream.decision
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _deliver(future: Future[Any], outcome: _task.Outcome) -> None:
+    status, value = outcome
+    if status == _task.OK:
+        _pool_base.settle(future, value)
+    elif status == _task.RAISED:
+        _pool_base.settle(future, error=value)
+    else:
+        _pool_base.settle(future, error=_task.unpack_exception(value))
