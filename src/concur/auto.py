@@ -52,7 +52,6 @@ PROBE_WAIT_S = 0.002  # how long item 0 may run before it counts as "long"
 INLINE_PROBE_S = 0.005  # how long tiny items are timed inline
 INLINE_ITEM_S = 50e-6  # below this per item, handing work to a thread costs more than it
 INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
-PROCESS_MIN_TOTAL_S = 0.05  # processes need this much remaining CPU work to pay off
 WAITING = 0.5  # wait fraction above which work counts as waiting
 GIL_FREE_UTILIZATION = 1.3  # process CPU per wall second that proves the GIL is released
 THREAD_BOUND = 256  # most threads auto will run at once
@@ -102,61 +101,92 @@ class Decision:
 
 
 def choose(m: Measurements, remaining: int | None) -> Decision:
-    """The rules: measurements and remaining item count → a Decision."""
+    """The rules: measurements and the number of items left → a Decision.
+
+    Estimates how long the remaining items take inline, on threads and on
+    processes, and picks the fastest (see ``estimate``); ties go to the
+    cheaper backend (inline, then threads).
+    """
     n = remaining if remaining is not None else 1_000_000
-    total = m.wall * n
-    pct = f"CPU {100 * (1 - m.wait_fraction):.0f}% of wall time"
     per_item = _fmt_s(m.wall)
-    inline_chunk = _chunk(m, n, "inline")
     if remaining is not None and remaining <= 0:
         return Decision("inline", 1, 1, f"every item ran while being measured ({per_item} each)", m)
-    if total < INLINE_TOTAL_S:
-        return Decision("inline", 1, inline_chunk, f"all that is left takes {_fmt_s(total)}", m)
-    if m.wall < INLINE_ITEM_S and not _processes_pay(m, n):
+    if m.wall * n < INLINE_TOTAL_S:
         return Decision(
-            "inline",
-            1,
-            inline_chunk,
-            f"{per_item} per item is less than handing it to a worker costs",
-            m,
+            "inline", 1, _chunk(m, n, "inline"), f"all that is left takes {_fmt_s(m.wall * n)}", m
         )
-    if m.wait_fraction >= WAITING:
-        ratio = m.wall / max(m.cpu, m.wall / 1000)
-        workers = min(THREAD_BOUND, n, max(m.cores, math.ceil(m.cores * ratio)))
-        return Decision(
-            "thread",
-            workers,
-            1,
-            f"{pct}, {per_item} per item: waiting; wait/compute {ratio:.0f} → {workers} threads",
-            m,
-        )
-    if not m.gil:
-        return Decision(
-            "thread", m.cores, _chunk(m, n, "thread"), f"{pct}; no GIL: {m.cores} threads", m
-        )
-    if m.utilization is not None and m.utilization > GIL_FREE_UTILIZATION:
-        return Decision(
-            "thread",
-            m.cores,
-            _chunk(m, n, "thread"),
-            f"{pct}; 2 threads used {m.utilization:.1f} CPUs: the GIL is released → threads",
-            m,
-        )
-    if m.cores > 1 and _processes_pay(m, n):
-        chunk = _chunk(m, n, "process")
-        return Decision(
-            "process",
-            m.cores,
-            chunk,
-            f"{pct}; {m.cores} cores → {m.cores} processes, chunks of {chunk}",
-            m,
-        )
-    why = "one core" if m.cores <= 1 else "too little work to pay for processes"
-    return Decision("inline", 1, inline_chunk, f"{pct}, GIL-bound; {why}", m)
+    times, threads = estimate(m, n)
+    best = min(times, key=lambda backend: times[backend] * _PREFERENCE[backend])
+    pct = f"CPU {100 * (1 - m.wait_fraction):.0f}% of wall time, {per_item} per item"
+    label, shown = "estimated", times
+    if remaining is None:  # an open-ended run: show the rate, not a total
+        label, shown = "estimated per 1,000 items", estimate(m, 1000)[0]
+    estimates = ", ".join(f"{name} {_fmt_s(t)}" for name, t in shown.items() if math.isfinite(t))
+    tail = f" ({label}: {estimates})"
+    if best == "inline":
+        if m.wall < INLINE_ITEM_S:
+            why = f"{per_item} per item is less than handing it to a worker costs"
+        elif m.cores <= 1:
+            why = f"{pct}; one core: nothing to gain"
+        else:
+            why = f"{pct}; too little work to pay for workers"
+        return Decision("inline", 1, _chunk(m, n, "inline"), why + tail, m)
+    if best == "thread":
+        if m.wait_fraction >= WAITING:
+            ratio = m.wall / max(m.cpu, m.wall / 1000)
+            why = f"{pct}: waiting; wait/compute {ratio:.0f} → {threads} threads"
+            return Decision("thread", threads, 1, why + tail, m)
+        if not m.gil:
+            why = f"{pct}; no GIL: {threads} threads"
+        elif _gil_free(m):
+            why = f"{pct}; 2 threads used {m.utilization:.1f} CPUs: the GIL is released → threads"
+        else:
+            why = f"{pct}: waits hide the computing → {threads} threads"
+        return Decision("thread", threads, _chunk(m, n, "thread"), why + tail, m)
+    chunk = _chunk(m, n, "process")
+    why = f"{pct}; {m.cores} cores → {m.cores} processes, chunks of {chunk}"
+    return Decision("process", m.cores, chunk, why + tail, m)
 
 
-def _processes_pay(m: Measurements, n: int) -> bool:
-    return m.cpu > 2 * m.transfer and (m.warm or m.cpu * n >= PROCESS_MIN_TOTAL_S)
+# Per hand-off costs the estimates use (measured on the machine concur is
+# developed on; docs/auto.md), and a slight preference for cheaper backends.
+THREAD_HANDOFF_S = 20e-6
+PROCESS_HANDOFF_S = 150e-6
+PROCESS_START_S = 0.05
+_PREFERENCE = {"inline": 1.0, "thread": 1.05, "process": 1.15}
+
+
+def _gil_free(m: Measurements) -> bool:
+    return not m.gil or (m.utilization is not None and m.utilization > GIL_FREE_UTILIZATION)
+
+
+def estimate(m: Measurements, n: int) -> tuple[dict[str, float], int]:
+    """Seconds the next ``n`` items take on each backend, and the thread count.
+
+    inline     n × wall
+    threads    the larger of: the CPU part, serialized by the GIL (spread over
+               the cores when the GIL is released), and n × wall / threads;
+               plus a hand-off per chunk
+    processes  n × (wall + pickling) / cores, a hand-off per chunk, and the
+               pool's start-up unless one already runs
+    Threads: cores × wall/CPU (what keeps every core busy while they wait),
+    at most ``THREAD_BOUND`` and ``n``.
+    """
+    cores = max(1, m.cores)
+    ratio = m.wall / max(m.cpu, m.wall / 1000, 1e-9)
+    threads = max(1, min(THREAD_BOUND, n, max(cores, math.ceil(cores * ratio))))
+    serial_cpu = m.cpu / cores if _gil_free(m) else m.cpu
+    thread_chunk = 1 if m.wait_fraction >= WAITING else _chunk(m, n, "thread")
+    thread_time = max(n * serial_cpu, n * m.wall / threads) + n * THREAD_HANDOFF_S / thread_chunk
+    process_time = math.inf
+    if cores > 1 and math.isfinite(m.transfer):
+        process_chunk = _chunk(m, n, "process")
+        process_time = (
+            n * (m.wall + m.transfer) / cores
+            + n * PROCESS_HANDOFF_S / process_chunk / cores
+            + (0.0 if m.warm else PROCESS_START_S)
+        )
+    return {"inline": n * m.wall, "thread": thread_time, "process": process_time}, threads
 
 
 def _chunk(m: Measurements, n: int, backend: str) -> int:
@@ -446,7 +476,7 @@ class AutoMap(Iterator[Any]):
                 return
             # Computing for at least ``elapsed``: enough to justify processes?
             left = self._left()
-            if elapsed * (left if left is not None else 1_000_000) >= PROCESS_MIN_TOTAL_S:
+            if elapsed * (left if left is not None else 1_000_000) >= PROCESS_START_S:
                 break
             window *= 2
             if wait([probe], timeout=window)[0]:
@@ -499,9 +529,11 @@ class AutoMap(Iterator[Any]):
         return m
 
     def _left(self) -> int | None:
-        if self._remaining is None:
-            return None
-        return self._remaining + sum(n for f, n, _ in self._inflight if not f.done())
+        """Items not yet finished: known, or None for input of unknown length."""
+        running = sum(n for f, n, _ in self._inflight if not f.done())
+        if not self._has_input():
+            return running
+        return None if self._remaining is None else self._remaining + running
 
     def _adopt(self, decision: Decision) -> None:
         if self._forced is None and self._workers is not None and decision.backend != "inline":
@@ -649,13 +681,16 @@ class AutoMap(Iterator[Any]):
         if backend != "inline":  # inline chunks were observed as they ran
             self._observe(count, wall, cpu, backend)
 
-    def _process_utilization(self) -> float:
-        """Process CPU seconds per wall second since the last call."""
+    def _process_utilization(self) -> float | None:
+        """Process CPU seconds per wall second since the last reading, once
+        at least 50 ms have passed (shorter windows are noise)."""
         now = (time.perf_counter(), time.process_time())
         span = now[0] - self._clock[0]
+        if span < 0.05:
+            return None
         used = now[1] - self._clock[1]
         self._clock = now
-        return used / span if span > 0 else 0.0
+        return used / span
 
     def _observe(self, count: int, wall: float, cpu: float, backend: str) -> None:
         """Fold a finished chunk into the averages; switch backend if the work changed."""
@@ -667,9 +702,9 @@ class AutoMap(Iterator[Any]):
             # waiting. The whole process's CPU rate tells the truth: near one
             # core means the work computes; above 1.3 means the GIL is released.
             rate = self._process_utilization()
-            if rate > GIL_FREE_UTILIZATION:
+            if rate is not None and rate > GIL_FREE_UTILIZATION:
                 self._utilization = rate
-            if rate > 0.8:  # the GIL is the bottleneck: the work computes
+            if rate is not None and rate > 0.8:  # the GIL is the bottleneck: it computes
                 per_wall = per_cpu
         old = self._stats or Measurements(cores=self._cores, gil=self._gil, transfer=self._transfer)
         left = self._left()
@@ -755,10 +790,11 @@ def _length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
 
 
 def advise(fn: Callable[..., Any], sample: Iterable[Any], *more: Iterable[Any]) -> Decision:
-    """Run ``fn`` over ``sample`` the way auto would and return its Decision.
+    """Run ``fn`` over ``sample`` the way auto would; return the Decision for a long run.
 
     The sample really runs (side effects happen); its results are discarded.
-    Give it enough items to be typical; a few dozen is usually plenty.
+    The Decision applies what every sampled item showed to a run of many such
+    items. Give it enough items to be typical; a few dozen is usually plenty.
     """
     stream = AutoMap(fn, (sample, *more), return_exceptions=True)
     try:
@@ -767,7 +803,10 @@ def advise(fn: Callable[..., Any], sample: Iterable[Any], *more: Iterable[Any]) 
         stream.close()
     decision = stream.decision
     assert decision is not None
-    return decision
+    if stream._stats is None or decision.source != "measured":
+        return decision
+    # Everything the sample taught, applied to a long run of such items.
+    return choose(stream._stats, None)
 
 
 # -- AutoPool: the same choice for submit() --------------------------------------
@@ -898,7 +937,9 @@ class AutoPool(_pool_base.PoolBase):
                 cpu=(1 - weight) * old.cpu + weight * cpu,
                 warm=self._processes is not None,
             )
-            if route.stats.items >= self.LEARN_CALLS:
+            items = route.stats.items
+            # Re-decide often while learning, then every 16th call: cheap calls stay cheap.
+            if items >= self.LEARN_CALLS and (items < 50 or items % 16 == 0):
                 verdict = choose(route.stats, None)
                 if verdict.backend == "thread":
                     verdict = replace(verdict, chunksize=1)

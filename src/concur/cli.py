@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, Any, cast
+
 import click
 
 from . import __version__
@@ -83,6 +87,152 @@ def bench(
     if json_path:
         report.write_json(json_path, env, rows)
         console.print(f"measurements written to {json_path}")
+
+
+def _load(target: str) -> Callable[..., Any]:
+    """MODULE:FUNCTION → the function, importing MODULE with the current directory first."""
+    import importlib
+    import os
+    import sys
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter(
+            f"{target!r} is not MODULE:FUNCTION (for example: mytools:parse_line)",
+            param_hint="TARGET",
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {exc}", param_hint="TARGET"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.BadParameter(
+                f"{module_name!r} has no {attr!r}", param_hint="TARGET"
+            ) from None
+    if not callable(obj):
+        raise click.BadParameter(f"{target} is not callable", param_hint="TARGET")
+    return obj  # type: ignore[no-any-return]
+
+
+def _lines(source: IO[str]) -> Iterator[str]:
+    for line in source:
+        yield line.rstrip("\n").rstrip("\r")
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+BACKEND_CHOICE = click.Choice(["auto", "process", "thread", "inline"])
+
+
+@cli.command("map")
+@click.argument("target", metavar="MODULE:FUNCTION")
+@click.argument("source", type=click.File("r"), default="-", metavar="[FILE|-]")
+@click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), help="Workers (default: decided).")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed line (exit 1).")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="A progress bar on stderr, when it is a terminal.",
+)
+def map_command(
+    target: str,
+    source: IO[str],
+    backend: str,
+    workers: int | None,
+    fail_fast: bool,
+    progress: bool,
+) -> None:
+    """Run FUNCTION on each line of FILE (or stdin); print one JSON result per line.
+
+    Results come in input order. A line whose call fails prints
+    {"error": ..., "line": N} in its place and a message on stderr; the other
+    lines go on (--fail-fast stops instead). Exit status 1 if any line failed.
+    """
+    import json
+
+    from . import api
+
+    fn = _load(target)
+    results = api.imap(
+        fn,
+        _lines(source),
+        backend=cast(api.Backend, backend),
+        workers=workers,
+        return_exceptions=not fail_fast,
+        progress=progress,
+    )
+    failed = 0
+    try:
+        for number, value in enumerate(results, 1):
+            if isinstance(value, BaseException):
+                failed += 1
+                message = f"{type(value).__name__}: {value}"
+                click.echo(f"concur map: line {number}: {message}", err=True)
+                click.echo(json.dumps({"error": message, "line": number}))
+            else:
+                click.echo(json.dumps(_jsonable(value)))
+    except Exception as exc:
+        results.close()
+        click.echo(
+            f"concur map: stopped at the first failure: {type(exc).__name__}: {exc}", err=True
+        )
+        sys.exit(1)
+    decision = results.decision
+    if decision is not None:
+        click.echo(f"concur map: {decision}", err=True)
+    if failed:
+        click.echo(f"concur map: {failed} line(s) failed", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE:FUNCTION")
+@click.argument("source", type=click.File("r"), default="-", metavar="[FILE|-]")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="How many lines to run to decide.",
+)
+def advise(target: str, source: IO[str], sample: int) -> None:
+    """Run FUNCTION on the first lines of FILE and print where concur would run it, and why."""
+    import itertools
+
+    from .auto import advise as advise_fn
+
+    fn = _load(target)
+    lines = list(itertools.islice(_lines(source), sample))
+    if not lines:
+        raise click.UsageError("no input lines to measure")
+    decision = advise_fn(fn, lines)
+    m = decision.measurements
+    click.echo(f"backend:   {decision.backend}")
+    click.echo(f"workers:   {decision.workers}")
+    click.echo(f"chunksize: {decision.chunksize}")
+    click.echo(f"reason:    {decision.reason}")
+    click.echo(
+        f"measured:  {m.items} items; per item {m.wall * 1e3:.3f} ms wall, "
+        f"{m.cpu * 1e3:.3f} ms CPU, {m.transfer * 1e6:.1f} µs to pickle; "
+        f"{m.cores} cores; GIL {'on' if m.gil else 'off'}"
+    )
 
 
 def main() -> None:

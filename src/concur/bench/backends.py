@@ -14,6 +14,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..api import map as concur_map
+from ..auto import AutoPool
 from ..processes import ProcessPool, default_start_method
 from ..threads import ThreadPool
 
@@ -39,6 +41,43 @@ class SerialRunner(Runner):
         return fn(arg)
 
 
+class AutoRunner(Runner):
+    """concur's auto backend: concur.map for runs, an AutoPool for single calls."""
+
+    def __init__(self, workers: int | None) -> None:
+        self.workers = workers
+        self.pool: AutoPool | None = None
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return list(concur_map(fn, items, workers=self.workers))
+
+    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        if self.pool is None:
+            self.pool = AutoPool()
+        return self.pool.submit(fn, arg).result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+class MultiprocessingPoolRunner(Runner):
+    """multiprocessing.Pool through its own map (its default chunksize)."""
+
+    def __init__(self, workers: int | None) -> None:
+        self.pool = _mp_context().Pool(workers)
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return self.pool.map(fn, items)
+
+    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        return self.pool.apply(fn, (arg,))
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
 class ExecutorRunner(Runner):
     def __init__(self, executor: Executor, chunksize: int | None = None) -> None:
         self.executor = executor
@@ -61,7 +100,7 @@ class Backend:
     name: str
     family: str  # "serial", "concur" or "peer"
     make: Callable[[int | None], Runner]
-    kind: str  # "none", "thread" or "process"
+    kind: str  # "none", "thread", "process" or "auto" (compared with every peer)
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None."""
@@ -78,6 +117,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("serial", "serial", lambda workers: SerialRunner(), "none"),
         Backend("concur-thread", "concur", lambda w: ExecutorRunner(ThreadPool(w)), "thread"),
         Backend("concur-process", "concur", lambda w: ExecutorRunner(ProcessPool(w)), "process"),
+        Backend("concur-auto", "concur", AutoRunner, "auto"),
         Backend(
             "ThreadPoolExecutor", "peer", lambda w: ExecutorRunner(ThreadPoolExecutor(w)), "thread"
         ),
@@ -87,5 +127,6 @@ BACKENDS: dict[str, Backend] = {
             lambda w: ExecutorRunner(ProcessPoolExecutor(w, mp_context=_mp_context())),
             "process",
         ),
+        Backend("multiprocessing.Pool", "peer", MultiprocessingPoolRunner, "process"),
     ]
 }

@@ -55,7 +55,7 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
             if s == scenario_name
             and BACKENDS[b].family == "peer"
             and r.median is not None
-            and (kind == "none" or BACKENDS[b].kind == kind)
+            and (kind in ("none", "auto") or BACKENDS[b].kind == kind)
         ]
         median = result.median
         row: dict[str, Any] = {

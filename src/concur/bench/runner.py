@@ -51,17 +51,50 @@ class Result:
 
 def _seed_cpu(backend: Backend, cfg: BenchConfig) -> float:
     tasks = 5
-    n = int((10_000_000 if cfg.quick else 30_000_000) * cfg.scale)
+    n = int((4_000_000 if cfg.quick else 30_000_000) * cfg.scale)
     return _timed_map(backend, workloads.count_to, [n] * tasks, workers=tasks)
 
 
 def _seed_io(backend: Backend, cfg: BenchConfig) -> float:
     tasks = 5
-    seconds = (0.2 if cfg.quick else 1.0) * cfg.scale
+    seconds = (0.1 if cfg.quick else 1.0) * cfg.scale
     return _timed_map(backend, workloads.sleep_for, [seconds] * tasks, workers=tasks)
 
 
-def _timed_map(backend: Backend, fn: Callable[[Any], Any], items: list[Any], workers: int) -> float:
+def _cpu_20(backend: Backend, cfg: BenchConfig) -> float:
+    ms = (20 if cfg.quick else 50) * cfg.scale
+    return _timed_map(backend, workloads.spin_ms, [ms] * 20, workers=None)
+
+
+def _io_many(backend: Backend, cfg: BenchConfig) -> float:
+    seconds = (0.005 if cfg.quick else 0.1) * cfg.scale
+    return _timed_map(backend, workloads.sleep_for, [seconds] * 200, workers=None)
+
+
+def _tiny(backend: Backend, cfg: BenchConfig) -> float:
+    n = max(10, int((5_000 if cfg.quick else 100_000) * cfg.scale))
+    items = list(range(n))
+    return _timed_map(backend, workloads.square, items, None, [x * x for x in items])
+
+
+def _changing(backend: Backend, cfg: BenchConfig) -> float:
+    heavy = max(2, int((10 if cfg.quick else 60) * cfg.scale))
+    items = list(range(workloads.CACHE_HITS + heavy))
+    return _timed_map(backend, workloads.cache_then_compute, items, workers=None)
+
+
+def _mixed(backend: Backend, cfg: BenchConfig) -> float:
+    items = list(range(max(4, int((20 if cfg.quick else 100) * cfg.scale))))
+    return _timed_map(backend, workloads.mixed, items, workers=None)
+
+
+def _timed_map(
+    backend: Backend,
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    workers: int | None,
+    expected: list[Any] | None = None,
+) -> float:
     """As the seed times it: start the workers, run everything, wait for the end."""
     start = time.perf_counter()
     runner = backend.make(workers)
@@ -70,14 +103,14 @@ def _timed_map(backend: Backend, fn: Callable[[Any], Any], items: list[Any], wor
     finally:
         runner.close()
     elapsed = time.perf_counter() - start
-    if results != items:  # every workload returns its argument
+    if results != (items if expected is None else expected):
         raise AssertionError(f"{backend.name} returned wrong results")
     return elapsed
 
 
 def _latency(backend: Backend, cfg: BenchConfig) -> float:
     """Median round trip of a no-op on a warm pool, in microseconds."""
-    calls = max(20, int((500 if cfg.quick else 3000) * cfg.scale))
+    calls = max(20, int((300 if cfg.quick else 3000) * cfg.scale))
     runner = backend.make(2)
     try:
         for i in range(50):  # warm up: start the workers, fill caches
@@ -98,7 +131,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in [
         Scenario(
             "seed-cpu",
-            "5 pure-Python counting tasks, one worker each (the seed's CPU experiment)",
+            "5 pure-Python counting tasks, one worker each (the seed's CPU experiment, scaled)",
             "s",
             _seed_cpu,
         ),
@@ -107,6 +140,36 @@ SCENARIOS: dict[str, Scenario] = {
             "5 sleeping tasks, one worker each (the seed's IO experiment)",
             "s",
             _seed_io,
+        ),
+        Scenario(
+            "cpu-20",
+            "20 tasks of about 50 ms pure-Python computing (20 ms with --quick), default workers",
+            "s",
+            _cpu_20,
+        ),
+        Scenario(
+            "io-many",
+            "200 sleeps of 0.1 s (5 ms with --quick), no worker count given",
+            "s",
+            _io_many,
+        ),
+        Scenario(
+            "tiny",
+            "100,000 calls of x * x (5,000 with --quick)",
+            "s",
+            _tiny,
+        ),
+        Scenario(
+            "changing",
+            "2,000 cache hits, then 60 items of 25 ms computing (10 with --quick)",
+            "s",
+            _changing,
+        ),
+        Scenario(
+            "mixed",
+            "items alternate: wait 20 ms / compute 20 ms (100 items; 20 with --quick)",
+            "s",
+            _mixed,
         ),
         Scenario(
             "latency",

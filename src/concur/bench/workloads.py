@@ -22,3 +22,37 @@ def sleep_for(seconds: float) -> float:
 
 def noop(x: int = 0) -> int:
     return x
+
+
+def square(x: int) -> int:
+    """A trivial call: far cheaper than any hand-off to a worker."""
+    return x * x
+
+
+def spin_ms(ms: float) -> float:
+    """About ``ms`` milliseconds of pure-Python computing (holds the GIL)."""
+    count_to(int(ms * _COUNTS_PER_MS))
+    return ms
+
+
+def cache_then_compute(x: int) -> int:
+    """Cheap for the first items (a "cache hit"), then 25 ms of computing each."""
+    if x < CACHE_HITS:
+        return x
+    count_to(int(25 * _COUNTS_PER_MS))
+    return x
+
+
+def mixed(x: int) -> int:
+    """Half the items wait 20 ms, half compute 20 ms."""
+    if x % 2:
+        time.sleep(0.02)
+    else:
+        count_to(int(20 * _COUNTS_PER_MS))
+    return x
+
+
+CACHE_HITS = 2000
+# Counting steps per millisecond on a typical 2020s CPU with CPython 3.11;
+# workloads say "about" because machines differ.
+_COUNTS_PER_MS = 40_000

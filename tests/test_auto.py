@@ -1,0 +1,254 @@
+"""Auto: the rules on synthetic measurements, and decisions on real work."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import concur
+from concur.auto import AutoMap, Measurements, choose
+
+
+def m(wall, cpu, *, cores=2, transfer=1e-6, utilization=None, gil=True, warm=False):
+    return Measurements(
+        items=5,
+        wall=wall,
+        cpu=cpu,
+        transfer=transfer,
+        utilization=utilization,
+        cores=cores,
+        gil=gil,
+        warm=warm,
+    )
+
+
+# -- the rules ---------------------------------------------------------------
+
+
+def test_waiting_work_gets_threads_sized_by_wait_over_compute():
+    d = choose(m(0.1, 0.001), remaining=1000)
+    assert d.backend == "thread"
+    assert d.workers == 200  # 2 cores × (100 ms wall / 1 ms CPU)
+    assert "waiting" in d.reason
+
+
+def test_thread_count_is_bounded_and_never_above_the_items_left():
+    assert choose(m(1.0, 1e-6), remaining=10_000).workers == 256
+    assert choose(m(1.0, 1e-6), remaining=40).workers == 40
+
+
+def test_gil_bound_cpu_work_gets_one_process_per_core_with_chunks_hiding_dispatch():
+    d = choose(m(0.001, 0.001, cores=4), remaining=10_000)
+    assert (d.backend, d.workers) == ("process", 4)
+    assert d.chunksize == 10  # 10 ms per chunk at 1 ms per item
+    assert "4 cores → 4 processes" in d.reason
+
+
+def test_tiny_items_run_inline():
+    d = choose(m(1e-7, 1e-7), remaining=100_000)
+    assert d.backend == "inline"
+    assert "handing it to a worker" in d.reason
+
+
+def test_little_work_left_runs_inline():
+    assert choose(m(0.0001, 0.0001), remaining=5).backend == "inline"
+
+
+def test_no_gil_means_threads_for_cpu_work():
+    d = choose(m(0.001, 0.001, gil=False), remaining=10_000)
+    assert (d.backend, d.workers) == ("thread", 2)
+
+
+def test_measured_parallel_cpu_means_the_gil_is_released():
+    d = choose(m(0.001, 0.001, utilization=1.9), remaining=10_000)
+    assert d.backend == "thread"
+    assert "GIL is released" in d.reason
+
+
+def test_one_core_gains_nothing_from_processes():
+    assert choose(m(0.01, 0.01, cores=1), remaining=1000).backend == "inline"
+
+
+def test_arguments_dearer_to_send_than_to_compute_keep_work_out_of_processes():
+    assert choose(m(0.001, 0.001, transfer=0.01), remaining=1000).backend == "inline"
+
+
+def test_a_warm_process_pool_is_kept_for_the_last_items():
+    cold = choose(m(0.005, 0.005), remaining=5)
+    warm = choose(m(0.005, 0.005, warm=True), remaining=5)
+    assert (cold.backend, warm.backend) == ("inline", "process")
+
+
+# -- decisions on real work ---------------------------------------------------
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def spin(n):
+    count = 0
+    while count < n:
+        count += 1
+    return n
+
+
+def square(x):
+    return x * x
+
+
+def test_sleeps_go_to_threads_and_overlap():
+    started = time.monotonic()
+    results = concur.map(nap, [0.2] * 40)
+    took = time.monotonic() - started
+    assert results == [0.2] * 40
+    assert results.decision.backend == "thread"
+    assert results.decision.workers >= 39
+    assert took < 0.2 * 40 / 4  # far better than a default-sized thread pool
+
+
+def test_a_busy_loop_goes_to_processes():
+    results = concur.map(spin, [1_500_000] * 12)  # about 0.5 s of computing
+    assert results == [1_500_000] * 12
+    assert results.decision.backend == "process"
+    assert results.decision.workers == concur.processes.cpu_count()
+
+
+def test_a_trivial_function_runs_inline():
+    results = concur.map(square, range(20_000))
+    assert results == [x * x for x in range(20_000)]
+    assert results.decision.backend == "inline"
+
+
+def changes_half_way(x):
+    return x if x < 3000 else spin(300_000)
+
+
+def test_work_that_changes_half_way_is_re_decided():
+    stream = concur.imap(changes_half_way, range(3060))
+    assert list(stream) == [changes_half_way(x) if x < 3000 else 300_000 for x in range(3060)]
+    backends = [d.backend for d in stream.decisions]
+    assert backends[0] == "inline"
+    assert "process" in backends[1:]
+
+
+def _record(path, x):
+    with open(path, "a") as handle:  # one short append per call: atomic
+        handle.write(f"{x}\n")
+    return changes_half_way(x)
+
+
+def test_no_item_is_lost_or_run_twice_when_the_backend_changes(tmp_path):
+    log = tmp_path / "calls"
+    stream = concur.imap(_record, [log] * 3060, range(3060))
+    assert list(stream) == [x if x < 3000 else 300_000 for x in range(3060)]
+    assert len({d.backend for d in stream.decisions}) > 1
+    calls = sorted(int(line) for line in Path(log).read_text().split())
+    assert calls == list(range(3060))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(min_value=-(10**9), max_value=10**9), max_size=500))
+def test_auto_map_equals_builtin_map(items):
+    assert concur.map(square, items) == [x * x for x in items]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=30))
+def test_auto_imap_unordered_yields_each_result_once(items):
+    got = list(concur.imap(nap, [x / 1000 for x in items], ordered=False))
+    assert sorted(got) == sorted(x / 1000 for x in items)
+
+
+def fails_on_seven(x):
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+def test_errors_behave_as_on_the_chosen_pool():
+    with pytest.raises(ValueError, match="seven"):
+        concur.map(fails_on_seven, range(20))
+    got = list(concur.imap(fails_on_seven, range(10), return_exceptions=True))
+    assert isinstance(got[7], ValueError)
+    assert got[:7] == list(range(7))
+    assert got[8:] == [8, 9]
+
+
+def test_environment_overrides_the_choice(monkeypatch):
+    monkeypatch.setenv("CONCUR_BACKEND", "thread")
+    results = concur.map(square, range(100))
+    assert results == [x * x for x in range(100)]
+    assert results.decision.backend == "thread"
+    assert results.decision.source == "CONCUR_BACKEND"
+    monkeypatch.setenv("CONCUR_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="CONCUR_BACKEND"):
+        concur.map(square, [1])
+
+
+def test_the_decision_is_logged_at_info(caplog):
+    with caplog.at_level(logging.INFO, logger="concur.auto"):
+        concur.map(square, range(1000))
+    assert any("concur auto: inline" in record.getMessage() for record in caplog.records)
+
+
+def test_advise_returns_the_decision_for_a_sample():
+    decision = concur.advise(nap, [0.05] * 10)
+    assert decision.backend == "thread"
+    assert str(decision).startswith("256 threads")  # for a long run of such items
+    assert "per 1,000 items" in decision.reason
+    assert decision.measurements.wait_fraction > 0.9
+
+
+def test_explicit_backends_still_say_what_they_did():
+    results = concur.map(square, range(50), backend="process", workers=2)
+    assert results == [x * x for x in range(50)]
+    assert (results.decision.backend, results.decision.workers) == ("process", 2)
+    assert results.decision.source == "backend="
+
+
+def test_auto_map_timeout():
+    with pytest.raises(TimeoutError):
+        concur.map(nap, [0.5] * 4, timeout=0.2)
+
+
+def test_run_auto_is_inline_without_timeout_and_a_process_with_one():
+    assert concur.run(os.getpid) == os.getpid()
+    assert concur.run(os.getpid, timeout=30) != os.getpid()
+
+
+def test_auto_pool_decides_per_function():
+    with concur.AutoPool() as pool:
+        for _ in range(2):
+            assert [
+                f.result(timeout=30) for f in [pool.submit(spin, 200_000) for _ in range(4)]
+            ] == [200_000] * 4
+            assert [f.result(timeout=30) for f in [pool.submit(nap, 0.01) for _ in range(4)]] == [
+                0.01
+            ] * 4
+        decisions = pool.decisions
+        assert decisions["test_auto.spin"].backend == "process"
+        assert decisions["test_auto.nap"].backend == "thread"
+        assert list(pool.map(square, range(10))) == [x * x for x in range(10)]
+        assert pool.decision is not None
+
+
+def test_stopping_early_stops_the_workers():
+    stream = concur.imap(nap, [0.05] * 1000)
+    assert next(stream) == 0.05
+    stream.close()  # the fixture checks that no thread or process is left
+
+
+def test_automap_is_lazy_on_endless_input():
+    import itertools
+
+    stream = AutoMap(square, (itertools.count(),))
+    assert list(itertools.islice(stream, 5)) == [0, 1, 4, 9, 16]
+    stream.close()

@@ -1,0 +1,130 @@
+"""concur map / concur advise, and progress bars, through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TOOLS = textwrap.dedent(
+    """
+    import time
+
+    def shout(line):
+        return line.upper()
+
+    def parse(line):
+        return int(line)
+
+    def nap(line):
+        time.sleep(0.02)
+        return len(line)
+    """
+)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "tools.py").write_text(TOOLS)
+    return tmp_path
+
+
+def concur(workdir, *args, stdin=""):
+    return subprocess.run(
+        [sys.executable, "-m", "concur", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=workdir,
+    )
+
+
+def test_map_prints_one_json_result_per_line_in_order(workdir):
+    lines = [f"line {i} straße" for i in range(300)]
+    out = concur(workdir, "map", "tools:shout", stdin="\n".join(lines) + "\n")
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(x) for x in out.stdout.splitlines()] == [x.upper() for x in lines]
+    assert "concur map:" in out.stderr  # the decision, on stderr
+
+
+def test_map_reads_a_file(workdir):
+    (workdir / "numbers.txt").write_text("1\n2\n3\n")
+    out = concur(workdir, "map", "tools:parse", "numbers.txt")
+    assert out.stdout.split() == ["1", "2", "3"]
+
+
+def test_a_failed_line_is_reported_with_its_number_and_the_rest_go_on(workdir):
+    out = concur(workdir, "map", "tools:parse", stdin="1\nx\n3\n")
+    assert out.returncode == 1
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    assert rows[0] == 1 and rows[2] == 3
+    assert rows[1]["line"] == 2 and "ValueError" in rows[1]["error"]
+    assert "line 2: ValueError" in out.stderr
+
+
+def test_fail_fast_stops_at_the_first_error(workdir):
+    out = concur(workdir, "map", "tools:parse", "--fail-fast", stdin="1\nx\n3\n")
+    assert out.returncode == 1
+    assert "stopped at the first failure" in out.stderr
+    assert "3" not in out.stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nope:x", "cannot import 'nope'"),
+        ("tools", "MODULE:FUNCTION"),
+        ("tools:missing", "no 'missing'"),
+    ],
+)
+def test_bad_targets_say_what_to_do(workdir, target, message):
+    out = concur(workdir, "map", target)
+    assert out.returncode == 2
+    assert message in out.stderr
+
+
+def test_advise_prints_the_decision(workdir):
+    out = concur(workdir, "advise", "tools:nap", stdin="\n".join("abc" for _ in range(20)))
+    assert out.returncode == 0, out.stderr
+    fields = dict(line.split(":", 1) for line in out.stdout.splitlines())
+    assert fields["backend"].strip() == "thread"
+    assert "waiting" in fields["reason"]
+
+
+def test_progress_bar_on_a_terminal_only(workdir):
+    code = "import concur, time\nconcur.map(time.sleep, [0.01] * 50, progress=True)\n"
+    piped = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=workdir
+    )
+    assert piped.returncode == 0
+    assert piped.stderr == ""  # not a terminal: nothing drawn
+    leader, follower = pty.openpty()
+    env = dict(os.environ, COLUMNS="100", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        cwd=workdir,
+        env=env,
+    )
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    proc.wait(timeout=60)
+    os.close(leader)
+    text = drawn.decode(errors="replace")
+    assert "50/50" in text
+    assert "thread" in text  # the backend in use
