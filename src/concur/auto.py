@@ -272,6 +272,7 @@ class _Watchdog:
         self._job: tuple[Any, int, float] | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._idle = False  # waiting with no deadline: only then must arm() wake it
 
     def arm(self, iterator: Any, end: int, deadline: float) -> None:
         with self._cond:
@@ -281,7 +282,10 @@ class _Watchdog:
                     target=self._run, name="concur-auto-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif self._idle:
+                # A watchdog already timing an earlier deadline re-reads the job
+                # when it wakes; waking it now would only cost the caller the GIL.
+                self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
@@ -301,7 +305,9 @@ class _Watchdog:
             while not self._stopped:
                 job = self._job
                 if job is None:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                     continue
                 left = job[2] - time.perf_counter()
                 if left > 0:
