@@ -34,8 +34,13 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed
-	$(BIN)/concur bench --json docs/bench.json
+# The full benchmark against every peer, recorded in docs/ (about 15 minutes).
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[plot,peers]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/concur bench --json docs/bench.json --plot docs/bench.png | tee docs/bench.txt
 
 clean:
 	rm -rf $(VENV) .venv-* build src/*.egg-info .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +22,15 @@ def _service_pids() -> set[int]:
     server = getattr(forkserver, "_forkserver", None)
     if server is not None and getattr(server, "_forkserver_pid", None):
         pids.add(server._forkserver_pid)
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    if tracker is not None and getattr(tracker, "_pid", None):
-        pids.add(tracker._pid)
+    trackers = [getattr(resource_tracker, "_resource_tracker", None)]
+    # The benchmark's peers (loky, joblib's copy of it) start trackers of their own.
+    for name in ("loky.backend.resource_tracker", "joblib.externals.loky.backend.resource_tracker"):
+        module = sys.modules.get(name)
+        if module is not None:
+            trackers.append(getattr(module, "_resource_tracker", None))
+    for tracker in trackers:
+        if tracker is not None and getattr(tracker, "_pid", None):
+            pids.add(tracker._pid)
     return pids
 
 

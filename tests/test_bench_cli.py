@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from concur.bench.backends import BACKENDS
@@ -13,10 +14,12 @@ from concur.bench.runner import SCENARIOS
 from concur.cli import cli
 
 
-def test_bench_writes_every_scenario_and_backend_to_json(tmp_path):
-    out = tmp_path / "bench.json"
+@pytest.mark.timeout(300)
+def test_bench_writes_every_scenario_and_backend_to_json_and_a_chart(tmp_path):
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     result = CliRunner().invoke(
-        cli, ["bench", "--quick", "--repeat", "1", "--scale", "0.01", "--json", str(out)]
+        cli,
+        ["bench", "--repeat", "1", "--scale", "0.01", "--json", str(out), "--plot", str(chart)],
     )
     assert result.exit_code == 0, result.output
     assert "CPUs" in result.output
@@ -25,9 +28,42 @@ def test_bench_writes_every_scenario_and_backend_to_json(tmp_path):
     pairs = {(row["scenario"], row["backend"]) for row in data["results"]}
     assert pairs == {(s, b) for s in SCENARIOS for b in BACKENDS}
     for row in data["results"]:
-        assert row["error"] is None, row
-        assert row["median"] > 0
+        backend = BACKENDS[row["backend"]]
+        skipped = SCENARIOS[row["scenario"]].skip(backend)
+        if backend.unavailable() or skipped:
+            assert row["median"] is None, row  # reported as such, not hidden
+            assert row["error"], row
+        else:
+            assert row["error"] is None, row
+            assert row["median"] is not None
+            assert row["median"] >= 0
+    crash = {r["backend"]: r["median"] for r in data["results"] if r["scenario"] == "crash"}
+    assert crash["concur-process"] == 99  # only the task whose worker died is lost
     assert data["environment"]["cpus"] >= 1
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(str(chart)).shape
+    assert width > 800
+    assert height > 600
+
+
+def test_a_missing_plot_library_is_explained_before_anything_runs(monkeypatch):
+    from concur.bench import plot
+
+    def missing() -> None:
+        raise ImportError("concur bench --plot needs matplotlib: pip install 'concur[plot]'")
+
+    monkeypatch.setattr(plot, "require_matplotlib", missing)
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--plot", "x.png"])
+    assert result.exit_code == 2
+    assert "pip install 'concur[plot]'" in result.output
+
+
+def test_quick_runs_the_short_scenarios():
+    quick = [name for name, s in SCENARIOS.items() if s.quick]
+    assert {"seed-cpu", "seed-io", "latency", "crash"} <= set(quick)
+    assert "mixed" not in quick
 
 
 def test_bench_rejects_unknown_names():

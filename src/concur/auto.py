@@ -318,6 +318,37 @@ class _Watchdog:
                     self._job = None
 
 
+class _ThreadClock:
+    """Reads another thread's CPU time while it runs a call (``run``).
+
+    ``time.pthread_getcpuclockid`` names the running thread's CPU clock; where
+    it is missing, the process's CPU time stands in (the caller only waits).
+    """
+
+    def __init__(self) -> None:
+        self.clock: int | None = None
+        self.start = 0.0
+        self.fallback = time.process_time()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        getter = getattr(time, "pthread_getcpuclockid", None)
+        if getter is not None:
+            try:
+                self.start = time.thread_time()
+                self.clock = getter(threading.get_ident())
+            except OSError:
+                self.clock = None
+        return fn(*args)
+
+    def used(self) -> float:
+        if self.clock is not None:
+            try:
+                return time.clock_gettime(self.clock) - self.start
+            except OSError:
+                pass
+        return time.process_time() - self.fallback
+
+
 class _Done(Future[ChunkResult]):
     """A finished future for a chunk that ran inline."""
 
@@ -461,8 +492,9 @@ class AutoMap(Iterator[Any]):
             self._adopt(Decision("inline", 1, 1, "no items"))
             return
         threads = self._thread_pool()
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        probe = threads.submit(_task.run_chunk, self._fn, self._as_args(first), False)
+        wall0 = time.perf_counter()
+        clock = _ThreadClock()
+        probe = threads.submit(clock.run, _task.run_chunk, self._fn, self._as_args(first), False)
         self._inflight.append((probe, 1, "thread"))
         done, _ = wait([probe], timeout=PROBE_WAIT_S)
         if done:
@@ -472,7 +504,7 @@ class AutoMap(Iterator[Any]):
         window = PROBE_WAIT_S
         while True:
             elapsed = time.perf_counter() - wall0
-            used = time.process_time() - cpu0
+            used = clock.used()  # the probe thread's own CPU time: others' load is not in it
             busy = used / max(elapsed, 1e-9)
             if busy < WAITING:
                 # Waiting, for an unknown time yet: the ratio measured so far is
@@ -710,7 +742,9 @@ class AutoMap(Iterator[Any]):
             rate = self._process_utilization()
             if rate is not None and rate > GIL_FREE_UTILIZATION:
                 self._utilization = rate
-            if rate is not None and rate > 0.8:  # the GIL is the bottleneck: it computes
+            # Near one busy core, and items that do compute (sleepers use
+            # ~0.01% CPU; items sharing the GIL with up to 100 others, 1% or more).
+            if rate is not None and rate > 0.8 and per_cpu > 0.01 * per_wall:
                 per_wall = per_cpu
         old = self._stats or Measurements(cores=self._cores, gil=self._gil, transfer=self._transfer)
         left = self._left()

@@ -18,7 +18,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--quick", is_flag=True, help="Smaller work and 3 repeats: under a minute.")
+@click.option(
+    "--quick", is_flag=True, help="Smaller work, fewer scenarios, 2 repeats: under a minute."
+)
 @click.option(
     "--scenario",
     "scenarios",
@@ -47,6 +49,13 @@ def cli() -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Write every measurement to this file.",
 )
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE.png",
+    help="Draw a chart of the results (needs concur[plot]).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List scenarios and backends, then exit.")
 def bench(
     quick: bool,
@@ -55,9 +64,16 @@ def bench(
     repeat: int | None,
     scale: float,
     json_path: str | None,
+    plot_path: str | None,
     list_only: bool,
 ) -> None:
-    """Time the seed's CPU-bound and IO-bound experiment (and more) on this machine."""
+    """Time the seed's CPU-bound and IO-bound experiment (and more) on this machine.
+
+    Every selected scenario runs on every selected backend, alternating
+    backends within each repeat; the table gives median, min and max, and
+    ratios to serial and to the best peer. --quick runs smaller work on a
+    subset of the scenarios, in under a minute.
+    """
     from rich.console import Console
 
     from .bench import BenchConfig, report, run_bench
@@ -71,6 +87,13 @@ def bench(
         for name, backend in BACKENDS.items():
             console.print(f"backend  [bold]{name}[/] ({backend.family})")
         return
+    if plot_path:
+        from .bench.plot import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            raise click.UsageError(str(exc)) from None
     env = report.environment()
     report.print_environment(console, env)
     cfg = BenchConfig(
@@ -87,6 +110,11 @@ def bench(
     if json_path:
         report.write_json(json_path, env, rows)
         console.print(f"measurements written to {json_path}")
+    if plot_path:
+        from .bench.plot import draw
+
+        draw(plot_path, env, rows)
+        console.print(f"chart written to {plot_path}")
 
 
 def _load(target: str) -> Callable[..., Any]:

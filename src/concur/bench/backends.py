@@ -1,44 +1,100 @@
 """Ways of running the benchmark's work, each through its own usual API.
 
-A backend makes an *executor-like* object for ``workers`` workers; the runner
-only needs ``map(fn, items) -> list`` and ``call(fn, arg)`` (one round trip),
-plus ``close()``. A backend whose library is missing reports why instead of
-disappearing from the table.
+A backend makes a ``Runner`` for ``workers`` workers (None: the library's own
+default). The scenarios need three things from it: ``map(fn, items)`` (the
+results, in order), ``call(fn, arg)`` (one round trip on warm workers) and
+``deliver(fn, items, deadline)`` (how many results arrive when some tasks
+kill their worker), plus ``close()``. A peer whose library is missing says so
+(``unavailable``) instead of disappearing from the table.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ..api import map as concur_map
 from ..auto import AutoPool
-from ..processes import ProcessPool, default_start_method
+from ..processes import ProcessPool, cpu_count, default_start_method
 from ..threads import ThreadPool
+
+Fn = Callable[[Any], Any]
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def count_futures(futures: Iterable[Future[Any]], deadline: float) -> int:
+    """Results that arrive by ``deadline``; a failed or lost task counts zero."""
+    delivered = 0
+    for future in futures:
+        try:
+            future.result(timeout=_left(deadline))
+            delivered += 1
+        except TimeoutError:
+            break  # stuck: nothing more will come
+        except Exception:
+            continue
+    return delivered
 
 
 class Runner:
-    """What the runner drives: ``map``, a single ``call``, and ``close``."""
+    """What the scenarios drive."""
 
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
         raise NotImplementedError
 
-    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+    def call(self, fn: Fn, arg: Any) -> Any:
+        raise NotImplementedError
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        """How many of ``fn(item)`` come back by ``deadline``."""
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release workers (nothing to do for serial)."""
+        """Release the workers (nothing to do for serial)."""
 
 
 class SerialRunner(Runner):
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
         return [fn(item) for item in items]
 
-    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+    def call(self, fn: Fn, arg: Any) -> Any:
         return fn(arg)
+
+
+class ExecutorRunner(Runner):
+    """Any concurrent.futures Executor: map, submit().result()."""
+
+    def __init__(self, executor: Executor, chunksize: int | None = None) -> None:
+        self.executor = executor
+        self.chunksize = chunksize
+
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
+        if self.chunksize is None:
+            return list(self.executor.map(fn, items))
+        return list(self.executor.map(fn, items, chunksize=self.chunksize))
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        return self.executor.submit(fn, arg).result()
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        futures = []
+        for item in items:
+            try:
+                futures.append(self.executor.submit(fn, item))
+            except Exception:  # a broken pool refuses the rest
+                break
+        return count_futures(futures, deadline)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 class AutoRunner(Runner):
@@ -48,17 +104,33 @@ class AutoRunner(Runner):
         self.workers = workers
         self.pool: AutoPool | None = None
 
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
         return list(concur_map(fn, items, workers=self.workers))
 
-    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+    def _pool(self) -> AutoPool:
         if self.pool is None:
-            self.pool = AutoPool()
-        return self.pool.submit(fn, arg).result()
+            self.pool = AutoPool(self.workers)
+        return self.pool
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        return self._pool().submit(fn, arg).result()
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        from ..api import imap
+
+        results = imap(fn, items, workers=self.workers, return_exceptions=True)
+        try:
+            return sum(1 for value in results if not isinstance(value, BaseException))
+        finally:
+            results.close()
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context(default_start_method())
 
 
 class MultiprocessingPoolRunner(Runner):
@@ -67,32 +139,121 @@ class MultiprocessingPoolRunner(Runner):
     def __init__(self, workers: int | None) -> None:
         self.pool = _mp_context().Pool(workers)
 
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
         return self.pool.map(fn, items)
 
-    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+    def call(self, fn: Fn, arg: Any) -> Any:
         return self.pool.apply(fn, (arg,))
 
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        pending = [self.pool.apply_async(fn, (item,)) for item in items]
+        delivered = 0
+        for result in pending:
+            try:
+                result.get(timeout=_left(deadline))
+                delivered += 1
+            except multiprocessing.TimeoutError:
+                break  # a lost task never completes: Pool waits forever
+            except Exception:
+                continue
+        return delivered
+
     def close(self) -> None:
-        self.pool.close()
+        self.pool.terminate()  # close()+join() would wait forever for a lost task
         self.pool.join()
 
 
-class ExecutorRunner(Runner):
-    def __init__(self, executor: Executor, chunksize: int | None = None) -> None:
-        self.executor = executor
-        self.chunksize = chunksize
+class JoblibRunner(Runner):
+    """joblib.Parallel (its default loky backend); n_jobs=-1 when no count is given."""
 
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        if self.chunksize is None:
-            return list(self.executor.map(fn, items))
-        return list(self.executor.map(fn, items, chunksize=self.chunksize))
+    def __init__(self, workers: int | None) -> None:
+        from joblib import Parallel
 
-    def call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        return self.executor.submit(fn, arg).result()
+        self.parallel = Parallel(n_jobs=workers or -1)
+        self.parallel.__enter__()  # keep the workers between calls, as joblib allows
+
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
+        from joblib import delayed
+
+        return list(self.parallel(delayed(fn)(item) for item in items))
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        return self.map(fn, [arg])[0]
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        try:
+            return len(self.map(fn, items))
+        except Exception:  # one dead worker fails the whole call
+            return 0
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        self.parallel.__exit__(None, None, None)
+        # joblib keeps loky's workers for the next call; this run is over.
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
+class MpireRunner(Runner):
+    """mpire.WorkerPool with its defaults (fork start method), kept alive between calls."""
+
+    def __init__(self, workers: int | None) -> None:
+        from mpire.pool import WorkerPool
+
+        self.pool = WorkerPool(n_jobs=workers or cpu_count(), keep_alive=True)
+
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
+        return list(self.pool.map(fn, items))
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        return self.pool.apply(fn, (arg,))
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        delivered = 0
+        try:
+            for _ in self.pool.imap(fn, items, task_timeout=_left(deadline)):
+                delivered += 1
+        except Exception:
+            pass  # the map stops at the first failure
+        return delivered
+
+    def close(self) -> None:
+        self.pool.terminate()
+
+
+class PebbleRunner(Runner):
+    """pebble.ProcessPool: map() for runs, schedule() for single calls."""
+
+    def __init__(self, workers: int | None) -> None:
+        from pebble import ProcessPool as PebblePool
+
+        self.pool = PebblePool(max_workers=workers or cpu_count(), context=_mp_context())
+
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
+        return list(self.pool.map(fn, items).result())
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        return self.pool.schedule(fn, args=(arg,)).result()
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        futures = [self.pool.schedule(fn, args=(item,)) for item in items]
+        return count_futures(futures, deadline)
+
+    def close(self) -> None:
+        self.pool.stop()  # type: ignore[no-untyped-call]
+        self.pool.join()
+
+
+class LokyRunner(ExecutorRunner):
+    """loky's reusable executor, as loky's own docs show it."""
+
+    def __init__(self, workers: int | None) -> None:
+        from loky import get_reusable_executor
+
+        super().__init__(get_reusable_executor(max_workers=workers or cpu_count()))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
 
 
 @dataclass(frozen=True)
@@ -101,14 +262,13 @@ class Backend:
     family: str  # "serial", "concur" or "peer"
     make: Callable[[int | None], Runner]
     kind: str  # "none", "thread", "process" or "auto" (compared with every peer)
+    module: str | None = None  # the library a peer needs
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None."""
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"{self.module} is not installed (pip install 'concur[peers]')"
         return None
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context(default_start_method())
 
 
 BACKENDS: dict[str, Backend] = {
@@ -128,5 +288,9 @@ BACKENDS: dict[str, Backend] = {
             "process",
         ),
         Backend("multiprocessing.Pool", "peer", MultiprocessingPoolRunner, "process"),
+        Backend("joblib", "peer", JoblibRunner, "process", module="joblib"),
+        Backend("loky", "peer", LokyRunner, "process", module="loky"),
+        Backend("mpire", "peer", MpireRunner, "process", module="mpire"),
+        Backend("pebble", "peer", PebbleRunner, "process", module="pebble"),
     ]
 }

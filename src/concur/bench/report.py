@@ -58,6 +58,8 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
             and (kind in ("none", "auto") or BACKENDS[b].kind == kind)
         ]
         median = result.median
+        better = scenario.higher_is_better
+        best_peer = (max(peers) if better else min(peers)) if peers else None
         row: dict[str, Any] = {
             "scenario": scenario_name,
             "backend": backend_name,
@@ -67,17 +69,25 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
             "max": max(result.samples) if result.samples else None,
             "samples": result.samples,
             "error": result.error,
-            # > 1 means faster than serial / than the best peer.
-            "vs_serial": (serial.median / median) if median and serial and serial.median else None,
-            "vs_best_peer": (min(peers) / median) if median and peers else None,
+            # > 1 means better than serial / than the best peer.
+            "vs_serial": _ratio_of(median, serial.median if serial else None, better),
+            "vs_best_peer": _ratio_of(median, best_peer, better),
         }
         rows.append(row)
     return rows
 
 
+def _ratio_of(value: float | None, other: float | None, higher_is_better: bool) -> float | None:
+    if not value or not other:
+        return None
+    return value / other if higher_is_better else other / value
+
+
 def _num(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
+    if unit == "results":
+        return f"{value:.0f}"
     return f"{value:.1f}" if unit != "s" else f"{value:.3f}"
 
 
@@ -113,8 +123,9 @@ def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
             )
         console.print(table)
     console.print(
-        "Ratios divide medians from this run: above 1.00× means faster than serial, "
-        "or than the fastest peer of the same kind (threads vs threads, processes vs processes)."
+        "Ratios divide medians from this run: above 1.00× means better than serial, "
+        "or than the best peer of the same kind (threads vs threads, processes vs processes; "
+        "auto vs all)."
     )
 
 

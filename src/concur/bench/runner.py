@@ -8,6 +8,7 @@ in the same run.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import traceback
@@ -32,9 +33,11 @@ class BenchConfig:
 class Scenario:
     name: str
     about: str
-    unit: str  # "s" (total time) or "µs/call"
+    unit: str  # "s" (total time), "µs/call" or "results"
     measure: Callable[[Backend, BenchConfig], float]
     skip: Callable[[Backend], str | None] = lambda backend: None
+    higher_is_better: bool = False
+    quick: bool = True  # part of --quick
 
 
 @dataclass
@@ -67,7 +70,7 @@ def _cpu_20(backend: Backend, cfg: BenchConfig) -> float:
 
 
 def _io_many(backend: Backend, cfg: BenchConfig) -> float:
-    seconds = (0.005 if cfg.quick else 0.1) * cfg.scale
+    seconds = (0.003 if cfg.quick else 0.1) * cfg.scale
     return _timed_map(backend, workloads.sleep_for, [seconds] * 200, workers=None)
 
 
@@ -108,19 +111,56 @@ def _timed_map(
     return elapsed
 
 
+def _startup(backend: Backend, cfg: BenchConfig) -> float:
+    """Seconds from creating the pool to the first result (2 workers)."""
+    start = time.perf_counter()
+    runner = backend.make(2)
+    try:
+        runner.call(workloads.noop, 1)
+        return time.perf_counter() - start
+    finally:
+        runner.close()
+
+
+CRASH_TASKS = 100
+
+
+def _crash(backend: Backend, cfg: BenchConfig) -> float:
+    """Results delivered out of 100 tasks when task 50 kills its worker."""
+    ms = 10.0 * min(1.0, cfg.scale)
+    items = [(i, CRASH_TASKS // 2, os.getpid(), ms) for i in range(CRASH_TASKS)]
+    runner = backend.make(2)
+    try:
+        # A library that loses the task waits for it forever; give it this long.
+        patience = 2.0 if cfg.quick else max(1.0, 10.0 * cfg.scale)
+        return float(runner.deliver(workloads.crash_one, items, time.monotonic() + patience))
+    finally:
+        runner.close()
+
+
+def _no_crash_in_process(backend: Backend) -> str | None:
+    if backend.kind in ("none", "thread"):
+        return "skipped: a worker that dies in this process takes the whole process with it"
+    return None
+
+
 def _latency(backend: Backend, cfg: BenchConfig) -> float:
     """Median round trip of a no-op on a warm pool, in microseconds."""
     calls = max(20, int((300 if cfg.quick else 3000) * cfg.scale))
+    budget = 0.3 if cfg.quick else 3.0  # seconds: a slow peer gets fewer calls
     runner = backend.make(2)
     try:
-        for i in range(50):  # warm up: start the workers, fill caches
+        for i in range(10 if cfg.quick else 50):  # warm up: start the workers, fill caches
             runner.call(workloads.noop, i)
         samples = []
         clock = time.perf_counter
+        stop = clock() + budget
         for i in range(calls):
             start = clock()
             runner.call(workloads.noop, i)
             samples.append(clock() - start)
+            if start > stop and len(samples) >= 20:
+                break
     finally:
         runner.close()
     return statistics.median(samples) * 1e6
@@ -146,10 +186,11 @@ SCENARIOS: dict[str, Scenario] = {
             "20 tasks of about 50 ms pure-Python computing (20 ms with --quick), default workers",
             "s",
             _cpu_20,
+            quick=False,
         ),
         Scenario(
             "io-many",
-            "200 sleeps of 0.1 s (5 ms with --quick), no worker count given",
+            "200 sleeps of 0.1 s (3 ms with --quick), no worker count given",
             "s",
             _io_many,
         ),
@@ -164,18 +205,34 @@ SCENARIOS: dict[str, Scenario] = {
             "2,000 cache hits, then 60 items of 25 ms computing (10 with --quick)",
             "s",
             _changing,
+            quick=False,
         ),
         Scenario(
             "mixed",
             "items alternate: wait 20 ms / compute 20 ms (100 items; 20 with --quick)",
             "s",
             _mixed,
+            quick=False,
         ),
         Scenario(
             "latency",
             "warm-pool round trip of a no-op, submit(...).result(), median",
             "µs/call",
             _latency,
+        ),
+        Scenario(
+            "startup",
+            "from creating a pool of 2 workers to its first result",
+            "s",
+            _startup,
+        ),
+        Scenario(
+            "crash",
+            "100 tasks of 10 ms; task 50 kills its worker: results still delivered",
+            "results",
+            _crash,
+            skip=_no_crash_in_process,
+            higher_is_better=True,
         ),
     ]
 }
@@ -195,8 +252,10 @@ def run_bench(
 ) -> dict[tuple[str, str], Result]:
     """Run every selected scenario on every selected backend; return the samples."""
     scenarios = _selected(cfg.scenarios, SCENARIOS, "scenario")
+    if cfg.quick and not cfg.scenarios:
+        scenarios = [name for name in scenarios if SCENARIOS[name].quick]
     backends = _selected(cfg.backends, BACKENDS, "backend")
-    repeat = cfg.repeat or (3 if cfg.quick else 5)
+    repeat = cfg.repeat or (2 if cfg.quick else 3)
     results: dict[tuple[str, str], Result] = {}
     for scenario_name in scenarios:
         scenario = SCENARIOS[scenario_name]

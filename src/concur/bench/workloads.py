@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -56,3 +57,18 @@ CACHE_HITS = 2000
 # Counting steps per millisecond on a typical 2020s CPU with CPython 3.11;
 # workloads say "about" because machines differ.
 _COUNTS_PER_MS = 40_000
+
+
+def crash_one(args: tuple[int, int, int, float]) -> int:
+    """About ``ms`` of computing; item ``crash_at`` kills its worker process.
+
+    In the benchmark's own process (a thread or serial backend, or auto
+    choosing one) it raises instead, so the benchmark survives to report it.
+    """
+    index, crash_at, bench_pid, ms = args
+    count_to(int(ms * _COUNTS_PER_MS))
+    if index == crash_at:
+        if os.getpid() != bench_pid:
+            os._exit(1)
+        raise RuntimeError("this task would have killed the whole process")
+    return index
