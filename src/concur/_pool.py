@@ -118,6 +118,17 @@ def settle(future: Future[Any], value: Any = None, error: BaseException | None =
         pass
 
 
+def settle_outcome(future: Future[Any], outcome: _task.Outcome) -> None:
+    """Settle a future from one call's outcome (a value, or an exception)."""
+    status, value = outcome
+    if status == _task.OK:
+        settle(future, value)
+    elif status == _task.RAISED:
+        settle(future, error=value)
+    else:
+        settle(future, error=_task.unpack_exception(value))
+
+
 def dying_of_interrupt() -> bool:
     """True when the interpreter is exiting because of an uncaught Ctrl-C."""
     last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
@@ -310,7 +321,7 @@ class PoolBase(Executor):
         if limit < 1:
             raise ValueError(f"max_inflight must be >= 1, not {limit!r}")
         source: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
-        remaining = _length_hint(iterables)
+        remaining = length_hint(iterables)
         return _Stream(
             self, options, fn, source, sizer, limit, ordered, return_exceptions, remaining
         )
@@ -349,7 +360,8 @@ class PoolView:
         )
 
 
-def _length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
+def length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many items zip(*iterables) yields, if every iterable has a length."""
     lengths = []
     for iterable in iterables:
         try:

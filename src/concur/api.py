@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
-from ._pool import check_timeout
+from ._pool import check_timeout, length_hint
 from ._progress import track
 from ._task import describe
 from .auto import AutoMap, Decision, environment_override, forced
@@ -80,13 +80,6 @@ def _stream(
     )
 
 
-def _total(iterables: tuple[Iterable[Any], ...]) -> int | None:
-    try:
-        return min(len(i) for i in iterables)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
 def _label(stream: AutoMap) -> Callable[[], str]:
     def label() -> str:
         d = stream.decision
@@ -113,7 +106,7 @@ def map(
     stream = _stream(fn, iterables, backend, workers, timeout=timeout)
     try:
         if progress:
-            results = Results(track(stream, _total(iterables), _label(stream)))
+            results = Results(track(stream, length_hint(iterables), _label(stream)))
         else:
             results = Results(stream.to_list())
     finally:
@@ -166,7 +159,7 @@ def imap(
     stream = _stream(fn, iterables, backend, workers, ordered, return_exceptions)
     results: Iterator[Any] = stream
     if progress:
-        results = track(stream, _total(iterables), _label(stream))
+        results = track(stream, length_hint(iterables), _label(stream))
     return _Imap(stream, results)
 
 

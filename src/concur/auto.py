@@ -382,7 +382,7 @@ class AutoMap(Iterator[Any]):
             iter(iterables[0]) if self._single else zip(*iterables, strict=False)
         )
         self._call: Callable[[Any], Any] = fn if self._single else _starred(fn)
-        self._remaining = _length_hint(iterables)
+        self._remaining = _pool_base.length_hint(iterables)
         self._ordered = ordered
         self._return_exceptions = return_exceptions
         self._workers = workers
@@ -819,16 +819,6 @@ def _value(outcome: _task.Outcome) -> Any:
     return outcome[1] if outcome[0] == _task.OK else None
 
 
-def _length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
-    lengths = []
-    for iterable in iterables:
-        try:
-            lengths.append(len(iterable))  # type: ignore[arg-type]
-        except TypeError:
-            return None
-    return min(lengths) if lengths else None
-
-
 def advise(fn: Callable[..., Any], sample: Iterable[Any], *more: Iterable[Any]) -> Decision:
     """Run ``fn`` over ``sample`` the way auto would; return the Decision for a long run.
 
@@ -921,7 +911,7 @@ class AutoPool(_pool_base.PoolBase):
             outer.set_running_or_notify_cancel()
             outcomes, wall, cpu = _task.run_chunk(call, [args], False)
             self._learn(fn, route, args, outcomes[0], wall, cpu, "inline")
-            _deliver(outer, outcomes[0])
+            _pool_base.settle_outcome(outer, outcomes[0])
             return outer
         if backend == "process":
             pool: ThreadPool | ProcessPool = self._process_pool()
@@ -939,7 +929,7 @@ class AutoPool(_pool_base.PoolBase):
                 _pool_base.settle(outer, error=exc)
                 return
             self._learn(fn, route, args, outcomes[0], wall, cpu, backend)
-            _deliver(outer, outcomes[0])
+            _pool_base.settle_outcome(outer, outcomes[0])
 
         outer.set_running_or_notify_cancel()
         inner.add_done_callback(finished)
@@ -1064,13 +1054,3 @@ class _TrackedMap(Iterator[Any]):
 
     def close(self) -> None:
         self.stream.close()
-
-
-def _deliver(future: Future[Any], outcome: _task.Outcome) -> None:
-    status, value = outcome
-    if status == _task.OK:
-        _pool_base.settle(future, value)
-    elif status == _task.RAISED:
-        _pool_base.settle(future, error=value)
-    else:
-        _pool_base.settle(future, error=_task.unpack_exception(value))

@@ -600,15 +600,10 @@ def _readable(conn: Connection) -> bool:
 
 
 def _settle(future: Future[Any], outcome: _task.Outcome, wall: float, cpu: float) -> None:
-    status, value = outcome
-    if status == _task.CHUNK_DONE:
-        _pool.settle(future, (value, wall, cpu))
-    elif status == _task.OK:
-        _pool.settle(future, value)
-    elif status == _task.RAISED:
-        _pool.settle(future, error=value)
+    if outcome[0] == _task.CHUNK_DONE:
+        _pool.settle(future, (outcome[1], wall, cpu))
     else:
-        _pool.settle(future, error=_task.unpack_exception(value))
+        _pool.settle_outcome(future, outcome)
 
 
 class ProcessPool(_pool.PoolBase):
@@ -691,15 +686,27 @@ class ProcessPool(_pool.PoolBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Future[Any]:
+        return self._enqueue(
+            lambda task_id: _task.serialize_call(task_id, fn, args, kwargs), fn, False, options
+        )
+
+    def _enqueue(
+        self,
+        payload_for: Callable[[int], bytes],
+        fn: Callable[..., Any],
+        chunk: bool,
+        options: _pool.TaskOptions,
+    ) -> _pool.RunningFuture:
+        """Serialize a task here and now; one that cannot be fails its own future."""
         self._core.check_open()
         future = _pool.RunningFuture()
         task_id = next(_task_ids)
         try:
-            payload = _task.serialize_call(task_id, fn, args, kwargs)
+            payload = payload_for(task_id)
         except SerializationError as exc:
             future.set_exception(exc)
             return future
-        self._core.submit(_Task(task_id, future, payload, fn, False, options))
+        self._core.submit(_Task(task_id, future, payload, fn, chunk, options))
         return future
 
     def _prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
@@ -713,16 +720,9 @@ class ProcessPool(_pool.PoolBase):
         options: _pool.TaskOptions,
     ) -> Future[_pool.ChunkResult]:
         assert fn_blob is not None
-        self._core.check_open()
-        future = _pool.RunningFuture()
-        task_id = next(_task_ids)
-        try:
-            payload = _task.serialize_chunk(task_id, fn_blob, items)
-        except SerializationError as exc:
-            future.set_exception(exc)
-            return future
-        self._core.submit(_Task(task_id, future, payload, fn, True, options))
-        return future
+        return self._enqueue(
+            lambda task_id: _task.serialize_chunk(task_id, fn_blob, items), fn, True, options
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._core.shutdown(wait, cancel_futures)
