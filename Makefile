@@ -23,8 +23,8 @@ demo: $(VENV)/.installed
 	$(BIN)/concur bench --quick
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples tools
+	$(BIN)/ruff format --check src tests examples tools
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
