@@ -108,7 +108,8 @@ def map(
         if progress:
             results = Results(track(stream, length_hint(iterables), _label(stream)))
         else:
-            results = Results(stream.to_list())
+            results = Results()
+            stream.to_list(results)
     finally:
         stream.close()
     results.decision = stream.decision

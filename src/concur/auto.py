@@ -378,9 +378,14 @@ class AutoMap(Iterator[Any]):
         self._fn = fn
         # One iterable: items stay as they are, so inline calls are plain fn(x).
         self._single = len(iterables) == 1
-        self._source: Iterator[Any] | None = (
-            iter(iterables[0]) if self._single else zip(*iterables, strict=False)
-        )
+        # A list, tuple or range is sliced, not iterated: a chunk is one copy.
+        self._seq: Any = None
+        self._pos = 0
+        if self._single and isinstance(iterables[0], (list, tuple, range)):
+            self._seq = iterables[0]
+        self._source: Iterator[Any] | None = None
+        if self._seq is None:
+            self._source = iter(iterables[0]) if self._single else zip(*iterables, strict=False)
         self._call: Callable[[Any], Any] = fn if self._single else _starred(fn)
         self._remaining = _pool_base.length_hint(iterables)
         self._ordered = ordered
@@ -430,9 +435,10 @@ class AutoMap(Iterator[Any]):
         self._index += 1
         return item if block.raw else self._resolve(item)
 
-    def to_list(self) -> list[Any]:
-        """Every result, in order: ``list(self)`` without a call per item."""
-        out: list[Any] = []
+    def to_list(self, out: list[Any] | None = None) -> list[Any]:
+        """Every result, in order, appended to ``out`` (a new list by default):
+        ``list(self)`` without a call per item."""
+        out = [] if out is None else out
         while True:
             while self._blocks:
                 block = self._blocks.popleft()
@@ -475,6 +481,15 @@ class AutoMap(Iterator[Any]):
     def _take_items(self, count: int) -> list[Any]:
         """The next ``count`` items: given-back ones first, then the input."""
         chunk, self._pushed = self._pushed[:count], self._pushed[count:]
+        if len(chunk) < count and self._seq is not None:
+            part = self._seq[self._pos : self._pos + count - len(chunk)]
+            self._pos += len(part)
+            if self._pos >= len(self._seq):
+                self._seq = None
+            if chunk:
+                chunk.extend(part)
+            else:
+                chunk = part if isinstance(part, list) else list(part)
         if len(chunk) < count and self._source is not None:
             more = list(itertools.islice(self._source, count - len(chunk)))
             if len(chunk) + len(more) < count:
@@ -660,7 +675,7 @@ class AutoMap(Iterator[Any]):
                 self._remaining += len(items)
 
     def _has_input(self) -> bool:
-        return bool(self._pushed) or self._source is not None
+        return bool(self._pushed) or self._source is not None or self._seq is not None
 
     def _run(self, backend: str, chunk: list[Any]) -> Future[ChunkResult]:
         options = self._options.for_chunk(len(chunk))
@@ -793,6 +808,7 @@ class AutoMap(Iterator[Any]):
     def close(self, abort: bool = False) -> None:
         """Stop reading input, cancel what has not started, and stop the pools."""
         self._source = None
+        self._seq = None
         self._pushed = []
         for future, _, _ in self._inflight:
             if abort or not future.running():

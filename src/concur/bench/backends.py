@@ -105,7 +105,7 @@ class AutoRunner(Runner):
         self.pool: AutoPool | None = None
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
-        return list(concur_map(fn, items, workers=self.workers))
+        return concur_map(fn, items, workers=self.workers)  # already a list
 
     def _pool(self) -> AutoPool:
         if self.pool is None:
