@@ -263,6 +263,67 @@ def advise(target: str, source: IO[str], sample: int) -> None:
     )
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--model", type=click.Choice(["thread", "async"]), default="thread", show_default=True
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Sessions at once; the next client gets a busy reply.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.001),
+    default=300.0,
+    show_default=True,
+    help="Seconds a silent client may stay connected.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="On SIGINT/SIGTERM, seconds open sessions get to finish.",
+)
+def serve(
+    host: str, port: int, model: str, max_connections: int, idle_timeout: float, grace: float
+) -> None:
+    """Serve the uppercase service (the seed's server) until SIGINT or SIGTERM."""
+    import logging
+
+    from .server import serve as serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        code = serve_forever(
+            grace=grace,
+            host=host,
+            port=port,
+            model=model,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+        )
+    except OSError as exc:
+        message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise click.ClickException(message) from None
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def client(host: str, port: int) -> None:
+    """Type text, get it back from the server; q quits."""
+    from .server.client import main as client_main
+
+    sys.exit(client_main(host, port))
+
+
 def main() -> None:
     cli(prog_name="concur")
 
