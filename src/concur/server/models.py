@@ -137,6 +137,8 @@ class Server:
             while True:
                 data = conn.recv(READ_SIZE)
                 if not data:
+                    if self._stopping.is_set():
+                        how = "closed by server"
                     break
                 reply = session.feed(data)
                 if reply.data:
