@@ -15,7 +15,6 @@ from typing import Any
 
 _hooks: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-_exiting = False
 
 
 def register_exit_hook(obj: Any, hook: Callable[[Any], None]) -> None:
@@ -23,14 +22,7 @@ def register_exit_hook(obj: Any, hook: Callable[[Any], None]) -> None:
         _hooks[obj] = hook
 
 
-def exiting() -> bool:
-    """True once the interpreter has started to shut down."""
-    return _exiting
-
-
 def _run_hooks() -> None:
-    global _exiting
-    _exiting = True
     with _lock:
         items = list(_hooks.items())
     for obj, hook in items:

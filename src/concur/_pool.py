@@ -12,7 +12,7 @@ one-future-per-item standard library would.
 ``imap`` pulls from its input only as fast as results are consumed (at most
 ``2 × workers`` chunks in flight), so it works on endless iterators, and with
 ``chunksize="auto"`` it sizes chunks from the measured time per item: small
-items are batched until a chunk takes about ``_CHUNK_TARGET_S``; long ones go
+items are batched until a chunk takes about ``CHUNK_TARGET_S``; long ones go
 one at a time so the workers stay balanced.
 """
 
@@ -39,8 +39,9 @@ ChunkSize = int | Literal["auto"]
 ChunkResult = tuple[list[_task.Outcome], float, float]
 
 # How long one chunk should run, so the cost of sending it (tens of µs to a
-# thread, about 100 µs to a process) stays near 1% of the work.
-_CHUNK_TARGET_S = {"thread": 0.002, "process": 0.01}
+# thread, about 100 µs to a process) stays near 1% of the work; inline chunks
+# (auto) are how often auto looks at the work again.
+CHUNK_TARGET_S = {"thread": 0.002, "process": 0.01, "inline": 0.005}
 _MAX_CHUNK = 100_000
 
 
@@ -148,7 +149,7 @@ class ChunkSizer:
             raise ValueError(f'chunksize must be an int >= 1 or "auto", not {chunksize!r}')
         self.fixed = None if chunksize == "auto" else int(chunksize)
         self.workers = workers
-        self.target = _CHUNK_TARGET_S[kind]
+        self.target = CHUNK_TARGET_S[kind]
         self.per_item: float | None = None
 
     def observe(self, items: int, wall: float) -> None:

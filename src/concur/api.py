@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 from ._pool import check_timeout, length_hint
 from ._progress import track
 from ._task import describe
-from .auto import AutoMap, Decision, environment_override, forced
+from .auto import AutoMap, Decision, environment_override
 from .errors import TaskTimeout, WaitTimeout
 from .spawn import spawn
 
@@ -182,7 +182,7 @@ def run(
     timeout = check_timeout(timeout)
     if backend == "auto":
         chosen = environment_override() or ("process" if timeout is not None else "inline")
-        log.info("concur auto: run %s %s", describe(fn), forced(chosen, "run()").backend)
+        log.info("concur auto: run %s %s", describe(fn), chosen)
         backend = chosen  # type: ignore[assignment]
     if backend == "inline":
         return fn(*args, **kwargs)

@@ -41,7 +41,7 @@ from typing import Any
 
 from . import _pool as _pool_base
 from . import _task
-from ._pool import ChunkResult, TaskOptions
+from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
 from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
 
@@ -55,7 +55,6 @@ INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
 WAITING = 0.5  # wait fraction above which work counts as waiting
 GIL_FREE_UTILIZATION = 1.3  # process CPU per wall second that proves the GIL is released
 THREAD_BOUND = 256  # most threads auto will run at once
-CHUNK_TARGET_S = {"process": 0.01, "thread": 0.002, "inline": 0.005}
 BACKENDS = ("inline", "thread", "process")
 
 
