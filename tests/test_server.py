@@ -10,7 +10,7 @@ import pytest
 
 from concur.server import Reply, Session, TextSession, UppercaseSession, start
 
-MODELS = ["thread", "async"]
+MODELS = ["thread", "async", "process", "prefork", "hybrid"]
 
 
 @pytest.fixture(params=MODELS)
@@ -223,3 +223,48 @@ def test_concur_serve_and_concur_client_end_to_end():
     )
     assert gone.returncode == 1
     assert "cannot reach" in gone.stderr
+
+
+def test_max_message_refuses_a_longer_line(model):
+    with start(port=0, model=model, max_message=8) as server, connect(server) as sock:
+        sock.sendall(b"short\n")
+        assert read_until(sock, b"SHORT\n") == b"SHORT\n"
+        sock.sendall(b"x" * 50 + b"\n")
+        assert b"longer than 8 characters" in sock.recv(1024)
+        assert sock.recv(1024) == b""
+
+
+class Reverse(TextSession):
+    def on_message(self, text: str) -> tuple[str, bool]:
+        return ("q", True) if text == "q" else (text[::-1], False)
+
+
+def test_concur_load_checks_every_reply_and_reports_rates():
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "concur", "load", "-c", "3", "-m", "20", "--json"]
+    with start(port=0) as good:
+        run = subprocess.run(
+            [*command, "--port", str(good.port)], capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert (report["sessions"], report["messages"], report["errors"]) == (3, 60, 0)
+    assert report["messages_per_s"] > 0 and report["p99_ms"] >= report["p50_ms"] > 0
+    with start(Reverse, port=0) as wrong:
+        run = subprocess.run(
+            [*command[:-1], "--port", str(wrong.port)], capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 1
+    assert "3 errors" in run.stdout and "got b'" in run.stderr
+
+
+def test_concur_load_counts_short_sessions():
+    from concur.server.load import run_load
+
+    with start(port=0, model="async") as server:
+        report = run_load(port=server.port, connections=5, sessions=200)
+    assert (report.sessions, report.messages, report.errors) == (200, 200, 0)
+    assert report.sessions_per_s > 0

@@ -267,7 +267,24 @@ def advise(target: str, source: IO[str], sample: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
-    "--model", type=click.Choice(["thread", "async"]), default="thread", show_default=True
+    "--model",
+    type=click.Choice(["thread", "async", "process", "prefork", "hybrid"]),
+    default="thread",
+    show_default=True,
+    help="How connections are served (see docs/server.md).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes for prefork (default 2 per core + 1) and hybrid (default 1 per core).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Threads per hybrid process for handlers that block.",
 )
 @click.option(
     "--max-connections",
@@ -284,6 +301,13 @@ def advise(target: str, source: IO[str], sample: int) -> None:
     help="Seconds a silent client may stay connected.",
 )
 @click.option(
+    "--max-message",
+    type=click.IntRange(min=1),
+    default=64 * 1024,
+    show_default=True,
+    help="Longest line, in characters; a longer one gets an error and a close.",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=5.0,
@@ -291,7 +315,15 @@ def advise(target: str, source: IO[str], sample: int) -> None:
     help="On SIGINT/SIGTERM, seconds open sessions get to finish.",
 )
 def serve(
-    host: str, port: int, model: str, max_connections: int, idle_timeout: float, grace: float
+    host: str,
+    port: int,
+    model: str,
+    workers: int | None,
+    threads: int,
+    max_connections: int,
+    idle_timeout: float,
+    max_message: int,
+    grace: float,
 ) -> None:
     """Serve the uppercase service (the seed's server) until SIGINT or SIGTERM."""
     import logging
@@ -305,13 +337,72 @@ def serve(
             host=host,
             port=port,
             model=model,
+            workers=workers,
+            threads=threads,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
+            max_message=max_message,
         )
     except OSError as exc:
         message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         raise click.ClickException(message) from None
     sys.exit(code)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--connections",
+    "-c",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Clients at once.",
+)
+@click.option(
+    "--messages",
+    "-m",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Messages per connection.",
+)
+@click.option(
+    "--sessions",
+    "-s",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Instead: this many short sessions (one message, then q), --connections at a time.",
+)
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def load(
+    host: str,
+    port: int,
+    connections: int,
+    messages: int,
+    sessions: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Load an uppercase server, check every reply, report rates and latency.
+
+    Exits 1 when any reply was wrong or missing.
+    """
+    import json
+
+    from .server.load import run_load
+
+    report = run_load(host, port, connections, messages, sessions, timeout)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(report.summary())
+        for sample in report.samples:
+            click.echo(f"  error: {sample}", err=True)
+    sys.exit(1 if report.errors else 0)
 
 
 @cli.command()

@@ -1,46 +1,106 @@
 """Concurrency models for the TCP server, behind one ``Server`` handle.
 
-    thread   accept thread ──► one thread per connection: recv → session.feed → sendall
+    thread   accept thread ──► one thread per connection
     async    one event-loop thread: asyncio streams, a task per connection
+    process  a master process accepts and forks a child per connection
+    prefork  N processes accept on one socket, one connection each at a time
+    hybrid   N processes, each an event loop plus M threads for handlers
 
-Both apply the same rules: at most ``max_connections`` sessions at once (the
-next client gets a short "busy" line and a close, not a hang); a client
-silent for ``idle_timeout`` seconds is closed; a session that raises ends
-only its own connection, logged with its traceback; one log line per
-connection (peer, duration, messages, how it ended). ``close(grace)`` stops
-accepting, lets open sessions finish for ``grace`` seconds, then closes them.
+``thread`` and ``async`` run inside the caller's process. The three process
+models run under a master process (``_master.py``) that reaps every child at
+once and takes them all down with it, even when the caller is SIGKILLed.
+
+Every model applies the same rules: at most ``max_connections`` sessions at
+once (the next client gets a short "busy" line and a close, not a hang); a
+client silent for ``idle_timeout`` seconds is closed; a session that raises,
+or a process that crashes, ends only its own connection, logged with its
+traceback; one log line per connection (peer, duration, messages, how it
+ended); ``close(grace)`` stops accepting, lets open sessions finish for
+``grace`` seconds, then closes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import resource
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .protocol import Session, UppercaseSession
+from ._drive import BUSY, READ_SIZE, close_writer, drive, drive_async, log, peer_name, refuse
+from .protocol import Session, TextSession, UppercaseSession
 
-log = logging.getLogger("concur.server")
-
-MODELS = ("thread", "async")
-BUSY = b"busy: too many connections; try again later\n"
+MODELS = ("thread", "async", "process", "prefork", "hybrid")
+DEFAULT_MODEL = "thread"
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0
-READ_SIZE = 64 * 1024
+DEFAULT_HYBRID_THREADS = 8
+BACKLOG = 1024
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return sock
+    return socket.create_server((host, port), backlog=BACKLOG)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard one; return (before, after).
+
+    Every connection is a file descriptor: the common soft limit of 1,024
+    would cap a server far below what the machine can hold.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
+class MaxMessage:
+    """Wrap a handler so its TextSessions refuse lines over ``limit`` characters."""
+
+    def __init__(self, handler: Callable[[str], Session], limit: int) -> None:
+        self.handler = handler
+        self.limit = limit
+
+    def __call__(self, peer: str) -> Session:
+        session = self.handler(peer)
+        if isinstance(session, TextSession):
+            session.max_message = self.limit
+        return session
 
 
 class Server:
-    """A running server; ``port`` is the bound port (useful with ``port=0``)."""
+    """A running server: ``host``, ``port`` (the bound one, useful with
+    ``port=0``), ``model``; ``close(grace)`` stops it."""
+
+    host: str
+    port: int
+    model: str
+
+    def close(self, grace: float = 5.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalServer(Server):
+    """The thread and async models, in the caller's process."""
 
     def __init__(
         self,
@@ -51,12 +111,6 @@ class Server:
         max_connections: int,
         idle_timeout: float,
     ) -> None:
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
-        if max_connections < 1:
-            raise ValueError("max_connections must be >= 1")
-        if idle_timeout <= 0:
-            raise ValueError("idle_timeout must be > 0 seconds")
         self.handler = handler
         self.model = model
         self.max_connections = max_connections
@@ -76,8 +130,6 @@ class Server:
         main.start()
         self._ready.wait(10)
 
-    # -- bookkeeping shared by the models --------------------------------------
-
     def _admit(self, conn: Any) -> bool:
         with self._lock:
             if len(self._open) >= self.max_connections:
@@ -88,16 +140,6 @@ class Server:
     def _release(self, conn: Any) -> None:
         with self._lock:
             self._open.discard(conn)
-
-    def _logline(self, peer: str, started: float, session: Session | None, how: str) -> None:
-        messages = session.messages if session is not None else 0
-        log.info(
-            "connection peer=%s duration=%.3fs messages=%d ended=%s",
-            peer,
-            time.monotonic() - started,
-            messages,
-            how,
-        )
 
     # -- thread model --------------------------------------------------------
 
@@ -112,15 +154,15 @@ class Server:
             except OSError as exc:
                 if self._stopping.is_set():
                     return
-                log.warning("accept failed (%s); backing off", exc)
-                time.sleep(0.1)
+                back_off(exc)
+                time.sleep(BACKOFF)
                 continue
             if not self._admit(conn):
-                _refuse(conn)
+                refuse(conn)
                 continue
             worker = threading.Thread(
                 target=self._serve_thread,
-                args=(conn, f"{address[0]}:{address[1]}"),
+                args=(conn, peer_name(address)),
                 name="concur-server-connection",
                 daemon=True,
             )
@@ -130,35 +172,10 @@ class Server:
             worker.start()
 
     def _serve_thread(self, conn: socket.socket, peer: str) -> None:
-        started, session, how = time.monotonic(), None, "client closed"
-        conn.settimeout(self.idle_timeout)
         try:
-            session = self.handler(peer)
-            while True:
-                data = conn.recv(READ_SIZE)
-                if not data:
-                    if self._stopping.is_set():
-                        how = "closed by server"
-                    break
-                reply = session.feed(data)
-                if reply.data:
-                    conn.sendall(reply.data)
-                if reply.close:
-                    how = "session ended"
-                    break
-        except TimeoutError:
-            how = "idle timeout"
-        except OSError as exc:
-            how = "closed by server" if self._stopping.is_set() else f"socket error: {exc}"
-        except Exception:
-            how = "handler failed"
-            log.exception("the session for %s failed; closing its connection", peer)
+            drive(conn, peer, self.handler, self.idle_timeout, self._stopping.is_set)
         finally:
-            if session is not None:
-                session.end()
             self._release(conn)
-            conn.close()
-            self._logline(peer, started, session, how)
 
     # -- async model ---------------------------------------------------------
 
@@ -173,7 +190,7 @@ class Server:
         self._sock.setblocking(False)
         self._async_stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         server = await asyncio.start_server(self._serve_async, sock=self._sock, limit=READ_SIZE)
         self._ready.set()
         await self._async_stop.wait()
@@ -188,45 +205,18 @@ class Server:
     async def _serve_async(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        address = writer.get_extra_info("peername") or ("?", 0)
-        peer = f"{address[0]}:{address[1]}"
         if not self._admit(writer):
             writer.write(BUSY)
-            await _drain_and_close(writer)
+            await close_writer(writer)
             return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        started, session, how = time.monotonic(), None, "client closed"
         try:
-            session = self.handler(peer)
-            while True:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), self.idle_timeout)
-                if not data:
-                    break
-                reply = session.feed(data)
-                if reply.data:
-                    writer.write(reply.data)
-                    await writer.drain()
-                if reply.close:
-                    how = "session ended"
-                    break
-        except asyncio.TimeoutError:
-            how = "idle timeout"
-        except asyncio.CancelledError:
-            how = "closed by server"
-        except OSError as exc:
-            how = f"socket error: {exc}"
-        except Exception:
-            how = "handler failed"
-            log.exception("the session for %s failed; closing its connection", peer)
+            await drive_async(reader, writer, self.handler, self.idle_timeout)
         finally:
-            if session is not None:
-                session.end()
             self._release(writer)
             self._tasks.discard(task)
-            await _drain_and_close(writer)
-            self._logline(peer, started, session, how)
 
     # -- stopping --------------------------------------------------------------
 
@@ -235,7 +225,6 @@ class Server:
             return len(self._open)
 
     def close(self, grace: float = 5.0) -> None:
-        """Stop accepting, let sessions finish for ``grace`` s, then close them."""
         if self._stopping.is_set():
             return
         self._grace = grace
@@ -260,40 +249,194 @@ class Server:
         for thread in list(self._threads):
             thread.join(timeout=5)
 
-    def __enter__(self) -> Server:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class MasterServer(Server):
+    """The process, prefork and hybrid models: a master process and its children.
+
+    The master is started with ``subprocess`` (safe from a threaded caller)
+    in a session of its own, so a Ctrl-C in the terminal reaches only the
+    caller, which then closes the server gracefully. Its stdin is the
+    lifeline and the command channel; its children's log records come back
+    as datagrams and are re-emitted on the ``concur.server`` logger here.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[str], Session],
+        host: str,
+        port: int,
+        model: str,
+        max_connections: int,
+        idle_timeout: float,
+        workers: int,
+        threads: int,
+    ) -> None:
+        import cloudpickle
+
+        from ..errors import SerializationError
+
+        self.model = model
+        self.host = host
+        self.port = 0
+        self.workers = workers
+        self._error: OSError | None = None
+        self._ready = threading.Event()
+        setup = {
+            "handler": handler,
+            "host": host,
+            "port": port,
+            "model": model,
+            "max_connections": max_connections,
+            "idle_timeout": idle_timeout,
+            "workers": workers,
+            "threads": threads,
+            "backlog": BACKLOG,
+            "log_level": min(log.getEffectiveLevel(), logging.INFO),  # filtered here
+        }
+        try:
+            blob = cloudpickle.dumps(setup)
+        except Exception as exc:
+            raise SerializationError(
+                f"the {model} model runs handlers in other processes, so the handler "
+                f"must be picklable: {exc}"
+            ) from exc
+        self._events, events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with events_w:
+            self._master = subprocess.Popen(
+                [sys.executable, "-m", "concur.server._master", str(events_w.fileno())],
+                stdin=subprocess.PIPE,
+                pass_fds=(events_w.fileno(),),
+                start_new_session=True,
+            )
+        assert self._master.stdin is not None
+        self._stdin = self._master.stdin
+        self._stdin.write(json.dumps(sys.path).encode() + b"\n")
+        self._stdin.write(b"%d\n" % len(blob) + blob)
+        self._stdin.flush()
+        self._reader = threading.Thread(
+            target=self._read_events, name="concur-server-events", daemon=True
+        )
+        self._reader.start()
+        if not self._ready.wait(60) or self._error is not None:
+            error = self._error or OSError("the server's master process did not start")
+            self._shutdown(0.0)
+            raise error
+
+    @property
+    def pid(self) -> int:
+        """The master process's pid."""
+        return self._master.pid
+
+    def _read_events(self) -> None:
+        self._events.settimeout(0.1)
+        while True:
+            try:
+                data = self._events.recv(65536)
+            except TimeoutError:
+                if self._master.poll() is not None:
+                    break
+                continue
+            self._handle(data)
+        self._events.setblocking(False)
+        while True:  # what the last children said before the master reaped them
+            try:
+                self._handle(self._events.recv(65536))
+            except BlockingIOError:
+                break
+        if not self._ready.is_set():
+            self._error = self._error or OSError("the server's master process exited")
+            self._ready.set()
+
+    def _handle(self, data: bytes) -> None:
+        event = json.loads(data)
+        kind = event.get("t")
+        if kind == "log":
+            log.log(int(event["level"]), "%s", event["msg"])
+        elif kind == "ready":
+            self.port = int(event["port"])
+            self._ready.set()
+        elif kind == "error":
+            self._error = OSError(event.get("errno") or 0, event["msg"])
+            self._ready.set()
+
+    def close(self, grace: float = 5.0) -> None:
+        self._shutdown(grace)
+
+    def _shutdown(self, grace: float) -> None:
+        if self._master.poll() is None:
+            try:
+                self._stdin.write(b"stop %f\n" % grace)
+                self._stdin.flush()
+            except OSError:
+                pass
+            try:
+                self._master.wait(grace + 5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._master.pid, signal.SIGKILL)
+                self._master.wait()
+        try:
+            self._stdin.close()
+        except OSError:
+            pass
+        self._reader.join(5)
+        self._events.close()
 
 
-def _refuse(conn: socket.socket) -> None:
-    try:
-        conn.sendall(BUSY)
-    except OSError:
-        pass
-    conn.close()
+BACKOFF = 0.1
+_backoff_logged = 0.0
 
 
-async def _drain_and_close(writer: asyncio.StreamWriter) -> None:
-    try:
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-    except (OSError, asyncio.CancelledError):
-        pass
+def back_off(exc: OSError) -> None:
+    """An accept failed (out of file descriptors, say): log it once a second."""
+    global _backoff_logged
+    now = time.monotonic()
+    if now - _backoff_logged > 1.0:
+        _backoff_logged = now
+        log.warning("accept failed (%s); backing off %.1f s", exc.strerror or exc, BACKOFF)
 
 
 def start(
     handler: Callable[[str], Session] | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
-    model: str = "thread",
+    model: str = DEFAULT_MODEL,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_message: int | None = None,
+    workers: int | None = None,
+    threads: int = DEFAULT_HYBRID_THREADS,
 ) -> Server:
-    """Start serving in the background; return the running Server."""
-    return Server(handler or UppercaseSession, host, port, model, max_connections, idle_timeout)
+    """Start serving in the background; return the running Server.
+
+    ``workers`` is the number of processes for ``prefork`` (default 2 per
+    core, plus one: each serves one connection at a time) and ``hybrid``
+    (default one per core); ``threads`` is each hybrid process's pool for
+    handlers that block. ``max_message`` caps a line for TextSession handlers.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+    if max_connections < 1:
+        raise ValueError("max_connections must be >= 1")
+    if idle_timeout <= 0:
+        raise ValueError("idle_timeout must be > 0 seconds")
+    if workers is not None and workers < 1:
+        raise ValueError("workers must be >= 1")
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    session: Callable[[str], Session] = handler or UppercaseSession
+    if max_message is not None:
+        if max_message < 1:
+            raise ValueError("max_message must be >= 1 character")
+        session = MaxMessage(session, max_message)
+    raise_open_files_limit()
+    if model in ("thread", "async"):
+        return LocalServer(session, host, port, model, max_connections, idle_timeout)
+    cores = os.cpu_count() or 1
+    if workers is None:
+        workers = 2 * cores + 1 if model == "prefork" else cores
+    if model == "prefork":  # each process serves one connection at a time
+        workers = min(workers, max_connections)
+    return MasterServer(session, host, port, model, max_connections, idle_timeout, workers, threads)
 
 
 def serve(grace: float = 5.0, **options: Any) -> int:

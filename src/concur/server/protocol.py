@@ -80,20 +80,25 @@ class TextSession(Session):
         if self._lines:
             while "\n" in self._buffer:
                 line, self._buffer = self._buffer.split("\n", 1)
+                if len(line) > self.max_message:
+                    return self._too_long(out)
                 reply, close = self._answer(line.removesuffix("\r"))
                 out.append(reply + "\n")
                 if close:
                     return Reply("".join(out).encode(), close=True)
             if len(self._buffer) > self.max_message:
-                self._buffer = ""
-                out.append(f"error: a line longer than {self.max_message} characters\n")
-                return Reply("".join(out).encode(), close=True)
+                return self._too_long(out)
             return Reply("".join(out).encode())
         if not self._buffer:
             return Reply()  # only part of a character so far
         message, self._buffer = self._buffer, ""
         reply, close = self._answer(message)
         return Reply(reply.encode(), close)
+
+    def _too_long(self, out: list[str]) -> Reply:
+        self._buffer = ""
+        out.append(f"error: a line longer than {self.max_message} characters\n")
+        return Reply("".join(out).encode(), close=True)
 
     def _answer(self, message: str) -> tuple[str, bool]:
         self.messages += 1

@@ -1,0 +1,506 @@
+"""The master process of the process, prefork and hybrid models.
+
+The caller (``concur serve`` or ``start()``) runs ``python -m
+concur.server._master EVENTS_FD`` in a new session and writes the set-up to
+its stdin. The master is single-threaded, so forking from it is safe; it
+binds the listening socket, forks the children that serve connections and
+reaps every one of them the moment SIGCHLD says it ended:
+
+    process   the master accepts; a child per connection (the seed's design)
+    prefork   N children accept on the shared socket, one connection each at
+              a time; the master accepts only to say "busy" when all N are
+    hybrid    N children, each an event loop holding many connections, with
+              a thread pool for handlers that block
+
+Lifelines. The caller keeps the master's stdin open: end of file means the
+caller is gone (even by SIGKILL), and the master kills its children and
+exits. Each child asks the kernel for SIGKILL when the master dies
+(``PR_SET_PDEATHSIG``), so nothing outlives the server.
+
+Stopping (a ``stop GRACE`` line on stdin): stop accepting; SIGTERM tells
+prefork and hybrid children to stop accepting and finish their sessions;
+after GRACE seconds SIGINT makes every child close its connections (logged
+as "closed by server"); one second later SIGKILL; the master exits when its
+last child is reaped.
+
+Children log through a datagram socket to the caller, which re-emits each
+record on the ``concur.server`` logger: one log line per connection, and
+tracebacks, appear where the user configured logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import mmap
+import os
+import select
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._supervise import _set_pdeathsig, _set_title
+from ._drive import BUSY, Offload, drive, drive_async, log, peer_name, refuse
+from .models import BACKOFF, back_off
+from .protocol import Session
+
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class EventHandler(logging.Handler):
+    """Log records as datagrams to the caller (one record, one datagram)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)[:60_000]
+            send(self.sock, {"t": "log", "level": record.levelno, "msg": text})
+        except Exception:  # the caller is gone; nothing to tell
+            pass
+
+
+def send(sock: socket.socket, event: dict[str, Any]) -> None:
+    try:
+        sock.send(json.dumps(event).encode())
+    except OSError:
+        pass
+
+
+def _read_setup() -> dict[str, Any]:
+    stdin = sys.stdin.buffer
+    sys.path[:] = json.loads(stdin.readline())
+    size = int(stdin.readline())
+    import cloudpickle
+
+    setup: dict[str, Any] = cloudpickle.loads(stdin.read(size))
+    return setup
+
+
+class Master:
+    def __init__(self, setup: dict[str, Any], events: socket.socket) -> None:
+        self.model: str = setup["model"]
+        self.handler: Callable[[str], Session] = setup["handler"]
+        self.max_connections: int = setup["max_connections"]
+        self.idle_timeout: float = setup["idle_timeout"]
+        self.workers: int = setup["workers"]
+        self.threads: int = setup["threads"]
+        self.events = events
+        self.listener = socket.create_server(
+            (setup["host"], setup["port"]), backlog=setup["backlog"]
+        )
+        self.listener.setblocking(False)
+        self.pid = os.getpid()
+        self.children: dict[int, dict[str, Any]] = {}  # pid -> facts
+        self.stopping_since: float | None = None
+        self.grace = 5.0
+        self.signalled: set[int] = set()
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.state_r, self.state_w = os.pipe()  # prefork: children say busy / free
+        os.set_blocking(self.state_r, False)
+        self.busy: dict[int, bool] = {}  # prefork slot -> serving
+        self.slots: dict[int, int] = {}  # pid -> prefork/hybrid slot
+        # hybrid: each child writes its open-connection count in its own slot
+        self.counts = mmap.mmap(-1, 8 * max(self.workers, 1))
+        self.listening = False
+        self.backoff_until = 0.0
+        self.terminated = False
+
+    def on_sigterm(self, *_: object) -> None:
+        self.terminated = True  # acted on by the loop, which the wakeup fd wakes
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+        self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
+        self.sel.register(self.state_r, selectors.EVENT_READ)
+        if self.model in ("prefork", "hybrid"):
+            for slot in range(self.workers):
+                self.fork_worker(slot)
+        self.update_listening()
+        send(self.events, {"t": "ready", "port": self.listener.getsockname()[1]})
+        while True:
+            self.reap()
+            if self.terminated:
+                self.stop(5.0)
+            if self.stopping_since is not None:
+                if not self.children:
+                    return 0
+                self.escalate()
+            for key, _ in self.sel.select(timeout=self.tick()):
+                if key.fd == self.wake_r:
+                    _drain(self.wake_r)
+                elif key.fd == sys.stdin.fileno():
+                    self.command()
+                elif key.fd == self.state_r:
+                    self.read_states()
+                else:
+                    self.accept()
+            self.update_listening()
+
+    def tick(self) -> float | None:
+        if self.stopping_since is not None:
+            return 0.05
+        if self.backoff_until:
+            return BACKOFF
+        return None
+
+    def command(self) -> None:
+        line = os.read(sys.stdin.fileno(), 4096)
+        if not line:  # the caller is gone, however it died
+            self.sel.unregister(sys.stdin.fileno())
+            for pid in self.children:
+                _kill(pid, signal.SIGKILL)
+            self.stop(0.0)
+            return
+        words = line.split()
+        if words[:1] == [b"stop"]:
+            self.stop(float(words[1]) if len(words) > 1 else 5.0)
+
+    def stop(self, grace: float) -> None:
+        if self.stopping_since is not None:
+            return
+        self.stopping_since = time.monotonic()
+        self.grace = grace
+        if self.listening:
+            self.sel.unregister(self.listener)
+            self.listening = False
+        self.listener.close()
+        for pid in self.children:
+            _kill(pid, signal.SIGTERM)  # prefork/hybrid: stop accepting, finish
+
+    def escalate(self) -> None:
+        assert self.stopping_since is not None
+        late = time.monotonic() - self.stopping_since - self.grace
+        for pid in list(self.children):
+            if late >= 1.0:
+                _kill(pid, signal.SIGKILL)
+            elif late >= 0 and pid not in self.signalled:
+                self.signalled.add(pid)
+                _kill(pid, signal.SIGINT)  # close the sessions now
+
+    # -- accepting (process model, and the busy reply for prefork) ------------
+
+    def update_listening(self) -> None:
+        want = self.stopping_since is None and time.monotonic() >= self.backoff_until
+        if self.model == "prefork":
+            want = want and all(self.busy.get(slot, False) for slot in range(self.workers))
+        elif self.model == "hybrid":
+            want = False  # the children accept and say busy themselves
+        if self.backoff_until and time.monotonic() >= self.backoff_until:
+            self.backoff_until = 0.0
+        if want and not self.listening:
+            self.sel.register(self.listener, selectors.EVENT_READ)
+        elif self.listening and not want:
+            self.sel.unregister(self.listener)
+        self.listening = want
+
+    def accept(self) -> None:
+        if self.model == "prefork" and self.a_worker_frees_up():
+            return  # that worker takes the connection
+        try:
+            conn, address = self.listener.accept()
+        except BlockingIOError:
+            return  # a prefork child took it
+        except OSError as exc:
+            if exc.errno in OUT_OF_FDS:
+                back_off(exc)
+                self.backoff_until = time.monotonic() + BACKOFF
+                return
+            raise
+        conn.setblocking(True)
+        if self.model == "prefork" or len(self.children) >= self.max_connections:
+            refuse(conn)
+            return
+        peer = peer_name(address)
+        pid = self.fork(lambda: self.serve_one(conn, peer), "concur-session")
+        conn.close()
+        self.children[pid] = {"peer": peer, "started": time.monotonic()}
+
+    # -- children -------------------------------------------------------------
+
+    def fork(self, body: Callable[[], None], name: str) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            self.after_fork(name)
+            body()
+            code = 0
+        except BaseException:
+            log.exception("a %s process failed", name)
+        finally:
+            os._exit(code)
+
+    def after_fork(self, name: str) -> None:
+        _set_pdeathsig()  # the master is single-threaded: this follows the master
+        if os.getppid() != self.pid:
+            os._exit(0)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        self.sel.close()
+        for fd in (self.wake_r, self.wake_w, self.state_r):
+            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        _set_title(f"{name} (concur server {self.model}, master {self.pid})", name)
+
+    def serve_one(self, conn: socket.socket, peer: str) -> None:
+        """The process model: this child serves one connection and exits."""
+        self.listener.close()
+        closing = False
+
+        def close_now(*_: object) -> None:
+            nonlocal closing
+            closing = True
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        signal.signal(signal.SIGINT, close_now)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish within the grace
+        drive(conn, peer, self.handler, self.idle_timeout, lambda: closing)
+
+    def fork_worker(self, slot: int) -> None:
+        body = self.prefork_worker if self.model == "prefork" else self.hybrid_worker
+        name = "concur-prefork" if self.model == "prefork" else "concur-hybrid"
+        pid = self.fork(lambda: body(slot), name)
+        self.slots[pid] = slot
+        self.busy[slot] = False
+        self.children[pid] = {"slot": slot, "started": time.monotonic()}
+
+    def prefork_worker(self, slot: int) -> None:
+        """Accept on the shared socket; serve one connection at a time."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        state = _PreforkState()
+        free = struct.pack("HB", slot, 0)
+
+        def say_free() -> None:
+            os.write(self.state_w, free)
+
+        def stop(*_: object) -> None:
+            state.stopping = True
+
+        def close_now(*_: object) -> None:
+            state.stopping = state.closing = True
+            if state.conn is not None:
+                try:
+                    state.conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, close_now)
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ)
+        sel.register(wake_r, selectors.EVENT_READ)
+        while True:
+            sel.select()
+            _drain(wake_r)
+            if state.stopping:  # set by a signal handler, which the wakeup fd reports
+                break
+            try:
+                conn, address = self.listener.accept()
+            except BlockingIOError:
+                continue  # a sibling took it
+            except OSError as exc:
+                if exc.errno in OUT_OF_FDS:
+                    back_off(exc)
+                    time.sleep(BACKOFF)
+                    continue
+                raise
+            conn.setblocking(True)
+            os.write(self.state_w, struct.pack("HB", slot, 1))
+            state.conn = conn
+            drive(
+                conn,
+                peer_name(address),
+                self.handler,
+                self.idle_timeout,
+                state.is_closing,
+                say_free,
+            )
+            state.conn = None
+
+    def hybrid_worker(self, slot: int) -> None:
+        """An event loop for the connections, threads for handlers that block."""
+        asyncio.run(self._hybrid(slot))
+
+    async def _hybrid(self, slot: int) -> None:
+        loop = asyncio.get_running_loop()
+        offload = Offload(self.threads)
+        tasks: set[asyncio.Task[Any]] = set()
+        stopped = asyncio.Event()
+        open_here = 0
+
+        def publish() -> None:
+            self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", open_here)
+
+        def total() -> int:
+            return sum(struct.unpack_from("q", self.counts, 8 * i)[0] for i in range(self.workers))
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal open_here
+            if total() >= self.max_connections:
+                writer.write(BUSY)
+                try:
+                    await writer.drain()
+                finally:
+                    writer.close()
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            open_here += 1
+            publish()
+            try:
+                await drive_async(reader, writer, self.handler, self.idle_timeout, offload)
+            finally:
+                open_here -= 1
+                publish()
+                tasks.discard(task)
+
+        def close_now() -> None:
+            for task in list(tasks):
+                task.cancel()
+            stopped.set()
+
+        server = await asyncio.start_server(serve, sock=self.listener, backlog=1024)
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        loop.add_signal_handler(signal.SIGINT, close_now)
+        await stopped.wait()
+        server.close()
+        while tasks:
+            await asyncio.sleep(0.01)
+        offload.close()
+
+    def a_worker_frees_up(self, wait: float = 0.02) -> bool:
+        """All prefork workers looked busy when a client arrived. Refuse it
+        only if, for ``wait`` seconds, no worker says anything: a worker that
+        has just finished (or is about to accept) would race the master for
+        the connection, and the client would be turned away for nothing."""
+        readable, _, _ = select.select([self.state_r], [], [], wait)
+        if readable:
+            self.read_states()
+            return True
+        return not all(self.busy.get(slot, False) for slot in range(self.workers))
+
+    def read_states(self) -> None:
+        data = _drain(self.state_r)
+        size = struct.calcsize("HB")
+        for offset in range(0, len(data) - len(data) % size, size):
+            slot, serving = struct.unpack_from("HB", data, offset)
+            self.busy[slot] = bool(serving)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            facts = self.children.pop(pid, {})
+            code = os.waitstatus_to_exitcode(status)
+            if "peer" in facts and code != 0:
+                log.warning(
+                    "connection peer=%s duration=%.3fs messages=? ended=%s",
+                    facts["peer"],
+                    time.monotonic() - facts["started"],
+                    _death(code),
+                )
+            slot = self.slots.pop(pid, None)
+            if slot is not None:
+                self.busy[slot] = False
+                self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", 0)
+                if self.stopping_since is None:
+                    log.warning("%s worker %d %s; starting another", self.model, pid, _death(code))
+                    self.fork_worker(slot)
+
+
+class _PreforkState:
+    def __init__(self) -> None:
+        self.stopping = False
+        self.closing = False
+        self.conn: socket.socket | None = None
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _death(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"process crashed ({name})"
+    return f"process exited with code {code}"
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def main() -> int:
+    events = socket.socket(fileno=int(sys.argv[1]))
+    logger = logging.getLogger("concur.server")
+    for name in ("concur.server", "asyncio"):  # asyncio reports its own accept back-off
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [EventHandler(events)]
+        logger.propagate = False
+    logger = logging.getLogger("concur.server")
+    try:
+        setup = _read_setup()
+        logger.setLevel(setup["log_level"])
+        _set_title(f"concur-server ({setup['model']} model)", "concur-server")
+        master = Master(setup, events)
+    except Exception as exc:
+        errno_ = exc.errno if isinstance(exc, OSError) else None
+        send(events, {"t": "error", "errno": errno_, "msg": f"{type(exc).__name__}: {exc}"})
+        return 1
+    return master.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The process models of the server: reaping, crashes, parent death, limits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from concur.server import TextSession, start
+from concur.server.load import run_load
+
+PROCESS_MODELS = ["process", "prefork", "hybrid"]
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def ask(sock: socket.socket, text: str) -> bytes:
+    sock.sendall(text.encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def zombies_under(pid: int) -> list[int]:
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def wait_until(condition, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def gone(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", ["process", "prefork"])
+def test_no_zombie_after_ten_thousand_sessions(model):
+    with start(port=0, model=model, workers=2) as server:
+        clients = 4 if model == "process" else 2  # prefork serves `workers` at a time
+        report = run_load(port=server.port, connections=clients, sessions=10_000)
+        assert (report.sessions, report.errors) == (10_000, 0), report.samples
+        assert wait_until(lambda: not zombies_under(server.pid), 1.0), "children left unreaped"
+        children = psutil.Process(server.pid).children()
+        expected = 0 if model == "process" else 2  # prefork keeps its two workers
+        assert wait_until(lambda: len(psutil.Process(server.pid).children()) == expected, 1.0)
+        assert len(children) <= max(expected, 4)
+
+
+class Crashing(TextSession):
+    def on_message(self, text: str) -> tuple[str, bool]:
+        if text == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return text.upper(), False
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_a_crashed_handler_process_costs_only_its_connections(model, caplog):
+    caplog.set_level(logging.INFO, logger="concur.server")
+    with start(Crashing, port=0, model=model, workers=2) as server:
+        with connect(server.port) as victim:
+            assert ask(victim, "first") == b"FIRST\n"
+            assert ask(victim, "crash") == b""  # the connection ends with its process
+        if model == "prefork":
+            # one connection per process: a bystander is always in another one
+            with connect(server.port) as bystander:
+                assert ask(bystander, "still here") == b"STILL HERE\n"
+        for _ in range(4):  # the server goes on, on every worker it has
+            with connect(server.port) as later:
+                assert ask(later, "after") == b"AFTER\n"
+        assert wait_until(lambda: "SIGKILL" in caplog.text, 5), caplog.text
+    if model == "process":
+        assert "ended=process crashed (SIGKILL)" in caplog.text
+    else:
+        assert "crashed (SIGKILL); starting another" in caplog.text
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_children_die_with_a_killed_master(model):
+    server = start(port=0, model=model, workers=2)
+    try:
+        with connect(server.port) as sock:
+            assert ask(sock, "hi") == b"HI\n"
+            children = [c.pid for c in psutil.Process(server.pid).children()]
+            assert children
+            os.kill(server.pid, signal.SIGKILL)
+            assert wait_until(lambda: gone(children), 1.0), "a child outlived its master"
+            assert sock.recv(1024) == b""
+    finally:
+        server.close(grace=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "concur", "serve", "--port", str(port), *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            connect(port).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the server did not start: {proc.stderr.read()}") from None
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_nothing_outlives_a_server_killed_with_sigkill(model):
+    proc, port = _serve("--model", model, "--workers", "2")
+    try:
+        with connect(port) as a, connect(port) as b:
+            assert ask(a, "a") == b"A\n"
+            assert ask(b, "b") == b"B\n"
+            tree = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            assert len(tree) >= 2  # the master and at least one child serving
+            proc.kill()
+            proc.wait()
+            assert wait_until(lambda: gone(tree), 1.5), "a server process outlived the server"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("model", ["thread", "process", "hybrid"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_server_gracefully(model, sig):
+    proc, port = _serve("--model", model, "--workers", "2", "--grace", "5")
+    try:
+        with connect(port) as sock:
+            assert ask(sock, "before") == b"BEFORE\n"
+            proc.send_signal(sig)
+            time.sleep(0.3)  # the server stops accepting; this session goes on
+            assert ask(sock, "during") == b"DURING\n"
+            assert ask(sock, "q") == b"q\n"
+        assert proc.wait(timeout=10) == 0
+        log = proc.stderr.read()
+        assert "ended=session ended" in log
+        with pytest.raises(ConnectionRefusedError):
+            connect(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit():
+    script = textwrap.dedent(
+        """
+        import resource
+        from concur.server import start
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        with start(port=0):
+            print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard, hard > 256)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("model", ["thread", "async", "hybrid"])
+def test_running_out_of_file_descriptors_backs_off_and_recovers(model, tmp_path):
+    # A server whose hard limit is 64 open files, flooded by 120 connections.
+    script = textwrap.dedent(
+        f"""
+        import logging, resource, sys
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        from concur.server import start
+        with start(port=0, model={model!r}, workers=1) as server:
+            print(server.port, flush=True)
+            sys.stdin.read()
+        """
+    )
+    errors = (tmp_path / "stderr").open("w+")  # a file: the log must never block the server
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+    )
+    try:
+        port = int(proc.stdout.readline())
+        flood = []
+        for _ in range(120):
+            sock = connect(port)
+            flood.append(sock)
+        time.sleep(1.5)  # the server hits its limit and backs off
+        assert proc.poll() is None, "the server died of too many open files"
+        for sock in flood:
+            sock.close()
+        assert wait_until(lambda: _answers(port), 20), "the server did not recover"
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+        errors.seek(0)
+        log = errors.read()
+        assert "Too many open files" in log or "out of system resource" in log, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        errors.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with connect(port) as sock:
+            return ask(sock, "back") == b"BACK\n"
+    except OSError:
+        return False
