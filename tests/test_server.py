@@ -107,10 +107,10 @@ class Exploding(TextSession):
 
 def test_a_failing_handler_ends_only_its_connection(model, caplog):
     with (
+        caplog.at_level(logging.INFO, logger="concur.server"),
         start(Exploding, port=0, model=model) as server,
         connect(server) as a,
         connect(server) as b,
-        caplog.at_level(logging.INFO, logger="concur.server"),
     ):
         a.sendall(b"boom\n")
         assert a.recv(1024) == b""

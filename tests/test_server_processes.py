@@ -73,10 +73,8 @@ def test_no_zombie_after_ten_thousand_sessions(model):
         report = run_load(port=server.port, connections=clients, sessions=10_000)
         assert (report.sessions, report.errors) == (10_000, 0), report.samples
         assert wait_until(lambda: not zombies_under(server.pid), 1.0), "children left unreaped"
-        children = psutil.Process(server.pid).children()
-        expected = 0 if model == "process" else 2  # prefork keeps its two workers
-        assert wait_until(lambda: len(psutil.Process(server.pid).children()) == expected, 1.0)
-        assert len(children) <= max(expected, 4)
+        # what is left: the two workers (prefork) or the two spares (process)
+        assert wait_until(lambda: len(psutil.Process(server.pid).children()) == 2, 1.0)
 
 
 class Crashing(TextSession):
@@ -101,7 +99,7 @@ def test_a_crashed_handler_process_costs_only_its_connections(model, caplog):
             with connect(server.port) as later:
                 assert ask(later, "after") == b"AFTER\n"
         assert wait_until(lambda: "SIGKILL" in caplog.text, 5), caplog.text
-    if model == "process":
+    if model in ("process", "prefork"):  # one connection per process: its own log line
         assert "ended=process crashed (SIGKILL)" in caplog.text
     else:
         assert "crashed (SIGKILL); starting another" in caplog.text
@@ -257,3 +255,36 @@ def _answers(port: int) -> bool:
             return ask(sock, "back") == b"BACK\n"
     except OSError:
         return False
+
+
+class SometimesSlow(TextSession):
+    def on_message(self, text: str) -> tuple[str, bool]:
+        if text == "slow":
+            time.sleep(0.6)
+        return text.upper(), False
+
+
+def _reply_time(sock: socket.socket, text: str) -> float:
+    started = time.monotonic()
+    assert ask(sock, text) == text.upper().encode() + b"\n"
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("model", ["async", "hybrid"])
+def test_an_event_loop_runs_a_blocking_handler_on_a_thread(model):
+    with (
+        start(SometimesSlow, port=0, model=model, workers=1, threads=4) as server,
+        connect(server.port) as slow,
+        connect(server.port) as fast,
+    ):
+        for _ in range(100):  # quick calls: the handler moves onto the loop
+            assert ask(fast, "quick") == b"QUICK\n"
+        for round_ in range(3):
+            slow.sendall(b"slow\n")
+            time.sleep(0.05)
+            took = _reply_time(fast, "fast")
+            # the first slow call after a quick streak may hold the loop once;
+            # after it the handler is back on threads
+            if round_ > 0:
+                assert took < 0.3, f"a slow handler blocked the loop ({took:.2f} s)"
+            assert slow.recv(1024) == b"SLOW\n"

@@ -23,6 +23,7 @@ Child side (``child_setup``, first thing in a worker)
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -110,6 +111,7 @@ def _at_eof(fd: int) -> bool:
     return bool(readable)
 
 
+@functools.cache
 def _libc() -> object | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -128,11 +130,13 @@ def _set_pdeathsig() -> None:
         libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)  # type: ignore[attr-defined]
 
 
-def _set_title(title: str, short: str) -> None:
+def _set_title(title: str, short: str, full: bool = True) -> None:
     """A readable name in ``ps`` and ``top``: the kernel's process name
     (``PR_SET_NAME``, what ``ps -o comm`` and ``top`` show) and, with the
-    optional setproctitle, the whole command line."""
+    optional setproctitle and ``full``, the whole command line."""
     try:
+        if not full:
+            raise ImportError
         import setproctitle
     except ImportError:
         pass

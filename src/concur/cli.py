@@ -269,7 +269,7 @@ def advise(target: str, source: IO[str], sample: int) -> None:
 @click.option(
     "--model",
     type=click.Choice(["thread", "async", "process", "prefork", "hybrid"]),
-    default="thread",
+    default="async",
     show_default=True,
     help="How connections are served (see docs/server.md).",
 )
@@ -277,14 +277,15 @@ def advise(target: str, source: IO[str], sample: int) -> None:
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Processes for prefork (default 2 per core + 1) and hybrid (default 1 per core).",
+    help="Processes: prefork (default 2 per core + 1), hybrid (1 per core), "
+    "process (spares kept ready; 1 per core).",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Threads per hybrid process for handlers that block.",
+    help="Threads per event loop (async, hybrid) for handlers that block.",
 )
 @click.option(
     "--max-connections",
@@ -403,6 +404,55 @@ def load(
         for sample in report.samples:
             click.echo(f"  error: {sample}", err=True)
     sys.exit(1 if report.errors else 0)
+
+
+@cli.command("bench-server")
+@click.option("--quick", is_flag=True, help="Small sizes: about a minute.")
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["messages", "sessions", "idle"]),
+    help="Run only these (repeatable).",
+)
+@click.option("--server", "servers", multiple=True, help="Run only these servers (repeatable).")
+@click.option("--repeat", type=click.IntRange(min=1), default=None, help="Runs of each.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every run.")
+def bench_server(
+    quick: bool,
+    scenarios: tuple[str, ...],
+    servers: tuple[str, ...],
+    repeat: int | None,
+    json_path: str | None,
+) -> None:
+    """Benchmark the server models against socketserver and asyncio."""
+    from rich.console import Console
+
+    from .bench import servers as bench
+    from .bench.report import environment, print_environment
+
+    unknown = sorted(set(servers) - set(bench.SERVERS))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown server {', '.join(unknown)}; choose from {', '.join(bench.SERVERS)}",
+            param_hint="--server",
+        )
+    console = Console(width=110)
+    env = environment()
+    print_environment(console, env)
+    sizes = bench.QUICK if quick else bench.FULL
+    chosen = list(servers) or list(bench.SERVERS)
+    measures = bench.run(
+        sizes,
+        chosen,
+        list(scenarios) or list(bench.SCENARIOS),
+        repeat or (1 if quick else 3),
+        progress=lambda what: console.print(f"[dim]{what}[/]", highlight=False),
+    )
+    rows = bench.summarize(measures)
+    bench.print_tables(console, rows, sizes)
+    if json_path:
+        bench.write_json(json_path, env, sizes, rows)
 
 
 @cli.command()

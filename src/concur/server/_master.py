@@ -6,9 +6,14 @@ its stdin. The master is single-threaded, so forking from it is safe; it
 binds the listening socket, forks the children that serve connections and
 reaps every one of them the moment SIGCHLD says it ended:
 
-    process   the master accepts; a child per connection (the seed's design)
+    process   a process per connection (the seed's design), forked ahead:
+              N spare children wait on the shared socket, each serves one
+              connection and exits, and the master forks the next spare
+              while it serves, so no client waits for a fork
     prefork   N children accept on the shared socket, one connection each at
-              a time; the master accepts only to say "busy" when all N are
+              a time
+
+In both, the master accepts only to say "busy" when no worker is free.
     hybrid    N children, each an event loop holding many connections, with
               a thread pool for handlers that block
 
@@ -46,8 +51,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._supervise import _set_pdeathsig, _set_title
-from ._drive import BUSY, Offload, drive, drive_async, log, peer_name, refuse
+from .._supervise import _libc, _set_pdeathsig, _set_title
+from ._drive import LoopServer, Offload, drive, log, peer_name, refuse
 from .models import BACKOFF, back_off
 from .protocol import Session
 
@@ -108,10 +113,10 @@ class Master:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.state_r, self.state_w = os.pipe()  # prefork: children say busy / free
+        self.state_r, self.state_w = os.pipe()  # process/prefork: busy / free reports
         os.set_blocking(self.state_r, False)
-        self.busy: dict[int, bool] = {}  # prefork slot -> serving
-        self.slots: dict[int, int] = {}  # pid -> prefork/hybrid slot
+        self.busy: dict[int, bool] = {}  # process/prefork worker pid -> serving
+        self.slots: dict[int, int] = {}  # hybrid worker pid -> its slot in counts
         # hybrid: each child writes its open-connection count in its own slot
         self.counts = mmap.mmap(-1, 8 * max(self.workers, 1))
         self.listening = False
@@ -131,9 +136,11 @@ class Master:
         self.sel.register(self.wake_r, selectors.EVENT_READ)
         self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
         self.sel.register(self.state_r, selectors.EVENT_READ)
-        if self.model in ("prefork", "hybrid"):
+        if self.model == "hybrid":
             for slot in range(self.workers):
-                self.fork_worker(slot)
+                self.fork_hybrid(slot)
+        else:
+            self.replenish()
         self.update_listening()
         send(self.events, {"t": "ready", "port": self.listener.getsockname()[1]})
         while True:
@@ -151,6 +158,7 @@ class Master:
                     self.command()
                 elif key.fd == self.state_r:
                     self.read_states()
+                    self.replenish()
                 else:
                     self.accept()
             self.update_listening()
@@ -199,11 +207,14 @@ class Master:
     # -- accepting (process model, and the busy reply for prefork) ------------
 
     def update_listening(self) -> None:
-        want = self.stopping_since is None and time.monotonic() >= self.backoff_until
-        if self.model == "prefork":
-            want = want and all(self.busy.get(slot, False) for slot in range(self.workers))
-        elif self.model == "hybrid":
-            want = False  # the children accept and say busy themselves
+        # the master accepts only to say busy, when no worker is free; hybrid
+        # workers say busy themselves
+        want = (
+            self.stopping_since is None
+            and time.monotonic() >= self.backoff_until
+            and self.model != "hybrid"
+            and not self.idle_workers()
+        )
         if self.backoff_until and time.monotonic() >= self.backoff_until:
             self.backoff_until = 0.0
         if want and not self.listening:
@@ -212,13 +223,17 @@ class Master:
             self.sel.unregister(self.listener)
         self.listening = want
 
+    def idle_workers(self) -> int:
+        return sum(1 for serving in self.busy.values() if not serving)
+
     def accept(self) -> None:
-        if self.model == "prefork" and self.a_worker_frees_up():
+        """Every worker is busy: turn the client away with a busy reply."""
+        if self.a_worker_frees_up():
             return  # that worker takes the connection
         try:
-            conn, address = self.listener.accept()
+            conn, _ = self.listener.accept()
         except BlockingIOError:
-            return  # a prefork child took it
+            return  # a worker took it
         except OSError as exc:
             if exc.errno in OUT_OF_FDS:
                 back_off(exc)
@@ -226,13 +241,24 @@ class Master:
                 return
             raise
         conn.setblocking(True)
-        if self.model == "prefork" or len(self.children) >= self.max_connections:
-            refuse(conn)
+        refuse(conn)
+
+    def replenish(self) -> None:
+        """Keep the process and prefork workers ready.
+
+        prefork: ``workers`` processes, always. process: ``workers`` spare
+        processes waiting for the next clients, each serving one connection
+        and exiting, so the fork is never on a client's path; with at most
+        ``max_connections`` processes in all.
+        """
+        if self.stopping_since is not None or self.model == "hybrid":
             return
-        peer = peer_name(address)
-        pid = self.fork(lambda: self.serve_one(conn, peer), "concur-session")
-        conn.close()
-        self.children[pid] = {"peer": peer, "started": time.monotonic()}
+        if self.model == "prefork":
+            while len(self.busy) < self.workers:
+                self.fork_worker()
+            return
+        while self.idle_workers() < self.workers and len(self.busy) < self.max_connections:
+            self.fork_worker()
 
     # -- children -------------------------------------------------------------
 
@@ -265,42 +291,27 @@ class Master:
         os.close(devnull)
         _set_title(f"{name} (concur server {self.model}, master {self.pid})", name)
 
-    def serve_one(self, conn: socket.socket, peer: str) -> None:
-        """The process model: this child serves one connection and exits."""
-        self.listener.close()
-        closing = False
+    def fork_worker(self) -> None:
+        name = "concur-session" if self.model == "process" else "concur-prefork"
+        pid = self.fork(self.accepting_worker, name)
+        self.busy[pid] = False
+        self.children[pid] = {"started": time.monotonic()}
 
-        def close_now(*_: object) -> None:
-            nonlocal closing
-            closing = True
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-        signal.signal(signal.SIGINT, close_now)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish within the grace
-        drive(conn, peer, self.handler, self.idle_timeout, lambda: closing)
-
-    def fork_worker(self, slot: int) -> None:
-        body = self.prefork_worker if self.model == "prefork" else self.hybrid_worker
-        name = "concur-prefork" if self.model == "prefork" else "concur-hybrid"
-        pid = self.fork(lambda: body(slot), name)
+    def fork_hybrid(self, slot: int) -> None:
+        pid = self.fork(lambda: self.hybrid_worker(slot), "concur-hybrid")
         self.slots[pid] = slot
-        self.busy[slot] = False
         self.children[pid] = {"slot": slot, "started": time.monotonic()}
 
-    def prefork_worker(self, slot: int) -> None:
-        """Accept on the shared socket; serve one connection at a time."""
+    def accepting_worker(self) -> None:
+        """Accept on the shared socket and serve: one connection at a time
+        (prefork), or one connection and exit (process)."""
+        me = os.getpid()
+        one_shot = self.model == "process"
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        state = _PreforkState()
-        free = struct.pack("HB", slot, 0)
-
-        def say_free() -> None:
-            os.write(self.state_w, free)
+        state = _WorkerState()
 
         def stop(*_: object) -> None:
             state.stopping = True
@@ -312,6 +323,10 @@ class Master:
                     state.conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+        def say_free() -> None:
+            if not one_shot:  # a one-shot worker says it by exiting
+                os.write(self.state_w, _state_record(me, False, ""))
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, close_now)
@@ -334,17 +349,16 @@ class Master:
                     continue
                 raise
             conn.setblocking(True)
-            os.write(self.state_w, struct.pack("HB", slot, 1))
+            peer = peer_name(address)
+            os.write(self.state_w, _state_record(me, True, peer))
+            if one_shot:
+                sel.close()
+                self.listener.close()
             state.conn = conn
-            drive(
-                conn,
-                peer_name(address),
-                self.handler,
-                self.idle_timeout,
-                state.is_closing,
-                say_free,
-            )
+            drive(conn, peer, self.handler, self.idle_timeout, state.is_closing, say_free)
             state.conn = None
+            if one_shot:
+                return
 
     def hybrid_worker(self, slot: int) -> None:
         """An event loop for the connections, threads for handlers that block."""
@@ -352,69 +366,64 @@ class Master:
 
     async def _hybrid(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
-        offload = Offload(self.threads)
-        tasks: set[asyncio.Task[Any]] = set()
-        stopped = asyncio.Event()
         open_here = 0
 
         def publish() -> None:
             self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", open_here)
 
-        def total() -> int:
-            return sum(struct.unpack_from("q", self.counts, 8 * i)[0] for i in range(self.workers))
-
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def admit(_: object) -> bool:
             nonlocal open_here
-            if total() >= self.max_connections:
-                writer.write(BUSY)
-                try:
-                    await writer.drain()
-                finally:
-                    writer.close()
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            tasks.add(task)
+            total = sum(struct.unpack_from("q", self.counts, 8 * i)[0] for i in range(self.workers))
+            if total >= self.max_connections:
+                return False
             open_here += 1
             publish()
-            try:
-                await drive_async(reader, writer, self.handler, self.idle_timeout, offload)
-            finally:
-                open_here -= 1
-                publish()
-                tasks.discard(task)
+            return True
+
+        def release(_: object) -> None:
+            nonlocal open_here
+            open_here -= 1
+            publish()
+
+        server = LoopServer(
+            loop, self.handler, self.idle_timeout, admit, release, Offload(self.threads)
+        )
+        await server.start(self.listener)
+        stopped = asyncio.Event()
 
         def close_now() -> None:
-            for task in list(tasks):
-                task.cancel()
+            server.close_all()
             stopped.set()
 
-        server = await asyncio.start_server(serve, sock=self.listener, backlog=1024)
-        loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)  # finish the open sessions
         loop.add_signal_handler(signal.SIGINT, close_now)
         await stopped.wait()
-        server.close()
-        while tasks:
-            await asyncio.sleep(0.01)
-        offload.close()
+        await server.stop(grace=float("inf"))  # the master sends SIGINT when grace ends
 
     def a_worker_frees_up(self, wait: float = 0.02) -> bool:
-        """All prefork workers looked busy when a client arrived. Refuse it
-        only if, for ``wait`` seconds, no worker says anything: a worker that
-        has just finished (or is about to accept) would race the master for
-        the connection, and the client would be turned away for nothing."""
+        """Every worker looked busy when a client arrived. Refuse it only if,
+        for ``wait`` seconds, no worker says anything: a worker that has just
+        finished (or a fresh spare) would race the master for the connection,
+        and the client would be turned away for nothing."""
         readable, _, _ = select.select([self.state_r], [], [], wait)
         if readable:
             self.read_states()
+            self.replenish()
             return True
-        return not all(self.busy.get(slot, False) for slot in range(self.workers))
+        return self.idle_workers() > 0
 
     def read_states(self) -> None:
         data = _drain(self.state_r)
-        size = struct.calcsize("HB")
-        for offset in range(0, len(data) - len(data) % size, size):
-            slot, serving = struct.unpack_from("HB", data, offset)
-            self.busy[slot] = bool(serving)
+        offset = 0
+        while offset + _STATE.size <= len(data):
+            pid, serving, size = _STATE.unpack_from(data, offset)
+            offset += _STATE.size
+            peer = data[offset : offset + size].decode(errors="replace")
+            offset += size
+            if pid in self.busy:
+                self.busy[pid] = bool(serving)
+                if serving:
+                    self.children[pid].update(peer=peer, since=time.monotonic())
 
     def reap(self) -> None:
         while True:
@@ -424,25 +433,37 @@ class Master:
                 return
             if pid == 0:
                 return
-            facts = self.children.pop(pid, {})
+            facts = self.children.pop(pid, {"started": time.monotonic()})
             code = os.waitstatus_to_exitcode(status)
-            if "peer" in facts and code != 0:
+            serving = self.busy.pop(pid, False)
+            if serving and code != 0:  # its connection's own log line died with it
                 log.warning(
                     "connection peer=%s duration=%.3fs messages=? ended=%s",
-                    facts["peer"],
-                    time.monotonic() - facts["started"],
+                    facts.get("peer", "?"),
+                    time.monotonic() - facts.get("since", facts["started"]),
                     _death(code),
                 )
+            elif code != 0 and self.stopping_since is None:
+                log.warning("%s worker %d %s; starting another", self.model, pid, _death(code))
             slot = self.slots.pop(pid, None)
             if slot is not None:
-                self.busy[slot] = False
                 self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", 0)
                 if self.stopping_since is None:
-                    log.warning("%s worker %d %s; starting another", self.model, pid, _death(code))
-                    self.fork_worker(slot)
+                    if code == 0:
+                        log.warning("hybrid worker %d exited; starting another", pid)
+                    self.fork_hybrid(slot)
+            self.replenish()
 
 
-class _PreforkState:
+_STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that follows
+
+
+def _state_record(pid: int, serving: bool, peer: str) -> bytes:
+    name = peer.encode()[:200]
+    return _STATE.pack(pid, serving, len(name)) + name  # < PIPE_BUF: written whole
+
+
+class _WorkerState:
     def __init__(self) -> None:
         self.stopping = False
         self.closing = False
@@ -483,6 +504,7 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def main() -> int:
+    _libc()  # loaded once here, not in every child
     events = socket.socket(fileno=int(sys.argv[1]))
     logger = logging.getLogger("concur.server")
     for name in ("concur.server", "asyncio"):  # asyncio reports its own accept back-off

@@ -73,6 +73,65 @@ class LoadReport:
         )
 
 
+class _Client(asyncio.Protocol):
+    """One session as a protocol: send a message, check its reply, send the next.
+
+    Callbacks rather than streams keep the generator's own cost per message
+    low, so that it measures the server and not itself.
+    """
+
+    def __init__(self, load: _Load, tag: str, messages: int) -> None:
+        self.load = load
+        self.texts = [f"{tag} message {i} straße" for i in range(messages)] + ["q"]
+        self.expected = [t.upper().encode() + b"\n" for t in self.texts[:-1]] + [b"q\n"]
+        self.index = 0
+        self.buffer = b""
+        self.sent_at = 0.0
+        self.failed = False  # one error per session, however it then ends
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.texts[self.index].encode() + b"\n")
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            line += b"\n"
+            report = self.load.report
+            if line != self.expected[self.index]:
+                self.load.error(f"sent {self.texts[self.index]!r}, got {line[:60]!r}")
+                self.failed = True
+                self.transport.close()
+                return
+            report.latencies.append(time.perf_counter() - self.sent_at)
+            self.index += 1
+            if self.index == len(self.texts):
+                report.sessions += 1
+                self.transport.close()
+                return
+            report.messages += 1
+            self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.index < len(self.texts) and not self.failed:
+            what = f": {exc!r}" if exc else ""
+            if self.buffer:
+                what += f" after {self.buffer[:60]!r}"
+            self.load.error(f"closed before the reply to {self.texts[self.index]!r}{what}")
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 class _Load:
     def __init__(self, host: str, port: int, timeout: float, report: LoadReport) -> None:
         self.host = host
@@ -85,43 +144,29 @@ class _Load:
         if len(self.report.samples) < 5:
             self.report.samples.append(what)
 
-    async def exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, text: str
-    ) -> bool:
-        started = time.perf_counter()
-        writer.write(text.encode() + b"\n")
-        line = await asyncio.wait_for(reader.readline(), self.timeout)
-        expected = (text.upper() if text != "q" else "q").encode() + b"\n"
-        if line != expected:
-            self.error(f"sent {text!r}, got {line[:60]!r}")
-            return False
-        self.report.latencies.append(time.perf_counter() - started)
-        if text != "q":
-            self.report.messages += 1
-        return True
-
     async def session(self, tag: str, messages: int) -> None:
+        loop = asyncio.get_running_loop()
+        client = _Client(self, tag, messages)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: client, self.host, self.port), self.timeout
             )
         except (OSError, asyncio.TimeoutError) as exc:
             self.error(f"connect: {exc!r}")
             return
         try:
-            for i in range(messages):
-                if not await self.exchange(reader, writer, f"{tag} message {i} straße"):
-                    return
-            if await self.exchange(reader, writer, "q"):
-                self.report.sessions += 1
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            self.error(f"{tag}: {exc!r}")
+            # a session may take long in all; what must not stall is each reply
+            while not client.done.done():
+                index = client.index
+                try:
+                    await asyncio.wait_for(asyncio.shield(client.done), self.timeout)
+                except asyncio.TimeoutError:
+                    if client.index == index:
+                        self.error(f"{tag}: no reply within {self.timeout} s")
+                        client.failed = True
+                        return
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            transport.close()
 
 
 async def _run(

@@ -1,7 +1,8 @@
 """Concurrency models for the TCP server, behind one ``Server`` handle.
 
     thread   accept thread ──► one thread per connection
-    async    one event-loop thread: asyncio streams, a task per connection
+    async    one event loop: a protocol per connection; handlers that block
+             are moved to a small thread pool once timed slow (the default)
     process  a master process accepts and forks a child per connection
     prefork  N processes accept on one socket, one connection each at a time
     hybrid   N processes, each an event loop plus M threads for handlers
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import resource
 import signal
@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._drive import BUSY, READ_SIZE, close_writer, drive, drive_async, log, peer_name, refuse
+from ._drive import LoopServer, Offload, drive, log, peer_name, refuse
 from .protocol import Session, TextSession, UppercaseSession
 
 MODELS = ("thread", "async", "process", "prefork", "hybrid")
-DEFAULT_MODEL = "thread"
+DEFAULT_MODEL = "async"
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_HYBRID_THREADS = 8
@@ -110,8 +110,10 @@ class LocalServer(Server):
         model: str,
         max_connections: int,
         idle_timeout: float,
+        threads: int = 8,
     ) -> None:
         self.handler = handler
+        self.threads = threads
         self.model = model
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -189,34 +191,16 @@ class LocalServer(Server):
     async def _async_main(self) -> None:
         self._sock.setblocking(False)
         self._async_stop = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        server = await asyncio.start_server(self._serve_async, sock=self._sock, limit=READ_SIZE)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        offload = Offload(self.threads)  # a handler that blocks must not stall the loop
+        server = LoopServer(
+            loop, self.handler, self.idle_timeout, self._admit, self._release, offload
+        )
+        await server.start(self._sock)
         self._ready.set()
         await self._async_stop.wait()
-        server.close()  # stop accepting; open sessions go on for the grace period
-        deadline = time.monotonic() + self._grace
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve_async(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if not self._admit(writer):
-            writer.write(BUSY)
-            await close_writer(writer)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await drive_async(reader, writer, self.handler, self.idle_timeout)
-        finally:
-            self._release(writer)
-            self._tasks.discard(task)
+        await server.stop(self._grace, join=5.0)
 
     # -- stopping --------------------------------------------------------------
 
@@ -291,7 +275,7 @@ class MasterServer(Server):
             "workers": workers,
             "threads": threads,
             "backlog": BACKLOG,
-            "log_level": min(log.getEffectiveLevel(), logging.INFO),  # filtered here
+            "log_level": log.getEffectiveLevel(),  # read once: children send only what shows
         }
         try:
             blob = cloudpickle.dumps(setup)
@@ -409,9 +393,11 @@ def start(
     """Start serving in the background; return the running Server.
 
     ``workers`` is the number of processes for ``prefork`` (default 2 per
-    core, plus one: each serves one connection at a time) and ``hybrid``
-    (default one per core); ``threads`` is each hybrid process's pool for
-    handlers that block. ``max_message`` caps a line for TextSession handlers.
+    core, plus one: each serves one connection at a time), ``hybrid``
+    (default one per core) and ``process`` (the spare processes kept ready
+    for the next clients; default one per core). ``threads`` is the pool an
+    event loop (async, hybrid) moves a handler to once a call of it is slow.
+    ``max_message`` caps a line for TextSession handlers.
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
@@ -430,7 +416,7 @@ def start(
         session = MaxMessage(session, max_message)
     raise_open_files_limit()
     if model in ("thread", "async"):
-        return LocalServer(session, host, port, model, max_connections, idle_timeout)
+        return LocalServer(session, host, port, model, max_connections, idle_timeout, threads)
     cores = os.cpu_count() or 1
     if workers is None:
         workers = 2 * cores + 1 if model == "prefork" else cores
