@@ -263,8 +263,12 @@ class Master:
     # -- children -------------------------------------------------------------
 
     def fork(self, body: Callable[[], None], name: str) -> int:
+        # A stop signal that reached the child before it set its own handlers
+        # would run the master's and be lost: hold them until the child is ready.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             return pid
         code = 1
         try:
@@ -330,6 +334,7 @@ class Master:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, close_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ)
         sel.register(wake_r, selectors.EVENT_READ)
@@ -397,6 +402,7 @@ class Master:
 
         loop.add_signal_handler(signal.SIGTERM, stopped.set)  # finish the open sessions
         loop.add_signal_handler(signal.SIGINT, close_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         await stopped.wait()
         await server.stop(grace=float("inf"))  # the master sends SIGINT when grace ends
 
@@ -455,6 +461,7 @@ class Master:
             self.replenish()
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that follows
 
 
