@@ -28,6 +28,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from multiprocessing import process as mp_process
 
 from .errors import MainGuardMissing
@@ -146,6 +148,25 @@ def _set_title(title: str, short: str, full: bool = True) -> None:
     if libc is not None:
         pr_set_name = 15
         libc.prctl(pr_set_name, short.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
+
+
+def task_titles(title: str) -> Callable[[str | None, int], None] | None:
+    """With setproctitle, a function that shows a worker's current task in
+    its command line, for ``concur ps`` (about 2 µs a call); else None.
+
+    The title reads ``TITLE [idle]`` or ``TITLE [task ID NAME since EPOCH]``.
+    """
+    try:
+        import setproctitle
+    except ImportError:
+        return None
+    show = setproctitle.setproctitle
+    idle = f"{title} [idle]"
+
+    def set_task(name: str | None, task_id: int) -> None:
+        show(idle if name is None else f"{title} [task {task_id} {name} since {time.time():.3f}]")
+
+    return set_task
 
 
 def main_guard_error(what: str) -> MainGuardMissing:

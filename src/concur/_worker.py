@@ -36,6 +36,9 @@ def main(
         return
     done = 0
     cached: tuple[bytes | None, Any] = (None, None)
+    show = _supervise.task_titles(title)
+    if show is not None:
+        show(None, 0)
     while True:
         try:
             data = tasks.recv_bytes()
@@ -51,6 +54,8 @@ def main(
             return
         task_id, kind = message[0], message[1]
         if kind == _task.CALL:
+            if show is not None:
+                show(_task.describe(message[2]), task_id)
             outcome = _call(message[2], message[3], message[4])
         else:
             try:
@@ -59,6 +64,8 @@ def main(
             except Exception as exc:
                 outcome = (_task.ERR, _unpickle_error(exc))
             else:
+                if show is not None:
+                    show(f"{_task.describe(cached[1])} ×{len(message[3])}", task_id)
                 outcomes, _, _ = _task.run_chunk(cached[1], message[3], pack=True)
                 outcome = (_task.CHUNK_DONE, outcomes)
         done += 1
@@ -68,6 +75,8 @@ def main(
         _reply(results, task_id, outcome, start_wall, start_cpu, retiring)
         if retiring:
             return
+        if show is not None:
+            show(None, task_id)
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outcome:

@@ -465,6 +465,49 @@ def client(host: str, port: int) -> None:
     sys.exit(client_main(host, port))
 
 
+@cli.command()
+@click.argument("pid", type=int, required=False)
+@click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--threads", "with_threads", is_flag=True, help="List each process's threads.")
+def ps(pid: int | None, watch: bool, interval: float, as_json: bool, with_threads: bool) -> None:
+    """Show the process tree of concur programs (or of PID): roles, states,
+    CPU, memory, threads and the task each worker runs; zombies and orphans
+    are flagged with what they mean and what to do."""
+    import json
+    import time
+
+    import psutil
+    from rich.console import Console
+    from rich.live import Live
+
+    from . import ps as facts
+
+    if pid is not None and not psutil.pid_exists(pid):
+        raise click.BadParameter(f"no process has pid {pid}", param_hint="PID")
+    rows = facts.snapshot(pid, with_threads)
+    facts.prime_cpu(rows)
+    time.sleep(0.2)  # CPU % is measured over an interval
+    rows = facts.snapshot(pid, with_threads)
+    if as_json:
+        click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    if not watch:
+        console.print(facts.render(rows))
+        return
+    with Live(facts.render(rows), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(facts.render(facts.snapshot(pid, with_threads)), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
 def main() -> None:
     cli(prog_name="concur")
 

@@ -442,7 +442,7 @@ class _Core:
         limits = (self.max_tasks, self.max_memory)
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=_worker.main,
-            args=(task_r, result_w, lifeline, f"concur {name}", self.init_blob, limits),
+            args=(task_r, result_w, lifeline, f"concur-worker {name}", self.init_blob, limits),
             name=name,
         )
         try:

@@ -84,7 +84,7 @@ class Worker:
         # PR_SET_PDEATHSIG follows the starting thread: only the main thread
         # is sure to live as long as this process.
         pdeathsig = threading.current_thread() is threading.main_thread()
-        title = f"concur spawn {name or _task.describe(fn)}"
+        title = f"concur-spawn {name or _task.describe(fn)}"
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_process_main,
             args=(payload, writer, lifeline, title, pdeathsig),
@@ -212,6 +212,8 @@ class Worker:
                 "(kill() stops a process worker)"
             )
         if self._outcome is _NO_OUTCOME:
+            if self.exitcode == _supervise.MAIN_GUARD_EXIT:
+                raise _supervise.main_guard_error("concur.spawn(kind='process')")
             raise WorkerCrashed(self.pid, self.exitcode)
         return _task.resolve(self._outcome)
 
