@@ -34,13 +34,15 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-# The full benchmark against every peer, recorded in docs/ (about 15 minutes).
+# The full benchmarks against every peer, recorded in docs/ (about 30 minutes):
+# pools and auto, then the server models.
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[plot,peers]'
 	touch $@
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/concur bench --json docs/bench.json --plot docs/bench.png | tee docs/bench.txt
+	$(BIN)/concur bench-server --json docs/bench-server.json | tee docs/bench-server.txt
 
 clean:
 	rm -rf $(VENV) .venv-* build src/*.egg-info .mypy_cache .ruff_cache

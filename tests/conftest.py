@@ -6,7 +6,7 @@ import multiprocessing
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -34,11 +34,23 @@ def _service_pids() -> set[int]:
     return pids
 
 
+# Predicates for processes that a module-scoped fixture keeps on purpose
+# across its tests (a Dask cluster); the fixture removes its entry at teardown.
+SHARED_SERVICES: list[Callable[[psutil.Process], bool]] = []
+
+
+def _shared(child: psutil.Process) -> bool:
+    try:
+        return any(keep(child) for keep in SHARED_SERVICES)
+    except psutil.Error:
+        return False
+
+
 def leftover_children() -> list[psutil.Process]:
     service = _service_pids()
     found = []
     for child in psutil.Process().children(recursive=True):
-        if child.pid in service:
+        if child.pid in service or _shared(child):
             continue
         try:
             if child.ppid() in service and child.status() == psutil.STATUS_ZOMBIE:

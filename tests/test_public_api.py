@@ -7,6 +7,7 @@ def test_public_api_is_pinned():
     assert concur.__all__ == (
         "AutoPool",
         "ConcurError",
+        "DaskPool",
         "Decision",
         "MainGuardMissing",
         "Measurements",

@@ -144,7 +144,8 @@ def test_workers_carry_a_readable_name_in_ps():
         pid = pool.workers()[0].pid
         process = psutil.Process(pid)
         assert process.name() == "concur-worker"
-        assert "concur ProcessPool-" in " ".join(process.cmdline())  # setproctitle (dev extra)
+        title = " ".join(process.cmdline())  # setproctitle (dev extra)
+        assert title.startswith("concur-worker ProcessPool-") and "[idle]" in title
     worker = concur.spawn(time.sleep, 2)
     wait_until(lambda: psutil.Process(worker.pid).name() == "concur-spawn")
     worker.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._pool import PoolView, TaskOptions
 from .api import Results, imap, map, run
 from .auto import AutoPool, Decision, Measurements, advise
+from .dask_pool import DaskPool
 from .errors import (
     ConcurError,
     MainGuardMissing,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = (
     "AutoPool",
     "ConcurError",
+    "DaskPool",
     "Decision",
     "MainGuardMissing",
     "Measurements",

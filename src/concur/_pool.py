@@ -40,8 +40,9 @@ ChunkResult = tuple[list[_task.Outcome], float, float]
 
 # How long one chunk should run, so the cost of sending it (tens of µs to a
 # thread, about 100 µs to a process) stays near 1% of the work; inline chunks
-# (auto) are how often auto looks at the work again.
-CHUNK_TARGET_S = {"thread": 0.002, "process": 0.01, "inline": 0.005}
+# (auto) are how often auto looks at the work again. A Dask task costs about
+# a millisecond through the scheduler, so its chunks run for a tenth of a second.
+CHUNK_TARGET_S = {"thread": 0.002, "process": 0.01, "inline": 0.005, "dask": 0.1}
 _MAX_CHUNK = 100_000
 
 

@@ -15,7 +15,10 @@ is left running afterwards. ``backend`` chooses where the work runs:
     that releases the GIL);
 ``"inline"``
     in the calling thread, one item after another: for debugging, and for
-    work too small to be worth sending anywhere.
+    work too small to be worth sending anywhere;
+``"dask"``
+    a Dask distributed cluster (``concur.DaskPool``): the one at
+    ``DASK_SCHEDULER_ADDRESS``, or a local one started for the call.
 
 Whatever runs it, the result says how: ``concur.map`` returns a list with a
 ``decision`` attribute, and ``concur.imap`` an iterator with one.
@@ -36,8 +39,8 @@ from .spawn import spawn
 
 R = TypeVar("R")
 
-Backend = Literal["auto", "process", "thread", "inline"]
-BACKENDS = ("auto", "process", "thread", "inline")
+Backend = Literal["auto", "process", "thread", "inline", "dask"]
+BACKENDS = ("auto", "process", "thread", "inline", "dask")
 DEFAULT_BACKEND: Backend = "auto"
 
 log = logging.getLogger("concur.auto")
@@ -103,6 +106,8 @@ def map(
     bounds the whole call (``TimeoutError``). ``progress=True`` draws a bar
     on a terminal. The returned list's ``decision`` says where it ran.
     """
+    if backend == "dask":
+        return _dask_map(fn, iterables, workers, timeout, progress)
     stream = _stream(fn, iterables, backend, workers, timeout=timeout)
     try:
         if progress:
@@ -119,7 +124,7 @@ def map(
 class _Imap(Iterator[Any]):
     """What ``concur.imap`` returns: the results, and the ``decision`` behind them."""
 
-    def __init__(self, stream: AutoMap, results: Iterator[Any]) -> None:
+    def __init__(self, stream: AutoMap | _DaskStream, results: Iterator[Any]) -> None:
         self._stream = stream
         self._results = results
 
@@ -157,6 +162,8 @@ def imap(
     exhausted, closed, or garbage-collected. ``decision`` on the iterator says
     where the work runs now; ``decisions`` lists every change.
     """
+    if backend == "dask":
+        return _dask_imap(fn, iterables, workers, ordered, return_exceptions, progress)
     stream = _stream(fn, iterables, backend, workers, ordered, return_exceptions)
     results: Iterator[Any] = stream
     if progress:
@@ -186,6 +193,10 @@ def run(
         backend = chosen  # type: ignore[assignment]
     if backend == "inline":
         return fn(*args, **kwargs)
+    if backend == "dask":
+        with _dask_pool(None) as pool:
+            done: R = pool.options(timeout=timeout).submit(fn, *args, **kwargs).result()
+            return done
     kind: Literal["process", "thread"] = "thread" if backend == "thread" else "process"
     worker = spawn(fn, *args, kind=kind, daemon=True, **kwargs)
     try:
@@ -200,3 +211,91 @@ def run(
         if kind == "process" and worker.is_alive():
             worker.kill()
             worker.join()
+
+
+# -- backend="dask" -----------------------------------------------------------
+
+
+def _dask_pool(workers: int | None) -> Any:
+    import os
+
+    from .dask_pool import DaskPool
+
+    if workers is not None and not os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        return DaskPool(n_workers=workers)
+    return DaskPool()
+
+
+def _dask_decision(pool: Any) -> Decision:
+    where = "a local cluster" if pool._cluster is not None else f"the cluster at {pool.address}"
+    return Decision(
+        "dask",
+        pool._max_workers,
+        0,
+        f"backend='dask' given: {pool._max_workers} worker threads on {where}; "
+        "chunks sized from measured time",
+        source="given",
+    )
+
+
+def _dask_map(
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    workers: int | None,
+    timeout: float | None,
+    progress: bool,
+) -> Results:
+    with _dask_pool(workers) as pool:
+        decision = _dask_decision(pool)
+        stream: Iterator[Any] = pool.map(fn, *iterables, timeout=timeout)
+        if progress:
+            stream = track(stream, length_hint(iterables), lambda: "dask")
+        results = Results(stream)
+    results.decision = decision
+    return results
+
+
+class _DaskStream(Iterator[Any]):
+    """``concur.imap`` on Dask: the pool lives as long as the iteration."""
+
+    def __init__(self, pool: Any, results: Iterator[Any]) -> None:
+        self._pool = pool
+        self._results = results
+        self.decision: Decision | None = _dask_decision(pool)
+        self.decisions = [self.decision]
+
+    def __iter__(self) -> _DaskStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._results)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _dask_imap(
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    workers: int | None,
+    ordered: bool,
+    return_exceptions: bool,
+    progress: bool,
+) -> _Imap:
+    pool = _dask_pool(workers)
+    stream = _DaskStream(
+        pool, pool.imap(fn, *iterables, ordered=ordered, return_exceptions=return_exceptions)
+    )
+    results: Iterator[Any] = stream
+    if progress:
+        results = track(stream, length_hint(iterables), lambda: "dask")
+    return _Imap(stream, results)

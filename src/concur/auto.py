@@ -95,7 +95,7 @@ class Decision:
     def __str__(self) -> str:
         if self.backend == "inline":
             return f"inline: {self.reason}"
-        kind = "threads" if self.backend == "thread" else "processes"
+        kind = {"thread": "threads", "dask": "Dask worker threads"}.get(self.backend, "processes")
         return f"{self.workers} {kind}, chunks of {self.chunksize}: {self.reason}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any, cast
@@ -164,7 +165,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-BACKEND_CHOICE = click.Choice(["auto", "process", "thread", "inline"])
+BACKEND_CHOICE = click.Choice(["auto", "process", "thread", "inline", "dask"])
 
 
 @cli.command("map")
@@ -172,6 +173,12 @@ BACKEND_CHOICE = click.Choice(["auto", "process", "thread", "inline"])
 @click.argument("source", type=click.File("r"), default="-", metavar="[FILE|-]")
 @click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), help="Workers (default: decided).")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="With --backend dask: the Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, "
+    "else a local cluster).",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed line (exit 1).")
 @click.option(
     "--progress/--no-progress",
@@ -184,6 +191,7 @@ def map_command(
     source: IO[str],
     backend: str,
     workers: int | None,
+    scheduler: str | None,
     fail_fast: bool,
     progress: bool,
 ) -> None:
@@ -198,6 +206,12 @@ def map_command(
     from . import api
 
     fn = _load(target)
+    if scheduler is not None:
+        if backend != "dask":
+            raise click.BadParameter(
+                "--scheduler goes with --backend dask", param_hint="--scheduler"
+            )
+        os.environ["DASK_SCHEDULER_ADDRESS"] = scheduler
     results = api.imap(
         fn,
         _lines(source),

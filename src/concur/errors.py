@@ -111,18 +111,23 @@ class TaskTimeout(ConcurError, *_TIMEOUT_BASES):  # type: ignore[misc]
     a thread task's thread cannot be stopped and was abandoned.
     """
 
-    def __init__(self, task: str, timeout: float, pid: int | None = None) -> None:
+    def __init__(
+        self, task: str, timeout: float, pid: int | None = None, what_happened: str | None = None
+    ) -> None:
         self.task = task
         self.timeout = timeout
         self.pid = pid
-        where = f"its worker process {pid} was stopped" if pid else "its thread was abandoned"
+        self.what_happened = what_happened
+        where = what_happened or (
+            f"its worker process {pid} was stopped" if pid else "its thread was abandoned"
+        )
         super().__init__(
             f"{task} ran longer than its {timeout:g} s limit; {where}. "
             "Raise the timeout, or split the work into smaller tasks."
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.timeout, self.pid))
+        return (type(self), (self.task, self.timeout, self.pid, self.what_happened))
 
 
 class WaitTimeout(ConcurError, *_TIMEOUT_BASES):  # type: ignore[misc]

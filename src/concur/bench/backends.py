@@ -244,6 +244,71 @@ class PebbleRunner(Runner):
         self.pool.join()
 
 
+_dask_clusters: dict[int, Any] = {}
+
+
+def _dask_cluster(workers: int) -> Any:
+    """One local cluster per worker count for the whole benchmark run: Dask's
+    start-up (about a second) is paid once, as a long-lived cluster would."""
+    if workers not in _dask_clusters:
+        distributed: Any = importlib.import_module("distributed")
+        _dask_clusters[workers] = distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            host="127.0.0.1",
+        )
+    return _dask_clusters[workers]
+
+
+def close_shared() -> None:
+    """Close what the run kept for all its scenarios (the Dask clusters)."""
+    while _dask_clusters:
+        _, cluster = _dask_clusters.popitem()
+        cluster.close()
+
+
+class ConcurDaskRunner(ExecutorRunner):
+    """concur.DaskPool joined to the run's local cluster."""
+
+    def __init__(self, workers: int | None) -> None:
+        from ..dask_pool import DaskPool
+
+        cluster = _dask_cluster(workers or cpu_count())
+        super().__init__(DaskPool(cluster.scheduler_address))
+
+
+class DaskRunner(Runner):
+    """Dask's own API: client.map then gather, client.submit().result()."""
+
+    def __init__(self, workers: int | None) -> None:
+        distributed: Any = importlib.import_module("distributed")
+        cluster = _dask_cluster(workers or cpu_count())
+        self.client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
+        return list(self.client.gather(self.client.map(fn, items, pure=False)))
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        return self.client.submit(fn, arg, pure=False).result()
+
+    def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
+        futures = self.client.map(fn, items, pure=False)
+        delivered = 0
+        for future in futures:
+            try:
+                future.result(timeout=_left(deadline))
+                delivered += 1
+            except Exception:
+                if time.monotonic() >= deadline:
+                    break
+        return delivered
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class LokyRunner(ExecutorRunner):
     """loky's reusable executor, as loky's own docs show it."""
 
@@ -267,7 +332,8 @@ class Backend:
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None."""
         if self.module and importlib.util.find_spec(self.module) is None:
-            return f"{self.module} is not installed (pip install 'concur[peers]')"
+            extra = "dask" if self.module == "distributed" else "peers"
+            return f"{self.module} is not installed (pip install 'concur[{extra}]')"
         return None
 
 
@@ -278,6 +344,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("concur-thread", "concur", lambda w: ExecutorRunner(ThreadPool(w)), "thread"),
         Backend("concur-process", "concur", lambda w: ExecutorRunner(ProcessPool(w)), "process"),
         Backend("concur-auto", "concur", AutoRunner, "auto"),
+        Backend("concur-dask", "concur", ConcurDaskRunner, "process", module="distributed"),
         Backend(
             "ThreadPoolExecutor", "peer", lambda w: ExecutorRunner(ThreadPoolExecutor(w)), "thread"
         ),
@@ -292,5 +359,6 @@ BACKENDS: dict[str, Backend] = {
         Backend("loky", "peer", LokyRunner, "process", module="loky"),
         Backend("mpire", "peer", MpireRunner, "process", module="mpire"),
         Backend("pebble", "peer", PebbleRunner, "process", module="pebble"),
+        Backend("dask", "peer", DaskRunner, "process", module="distributed"),
     ]
 }

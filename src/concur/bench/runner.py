@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import workloads
-from .backends import BACKENDS, Backend
+from .backends import BACKENDS, Backend, close_shared
 
 
 @dataclass
@@ -257,6 +257,21 @@ def run_bench(
     backends = _selected(cfg.backends, BACKENDS, "backend")
     repeat = cfg.repeat or (2 if cfg.quick else 3)
     results: dict[tuple[str, str], Result] = {}
+    try:
+        _run_all(cfg, scenarios, backends, repeat, results, progress)
+    finally:
+        close_shared()
+    return results
+
+
+def _run_all(
+    cfg: BenchConfig,
+    scenarios: list[str],
+    backends: list[str],
+    repeat: int,
+    results: dict[tuple[str, str], Result],
+    progress: Callable[[str], None] | None,
+) -> None:
     for scenario_name in scenarios:
         scenario = SCENARIOS[scenario_name]
         for r in range(repeat):
@@ -279,4 +294,3 @@ def run_bench(
                 except Exception as exc:
                     result.error = f"failed: {type(exc).__name__}: {exc}"
                     result.error += "\n" + traceback.format_exc(limit=3)
-    return results

@@ -1,0 +1,289 @@
+"""``concur.DaskPool``: the pools' API on a Dask distributed cluster.
+
+A ``concurrent.futures.Executor`` over a ``distributed.Client``. With no
+address (and no ``DASK_SCHEDULER_ADDRESS`` in the environment) it starts a
+``LocalCluster`` of worker processes, one thread each, on 127.0.0.1, and
+closes it on shutdown; with an address it joins that cluster and leaves it
+running.
+
+The semantics are the local pools': ``map`` in order, ``imap`` lazy and
+bounded, chunks sized from measured time so that Dask's per-task cost
+(about a millisecond through the scheduler) is spread over many items; an
+exception raised in a task comes back with its own type and the worker's
+traceback as ``__cause__``; a task whose worker died (after Dask's own
+retries, ``KilledWorker``) fails alone with ``WorkerCrashed``; a task past
+its ``timeout`` fails with ``TaskTimeout`` on time.
+
+Two differences, both Dask's: a task's time limit counts from submission
+(Dask does not tell the client when a task starts), and a task past its
+limit is released, not stopped, since Dask runs it on a worker thread that
+cannot be interrupted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from . import _pool, _task
+from .errors import PoolClosed, TaskTimeout, WorkerCrashed
+
+_DEFAULT_PORTLESS = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1"}
+_RELEASED = (
+    "Dask cannot stop a running task, so it was released and its worker thread "
+    "finishes it unobserved (the limit counts from submission)"
+)
+
+
+def _missing() -> ImportError:
+    return ImportError("concur.DaskPool needs Dask distributed: pip install 'concur[dask]'")
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Runs on a Dask worker: the outcome, with an exception packed as the
+    process pool packs it (type, message, traceback text)."""
+    try:
+        return (_task.OK, fn(*args, **kwargs))
+    except BaseException as exc:
+        return (_task.ERR, _task.pack_exception(exc))
+
+
+class _DaskFuture(Future[Any]):
+    """A concurrent.futures Future whose ``cancel()`` also cancels the Dask task."""
+
+    def __init__(self, remote: Any) -> None:
+        super().__init__()
+        self.remote = remote
+
+    def cancel(self) -> bool:
+        remote = self.remote
+        if not super().cancel():
+            return False
+        if remote is not None:
+            remote.cancel()
+        return True
+
+
+class _Deadlines:
+    """One watcher thread for the pool's time limits (a heap of deadlines)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.heap: list[tuple[float, int, Future[Any], str, float]] = []
+        self.counter = itertools.count()
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    def add(self, future: Future[Any], timeout: float, label: str) -> None:
+        with self.cond:
+            entry = (time.monotonic() + timeout, next(self.counter), future, label, timeout)
+            heapq.heappush(self.heap, entry)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self.watch, name="concur-dask-deadlines", daemon=True
+                )
+                self.thread.start()
+            self.cond.notify()
+
+    def watch(self) -> None:
+        while True:
+            with self.cond:
+                while self.heap and self.heap[0][2].done():
+                    heapq.heappop(self.heap)
+                if not self.heap or self.closed:
+                    self.thread = None
+                    return
+                due, _, future, label, timeout = self.heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self.cond.wait(min(wait, 0.5))
+                    continue
+                heapq.heappop(self.heap)
+            late = TaskTimeout(label, timeout, None, _RELEASED)
+            _pool.settle(future, error=late)
+            remote = getattr(future, "remote", None)
+            if remote is not None:
+                remote.cancel()  # release it; its worker thread runs on
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+            thread = self.thread
+        if thread is not None:
+            thread.join()
+
+
+class DaskPool(_pool.PoolBase):
+    """An Executor on Dask distributed; see the module docstring.
+
+    ``address``: a scheduler such as ``"tcp://10.0.0.5:8786"``; default
+    ``DASK_SCHEDULER_ADDRESS``, else a local cluster started here with
+    ``cluster_options`` (``LocalCluster`` arguments; defaults: one worker
+    process per core, one thread each, no dashboard, 127.0.0.1).
+    ``task_timeout`` and ``retries`` are the pools' per-task settings; Dask
+    also retries a task on another worker when its worker dies (up to
+    ``distributed.scheduler.allowed-failures``, 3 by default).
+    """
+
+    _kind = "dask"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        **cluster_options: Any,
+    ) -> None:
+        try:
+            distributed: Any = importlib.import_module("distributed")
+        except ImportError:
+            raise _missing() from None
+        self._defaults = _pool.TaskOptions(_pool.check_timeout(task_timeout), retries)
+        address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        self._cluster: Any = None
+        if address is None:
+            options: dict[str, Any] = {
+                "n_workers": os.cpu_count() or 1,
+                "threads_per_worker": 1,
+                "processes": True,
+                **_DEFAULT_PORTLESS,
+            }
+            options.update(cluster_options)
+            self._cluster = distributed.LocalCluster(**options)
+            self._client: Any = distributed.Client(self._cluster, set_as_default=False)
+        else:
+            if cluster_options:
+                raise TypeError(
+                    "cluster options apply to a local cluster; "
+                    f"got {sorted(cluster_options)} with address {address!r}"
+                )
+            self._client = distributed.Client(address, set_as_default=False)
+        self.address: str = str(self._client.scheduler_info()["address"])
+        self._max_workers = max(1, sum(self._client.nthreads().values()))
+        self._closed = False
+        self._lock = threading.Lock()
+        self._live: set[_DaskFuture] = set()
+        self._deadlines = _Deadlines()
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` underneath, for what Dask offers beyond this API."""
+        return self._client
+
+    def _submit_with(
+        self,
+        options: _pool.TaskOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
+        return self._submit(options, _call, (fn, args, kwargs), _task.describe(fn), False)
+
+    def _submit_chunk(
+        self,
+        fn: Callable[..., Any],
+        items: list[tuple[Any, ...]],
+        fn_blob: bytes | None,
+        options: _pool.TaskOptions,
+    ) -> Future[_pool.ChunkResult]:
+        label = f"{_task.describe(fn)} ×{len(items)}"
+        return self._submit(options, _task.run_chunk, (fn, items, True), label, True)
+
+    def _submit(
+        self,
+        options: _pool.TaskOptions,
+        target: Callable[..., Any],
+        args: tuple[Any, ...],
+        label: str,
+        chunk: bool,
+    ) -> Future[Any]:
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("cannot submit to a DaskPool after shutdown()")
+            remote = self._client.submit(target, *args, pure=False, retries=options.retries)
+            future = _DaskFuture(remote)
+            self._live.add(future)
+        remote.add_done_callback(lambda done: self._settle(future, done, label, chunk))
+        if options.timeout is not None:
+            self._deadlines.add(future, options.timeout, label)
+        return future
+
+    def _settle(self, future: Future[Any], remote: Any, label: str, chunk: bool) -> None:
+        if remote.status == "lost" and not future.done():
+            # its worker died; Dask runs it again elsewhere: wait for that
+            remote.add_done_callback(lambda done: self._settle(future, done, label, chunk))
+            return
+        try:
+            if future.done():
+                return
+            status = remote.status
+            if status == "finished":
+                value = remote.result()
+                if chunk:
+                    _pool.settle(future, value)
+                else:
+                    _pool.settle_outcome(future, value)
+            elif status == "cancelled":
+                future.cancel()
+            else:
+                _pool.settle(future, error=self._error(remote.exception(), label, status))
+        except BaseException as exc:  # the client itself failed: say so on the future
+            _pool.settle(future, error=exc)
+        finally:
+            with self._lock:
+                self._live.discard(future)
+            if isinstance(future, _DaskFuture):
+                future.remote = None  # let the cluster forget the result we now hold
+
+    @staticmethod
+    def _error(error: BaseException | None, label: str, status: str) -> BaseException:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(error, KilledWorker):
+            crashed = WorkerCrashed(None, None, label)
+            crashed.args = (
+                f"the Dask workers running {label} died (KilledWorker: {error}). "
+                "Only this task failed; the cluster goes on.",
+            )
+            crashed.__cause__ = error
+            return crashed
+        return error if error is not None else RuntimeError(f"{label} failed in Dask ({status})")
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if self._closed and self._client is None:
+                return
+            self._closed = True
+            live = list(self._live)
+        if cancel_futures:
+            for future in live:
+                future.cancel()
+        if wait:
+            for future in live:
+                try:
+                    future.exception()
+                except BaseException:
+                    pass
+        self._deadlines.close()
+        self._close_client()
+
+    def _close_client(self) -> None:
+        with self._lock:
+            client, cluster = self._client, self._cluster
+            self._client, self._cluster = None, None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    def _abort(self) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
