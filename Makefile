@@ -34,7 +34,7 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-# The full benchmarks against every peer, recorded in docs/ (about 30 minutes):
+# The full benchmarks against every peer, recorded in docs/ (about 45 minutes):
 # pools and auto, then the server models.
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[plot,peers]'

@@ -164,6 +164,16 @@ def _is_concur(proc: Any) -> bool:
     return any(part in ("concur", "-mconcur") or part.endswith("/concur") for part in cmdline[:3])
 
 
+def _is_helper(proc: Any) -> bool:
+    """A concur process, or multiprocessing's fork server between a program and its workers."""
+    import psutil
+
+    try:
+        return _is_concur(proc) or _role(proc.name(), proc.cmdline(), 1) == "fork server"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
 def _program_roots(pid: int | None) -> list[Any]:
     """The processes to show trees from: ``pid``, or every concur program of this user."""
     import psutil
@@ -181,7 +191,7 @@ def _program_roots(pid: int | None) -> list[Any]:
             # climb to the program that started it: the topmost ancestor that
             # is itself concur, or the direct parent of the topmost concur process
             parent = root.parent()
-            while parent is not None and parent.pid not in (0, 1) and _is_concur(parent):
+            while parent is not None and parent.pid not in (0, 1) and _is_helper(parent):
                 root, parent = parent, parent.parent()
             if (
                 _role(root.name(), root.cmdline()) != "program"

@@ -122,6 +122,7 @@ class Master:
         self.listening = False
         self.backoff_until = 0.0
         self.terminated = False
+        self.last_refusal = 0.0
 
     def on_sigterm(self, *_: object) -> None:
         self.terminated = True  # acted on by the loop, which the wakeup fd wakes
@@ -228,8 +229,10 @@ class Master:
 
     def accept(self) -> None:
         """Every worker is busy: turn the client away with a busy reply."""
-        if self.a_worker_frees_up():
+        flooded = time.monotonic() - self.last_refusal < 0.1
+        if not flooded and self.a_worker_frees_up():
             return  # that worker takes the connection
+        self.last_refusal = time.monotonic()  # in a flood, refuse without waiting
         try:
             conn, _ = self.listener.accept()
         except BlockingIOError:

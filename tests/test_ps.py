@@ -1,0 +1,87 @@
+"""concur ps on real programs: roles, the task a worker runs, --watch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+PROGRAM = textwrap.dedent(
+    """
+    import time, concur
+
+    def long_task(x):
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        with concur.ProcessPool(2) as pool:
+            futures = [pool.submit(long_task, i) for i in range(2)]
+            while sum(w.state == "busy" for w in pool.workers()) < 2:
+                time.sleep(0.02)
+            print("ready", flush=True)
+            time.sleep(60)
+    """
+)
+
+
+def test_concur_ps_finds_programs_and_shows_what_workers_run(tmp_path):
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    program = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert program.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        shown = subprocess.run(
+            [sys.executable, "-m", "concur", "ps", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        rows = json.loads(shown.stdout)
+        roots = [row for row in rows if row["pid"] == program.pid]
+        assert roots and roots[0]["role"] == "program" and roots[0]["depth"] == 0
+        workers = [row for row in rows if row["role"] == "pool worker"]
+        mine = [w for w in workers if w["task"] and w["task"].endswith("long_task")]
+        assert len(mine) == 2
+        assert all(w["running_for"] > 0.2 and w["state"] == "sleeping" for w in mine)
+        assert all(w["rss"] > 0 and w["threads"] >= 1 for w in mine)
+        table = subprocess.run(
+            [sys.executable, "-m", "concur", "ps", str(program.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert "pool worker" in table and "fork server" in table and "long_task for" in table
+    finally:
+        program.kill()
+        program.wait()
+        program.stdout.close()
+
+
+def test_concur_ps_watch_refreshes_until_ctrl_c():
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "concur", "ps", "--watch", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    assert "concur ps" in out or "no concur program" in out
+
+
+def test_concur_ps_says_when_a_pid_does_not_exist():
+    done = subprocess.run(
+        [sys.executable, "-m", "concur", "ps", "999999999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no process has pid 999999999" in done.stderr
