@@ -294,16 +294,8 @@ class DaskRunner(Runner):
         return self.client.submit(fn, arg, pure=False).result()
 
     def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
-        futures = self.client.map(fn, items, pure=False)
-        delivered = 0
-        for future in futures:
-            try:
-                future.result(timeout=_left(deadline))
-                delivered += 1
-            except Exception:
-                if time.monotonic() >= deadline:
-                    break
-        return delivered
+        # Dask's futures answer result(timeout=) as concurrent.futures' do
+        return count_futures(self.client.map(fn, items, pure=False), deadline)
 
     def close(self) -> None:
         self.client.close()

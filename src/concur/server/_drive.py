@@ -17,9 +17,9 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..threads import ThreadPool
 from .protocol import Reply, Session
 
 log = logging.getLogger("concur.server")
@@ -118,7 +118,9 @@ class Offload:
     STREAK = 32
 
     def __init__(self, threads: int) -> None:
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="concur-server-handler")
+        # concur's own pool: daemon threads, so a handler that never returns
+        # cannot hold the interpreter at exit (ThreadPoolExecutor's would)
+        self.pool = ThreadPool(threads, thread_name_prefix="concur-server-handler")
         self.inline = False
         self._streak = 0
         self._needed = self.STREAK
@@ -141,8 +143,8 @@ class Offload:
         (a handler that never returns is left behind, not waited on)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + join
-        for thread in list(getattr(self.pool, "_threads", ())):
-            thread.join(max(deadline - time.monotonic(), 0))
+        for slot in list(self.pool._slots.values()):
+            slot.thread.join(max(deadline - time.monotonic(), 0))
 
 
 class Connection(asyncio.Protocol):

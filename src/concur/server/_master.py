@@ -160,7 +160,7 @@ class Master:
                 elif key.fd == self.state_r:
                     self.read_states()
                     self.replenish()
-                else:
+                elif self.listening:  # not closed by a stop earlier in this round
                     self.accept()
             self.update_listening()
 
@@ -205,7 +205,7 @@ class Master:
                 self.signalled.add(pid)
                 _kill(pid, signal.SIGINT)  # close the sessions now
 
-    # -- accepting (process model, and the busy reply for prefork) ------------
+    # -- the busy reply (process, prefork) and keeping workers ready ----------
 
     def update_listening(self) -> None:
         # the master accepts only to say busy, when no worker is free; hybrid
@@ -233,18 +233,11 @@ class Master:
         if not flooded and self.a_worker_frees_up():
             return  # that worker takes the connection
         self.last_refusal = time.monotonic()  # in a flood, refuse without waiting
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return  # a worker took it
-        except OSError as exc:
-            if exc.errno in OUT_OF_FDS:
-                back_off(exc)
-                self.backoff_until = time.monotonic() + BACKOFF
-                return
-            raise
-        conn.setblocking(True)
-        refuse(conn)
+        accepted = _accept(self.listener)
+        if isinstance(accepted, OSError):
+            self.backoff_until = time.monotonic() + BACKOFF  # the loop stops listening a while
+        elif accepted is not None:
+            refuse(accepted[0])
 
     def replenish(self) -> None:
         """Keep the process and prefork workers ready.
@@ -346,17 +339,13 @@ class Master:
             _drain(wake_r)
             if state.stopping:  # set by a signal handler, which the wakeup fd reports
                 break
-            try:
-                conn, address = self.listener.accept()
-            except BlockingIOError:
-                continue  # a sibling took it
-            except OSError as exc:
-                if exc.errno in OUT_OF_FDS:
-                    back_off(exc)
-                    time.sleep(BACKOFF)
-                    continue
-                raise
-            conn.setblocking(True)
+            accepted = _accept(self.listener)
+            if isinstance(accepted, OSError):
+                time.sleep(BACKOFF)
+                continue
+            if accepted is None:
+                continue
+            conn, address = accepted
             peer = peer_name(address)
             os.write(self.state_w, _state_record(me, True, peer))
             if one_shot:
@@ -471,6 +460,22 @@ _STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that foll
 def _state_record(pid: int, serving: bool, peer: str) -> bytes:
     name = peer.encode()[:200]
     return _STATE.pack(pid, serving, len(name)) + name  # < PIPE_BUF: written whole
+
+
+def _accept(listener: socket.socket) -> tuple[socket.socket, Any] | OSError | None:
+    """A blocking connection and its address; None when another process took
+    it first; the error (already logged) when out of file descriptors."""
+    try:
+        conn, address = listener.accept()
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in OUT_OF_FDS:
+            back_off(exc)
+            return exc
+        raise
+    conn.setblocking(True)
+    return conn, address
 
 
 class _WorkerState:
