@@ -144,8 +144,9 @@ def test_workers_carry_a_readable_name_in_ps():
         pid = pool.workers()[0].pid
         process = psutil.Process(pid)
         assert process.name() == "concur-worker"
-        title = " ".join(process.cmdline())  # setproctitle (dev extra)
-        assert title.startswith("concur-worker ProcessPool-") and "[idle]" in title
+        # setproctitle (dev extra); the worker says it is idle just after replying
+        wait_until(lambda: "[idle]" in " ".join(process.cmdline()))
+        assert " ".join(process.cmdline()).startswith("concur-worker ProcessPool-")
     worker = concur.spawn(time.sleep, 2)
     wait_until(lambda: psutil.Process(worker.pid).name() == "concur-spawn")
     worker.kill()
