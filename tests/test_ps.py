@@ -85,3 +85,44 @@ def test_concur_ps_says_when_a_pid_does_not_exist():
     )
     assert done.returncode == 2
     assert "no process has pid 999999999" in done.stderr
+
+
+SPINNER = textwrap.dedent(
+    """
+    import time, concur
+
+    def spin(x):
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            pass
+
+    if __name__ == "__main__":
+        with concur.ProcessPool(1) as pool:
+            pool.submit(spin, 0)
+            while not any(w.state == "busy" for w in pool.workers()):
+                time.sleep(0.02)
+            print("ready", flush=True)
+            time.sleep(60)
+    """
+)
+
+
+def test_concur_ps_measures_cpu_of_a_busy_worker(tmp_path):
+    script = tmp_path / "spinner.py"
+    script.write_text(SPINNER)
+    program = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert program.stdout.readline().strip() == "ready"
+        shown = subprocess.run(
+            [sys.executable, "-m", "concur", "ps", str(program.pid), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        (worker,) = [row for row in json.loads(shown.stdout) if row["role"] == "pool worker"]
+        assert worker["task"].endswith("spin")
+        assert worker["cpu_percent"] > 30  # a spinning worker, measured over 0.2 s
+    finally:
+        program.kill()
+        program.wait()
+        program.stdout.close()

@@ -500,9 +500,8 @@ def ps(pid: int | None, watch: bool, interval: float, as_json: bool, with_thread
 
     if pid is not None and not psutil.pid_exists(pid):
         raise click.BadParameter(f"no process has pid {pid}", param_hint="PID")
-    rows = facts.snapshot(pid, with_threads)
-    facts.prime_cpu(rows)
-    time.sleep(0.2)  # CPU % is measured over an interval
+    facts.snapshot(pid, with_threads)  # CPU % is measured between two snapshots
+    time.sleep(0.2)
     rows = facts.snapshot(pid, with_threads)
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))

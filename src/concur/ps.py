@@ -206,9 +206,24 @@ def _program_roots(pid: int | None) -> list[Any]:
     return [roots[pid] for pid in sorted(roots)]
 
 
+# psutil measures CPU % between two calls on the *same* Process object, so
+# snapshots (the first call, then each --watch refresh) share these.
+_known: dict[int, Any] = {}
+
+
+def _same(proc: Any) -> Any:
+    """The Process object an earlier snapshot made for this process, if any."""
+    known = _known.get(proc.pid)
+    if known is not None and known == proc:  # psutil compares pid and start time
+        return known
+    _known[proc.pid] = proc
+    return proc
+
+
 def _row(proc: Any, depth: int, now: float, with_threads: bool) -> ProcessRow | None:
     import psutil
 
+    proc = _same(proc)
     try:
         with proc.oneshot():
             name = proc.name()
@@ -293,22 +308,11 @@ def snapshot(pid: int | None = None, threads: bool = False) -> list[ProcessRow]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return
         for child in children:
-            walk(child, depth + 1)
+            walk(_same(child), depth + 1)
 
     for root in _program_roots(pid):
         walk(root, 0)
     return rows
-
-
-def prime_cpu(rows: list[ProcessRow]) -> None:
-    """psutil measures CPU % between two calls: make the first one."""
-    import psutil
-
-    for row in rows:
-        try:
-            psutil.Process(row.pid).cpu_percent(interval=None)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
 
 
 def render(rows: list[ProcessRow]) -> Any:
