@@ -38,6 +38,15 @@ def logline(peer: str, started: float, session: Session | None, how: str) -> Non
     )
 
 
+def end_session(session: Session | None, peer: str) -> None:
+    """Tell the session its connection is over; a failure there is logged, not raised."""
+    if session is not None:
+        try:
+            session.end()
+        except Exception:
+            log.exception("the session for %s failed in end()", peer)
+
+
 def refuse(conn: socket.socket) -> None:
     """The short busy reply, then close: a client at the limit never hangs."""
     try:
@@ -91,11 +100,7 @@ def drive(
         how = "handler failed"
         log.exception("the session for %s failed; closing its connection", peer)
     finally:
-        if session is not None:
-            try:
-                session.end()
-            except Exception:
-                log.exception("the session for %s failed in end()", peer)
+        end_session(session, peer)
         if before_close is not None:
             before_close()
         conn.close()
@@ -290,11 +295,7 @@ class Connection(asyncio.Protocol):
             return
         if exc is not None and self.how == "client closed":
             self.how = f"socket error: {exc}"
-        if self.session is not None:
-            try:
-                self.session.end()
-            except Exception:
-                log.exception("the session for %s failed in end()", self.peer)
+        end_session(self.session, self.peer)
         self.server.release(self)
         logline(self.peer, self.started, self.session, self.how)
 

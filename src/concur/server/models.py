@@ -3,7 +3,7 @@
     thread   accept thread ──► one thread per connection
     async    one event loop: a protocol per connection; handlers that block
              are moved to a small thread pool once timed slow (the default)
-    process  a master process accepts and forks a child per connection
+    process  a process per connection, forked ahead: spares wait on the socket
     prefork  N processes accept on one socket, one connection each at a time
     hybrid   N processes, each an event loop plus M threads for handlers
 
