@@ -35,7 +35,7 @@ from typing import Any
 from . import _pool, _task
 from .errors import PoolClosed, TaskTimeout, WorkerCrashed
 
-_DEFAULT_PORTLESS = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1"}
+_LOCAL_ONLY = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1"}
 _RELEASED = (
     "Dask cannot stop a running task, so it was released and its worker thread "
     "finishes it unobserved (the limit counts from submission)"
@@ -155,7 +155,7 @@ class DaskPool(_pool.PoolBase):
                 "n_workers": os.cpu_count() or 1,
                 "threads_per_worker": 1,
                 "processes": True,
-                **_DEFAULT_PORTLESS,
+                **_LOCAL_ONLY,
             }
             options.update(cluster_options)
             self._cluster = distributed.LocalCluster(**options)
