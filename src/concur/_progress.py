@@ -47,3 +47,6 @@ def track(results: Iterator[Any], total: int | None, label: Callable[[], str]) -
                 rate=f"{speed:,.0f} items/s" if speed else "",
             )
             yield value
+        # The last results can arrive while the choice is still being made;
+        # the final frame shows what the work ended up running on.
+        progress.update(task, description=label())
