@@ -85,6 +85,13 @@ def test_a_warm_process_pool_is_kept_for_the_last_items():
     assert (cold.backend, warm.backend) == ("inline", "process")
 
 
+def test_sleeps_keep_threads_to_the_last_item():
+    for _ in range(20):
+        stream = AutoMap(nap, ([0.01] * 30,))
+        assert stream.to_list() == [0.01] * 30
+        assert [d.backend for d in stream.decisions] == ["thread"]
+
+
 # -- decisions on real work ---------------------------------------------------
 
 

@@ -39,8 +39,8 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import _gil, _task
 from . import _pool as _pool_base
-from . import _task
 from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
 from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
@@ -148,11 +148,14 @@ def choose(m: Measurements, remaining: int | None) -> Decision:
 
 
 # Per hand-off costs the estimates use (measured on the machine concur is
-# developed on; docs/auto.md), and a slight preference for cheaper backends.
+# developed on; docs/auto.md), and a preference for cheaper backends.
 THREAD_HANDOFF_S = 20e-6
 PROCESS_HANDOFF_S = 150e-6
 PROCESS_START_S = 0.05
-_PREFERENCE = {"inline": 1.0, "thread": 1.05, "process": 1.15}
+# Threads must beat inline by 20%: a wait fraction measured on a busy machine
+# is noisy (a thread ready to run but not scheduled looks like waiting), and
+# computing threads lose time handing the GIL to each other.
+_PREFERENCE = {"inline": 1.0, "thread": 1.2, "process": 1.35}
 
 
 def _gil_free(m: Measurements) -> bool:
@@ -290,13 +293,13 @@ class _Watchdog:
         with self._cond:
             self._job = None
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         with self._cond:
             self._stopped = True
             self._job = None
             self._cond.notify()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
 
     def _run(self) -> None:
@@ -328,8 +331,10 @@ class _ThreadClock:
         self.clock: int | None = None
         self.start = 0.0
         self.fallback = time.process_time()
+        self.tid: int | None = None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.tid = threading.get_native_id()
         getter = getattr(time, "pthread_getcpuclockid", None)
         if getter is not None:
             try:
@@ -346,6 +351,23 @@ class _ThreadClock:
             except OSError:
                 pass
         return time.process_time() - self.fallback
+
+    def sleeping(self) -> bool | None:
+        """Whether the thread is blocked right now (Linux: its /proc state), or
+        None where that cannot be read.
+
+        Low CPU over wall time alone cannot tell a thread that waits from one
+        that is ready but not scheduled on a busy machine; the state can.
+        """
+        if self.tid is None:
+            return None
+        try:
+            with open(f"/proc/self/task/{self.tid}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            return None
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        return state in (b"S", b"D")
 
 
 class _Done(Future[ChunkResult]):
@@ -506,33 +528,61 @@ class AutoMap(Iterator[Any]):
             self._adopt(Decision("inline", 1, 1, "no items"))
             return
         threads = self._thread_pool()
+        # A computing probe holds the GIL against this thread (which must look
+        # at it on time) and against a process pool starting up: shorten the
+        # switch interval until the probe items end (see _gil).
+        fast = _gil.Hold()
         wall0 = time.perf_counter()
         clock = _ThreadClock()
         probe = threads.submit(clock.run, _task.run_chunk, self._fn, self._as_args(first), False)
-        self._inflight.append((probe, 1, "thread"))
+        self._inflight.append((probe, 1, "probe"))
         done, _ = wait([probe], timeout=PROBE_WAIT_S)
         if done:
+            fast.release()
             self._probe_tiny(first, probe.result())
             return
+        probes = [probe]
+        try:
+            self._probe_long(first, probe, clock, wall0, probes)
+        finally:
+            _release_when_done(fast, probes)
+
+    def _probe_long(
+        self,
+        first: list[Any],
+        probe: Future[Any],
+        clock: _ThreadClock,
+        wall0: float,
+        probes: list[Future[Any]],
+    ) -> None:
+        """Item 0 is still running after PROBE_WAIT_S: waiting or computing?"""
         self._transfer = _transfer_cost(self._as_args(first)[0], None)
         window = PROBE_WAIT_S
         while True:
             elapsed = time.perf_counter() - wall0
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
             busy = used / max(elapsed, 1e-9)
-            if busy < WAITING:
+            if busy < WAITING and clock.sleeping() is not False:
                 # Waiting, for an unknown time yet: the ratio measured so far is
                 # only a lower bound, so start as many threads as allowed.
+                del probes[:]  # a waiting probe holds no GIL
                 m = self._measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
                 self._adopt(choose(m, self._left()))
                 return
-            # Computing for at least ``elapsed``: enough to justify processes?
-            left = self._left()
-            if elapsed * (left if left is not None else 1_000_000) >= PROCESS_START_S:
-                break
+            # Computing for at least ``elapsed`` (or ready to compute, on a
+            # machine too busy to run it): would even that justify processes?
+            if busy >= WAITING:
+                lower_bound = self._measure(elapsed, used, 1)
+                if choose(lower_bound, self._left()).backend == "process":
+                    break
             window *= 2
             if wait([probe], timeout=window)[0]:
                 outcomes, wall, cpu = probe.result()
+                if cpu < WAITING * wall:
+                    # It finished without being seen to wait: one item on a
+                    # busy machine proves nothing; time a few more inline.
+                    self._probe_tiny(first, (outcomes, wall, cpu))
+                    return
                 self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
                 self._adopt(choose(self._measure(wall, cpu, 1), self._left()))
                 return
@@ -540,8 +590,11 @@ class AutoMap(Iterator[Any]):
         second = self._take_items(1)
         if second:
             wall1, cpu1 = time.perf_counter(), time.process_time()
-            other = threads.submit(_task.run_chunk, self._fn, self._as_args(second), False)
-            self._inflight.append((other, 1, "thread"))
+            other = self._thread_pool().submit(
+                _task.run_chunk, self._fn, self._as_args(second), False
+            )
+            self._inflight.append((other, 1, "probe"))
+            probes.append(other)
             wait([probe, other], timeout=PROBE_WAIT_S, return_when=FIRST_COMPLETED)
             span = time.perf_counter() - wall1
             self._utilization = (time.process_time() - cpu1) / max(span, 1e-9)
@@ -730,7 +783,9 @@ class AutoMap(Iterator[Any]):
             self._blocks.append(_Block([value for _, value in outcomes], raw=True))
         else:
             self._blocks.append(_Block(outcomes, raw=False))
-        if backend != "inline":  # inline chunks were observed as they ran
+        # Inline chunks were observed as they ran; probe items were measured by
+        # the probe (and two of them contend for the GIL on purpose).
+        if backend not in ("inline", "probe"):
             self._observe(count, wall, cpu, backend)
 
     def _process_utilization(self) -> float | None:
@@ -774,8 +829,11 @@ class AutoMap(Iterator[Any]):
             warm=self._processes is not None,
         )
         self._stats = m
-        if self._forced is not None or left == 0:
-            return  # the backend stays as given, or there is nothing left to place
+        if self._forced is not None or not self._has_input():
+            # The backend stays as given, or every item left is already placed:
+            # a new verdict could move nothing (and near the end the estimates
+            # converge, so it would only mislabel the run).
+            return
         verdict = choose(m, left)
         current = self.decision
         assert current is not None
@@ -809,6 +867,7 @@ class AutoMap(Iterator[Any]):
         self._source = None
         self._seq = None
         self._pushed = []
+        settled = all(future.done() for future, _, _ in self._inflight)
         for future, _, _ in self._inflight:
             if abort or not future.running():
                 future.cancel()
@@ -819,15 +878,38 @@ class AutoMap(Iterator[Any]):
             if abort:
                 pool._abort()
             else:
-                pool.shutdown(wait=True, cancel_futures=True)
+                # Idle threads need no waiting for: told to exit, they are gone
+                # within a moment, and joining them would add a context switch
+                # each to every run. Processes are always waited for.
+                idle_threads = pool is self._threads and settled
+                pool.shutdown(wait=not idle_threads, cancel_futures=True)
         self._threads = self._processes = None
-        self._watchdog.stop()
+        self._watchdog.stop(wait=not settled)
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
+
+
+def _release_when_done(hold: _gil.Hold, futures: list[Future[Any]]) -> None:
+    """Release ``hold`` once every one of ``futures`` is done (now, if none)."""
+    if not futures:
+        hold.release()
+        return
+    pending = [len(futures)]
+    lock = threading.Lock()
+
+    def ended(_: Future[Any]) -> None:
+        with lock:
+            pending[0] -= 1
+            if pending[0]:
+                return
+        hold.release()
+
+    for future in futures:
+        future.add_done_callback(ended)
 
 
 def _value(outcome: _task.Outcome) -> Any:

@@ -44,7 +44,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any, ParamSpec, TypeVar
 
-from . import _pool, _supervise, _task, _worker
+from . import _gil, _pool, _supervise, _task, _worker
 from ._exit import register_exit_hook
 from .errors import (
     PoolClosed,
@@ -217,6 +217,8 @@ class _Core:
         os.set_blocking(self.wake_w, False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self.fast: _gil.Hold | None = None  # a shorter switch interval, while starting
+        self.first_due: set[int] = set()  # new workers whose first reply has not come
 
     # -- called from any thread ---------------------------------------------
 
@@ -356,6 +358,9 @@ class _Core:
                     self.on_reply(worker)
                 for worker in exits:
                     self.on_exit(worker)
+                if self.first_due:
+                    for worker in (*replies, *exits):
+                        self.started(worker.pid)
                 self.enforce_deadlines()
         except BaseException as exc:  # a bug in concur: fail loudly, leave no child
             self.break_pool(
@@ -363,6 +368,8 @@ class _Core:
             )
             raise
         finally:
+            self.first_due.clear()
+            self.started(None)
             self.stop_workers()
             self.close_fds()
 
@@ -416,12 +423,19 @@ class _Core:
                 return task
         return None
 
+    def wants_worker(self) -> bool:
+        with self.lock:
+            live = sum(1 for w in self.workers.values() if not w.stopping)
+            return not self.broken and bool(self.pending) and live < self.max_workers
+
     def grow(self) -> None:
-        while True:
-            with self.lock:
-                live = sum(1 for w in self.workers.values() if not w.stopping)
-                if self.broken or not self.pending or live >= self.max_workers:
-                    return
+        if not self.wants_worker():
+            return
+        # Every step of a start, and the first reply, would otherwise wait out
+        # the switch interval while the caller's threads compute (see _gil).
+        if self.fast is None:
+            self.fast = _gil.Hold()
+        while self.wants_worker():
             worker = self.start_worker()
             with self.lock:
                 self.workers[worker.pid] = worker
@@ -431,7 +445,18 @@ class _Core:
                 else:
                     self.assign(worker, task)
             if task is not None:
+                self.first_due.add(worker.pid)
                 self.send(worker, task)
+        self.started(None)
+
+    def started(self, pid: int | None) -> None:
+        """Note a new worker's first reply (or death); once none is due, the
+        switch interval goes back to the caller's."""
+        if pid is not None:
+            self.first_due.discard(pid)
+        if not self.first_due and self.fast is not None:
+            self.fast.release()
+            self.fast = None
 
     def start_worker(self) -> _Worker:
         number = next(self.worker_ids)
