@@ -33,13 +33,19 @@ def _is_dask_worker(child: psutil.Process) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster():
-    local = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address="127.0.0.1:0",
-        host="127.0.0.1",
-    )
+    import dask
+
+    # Each worker holds only the task it runs: when a worker is killed, Dask
+    # counts every task it held against that task's allowed failures, so a
+    # task queued behind the killer could share its fate by bad luck.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        local = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            host="127.0.0.1",
+        )
     SHARED_SERVICES.append(_is_dask_worker)  # kept across this module's tests
     try:
         yield local

@@ -268,3 +268,37 @@ def test_concur_load_counts_short_sessions():
         report = run_load(port=server.port, connections=5, sessions=200)
     assert (report.sessions, report.messages, report.errors) == (200, 200, 0)
     assert report.sessions_per_s > 0
+
+
+def test_a_handler_made_in_a_function_reaches_the_process_models(model):
+    suffix = "!"  # a closure: the handler class is pickled by value, not by name
+
+    class Shout(TextSession):
+        def on_message(self, text: str) -> tuple[str, bool]:
+            return ("q", True) if text == "q" else (text.upper() + suffix, False)
+
+    with start(Shout, port=0, model=model) as server, connect(server) as sock:
+        sock.sendall(b"hey\n")
+        assert read_until(sock, b"HEY!\n") == b"HEY!\n"
+
+
+def test_the_process_models_master_stays_free_of_threading():
+    """A master without threading (or logging, which imports it) forks with
+    about half the page faults: its children skip threading's at-fork hooks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle, sys\n"
+        "import concur.server._master as master\n"
+        "from concur.server.protocol import UppercaseSession\n"
+        "pickle.loads(pickle.dumps(UppercaseSession))\n"
+        "master._libc()\n"
+        "master._set_title('concur-server (test)', 'concur-server')\n"
+        "master.log.to_events(lambda level, text: None, 20)\n"
+        "master.log.info('a line %s', 1)\n"
+        "print(sorted(m for m in ('threading', 'logging', 'asyncio') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -141,7 +141,7 @@ def shared_pools():
     yield
     import sys
 
-    spawn_module = sys.modules["concur.spawn"]  # the module, not the function
+    spawn_module = sys.modules["concur._spawn"]  # the module, not the function
 
     for pool in spawn_module._shared.values():
         pool.shutdown()

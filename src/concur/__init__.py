@@ -2,30 +2,86 @@
 
 from __future__ import annotations
 
-from ._pool import PoolView, TaskOptions
-from .api import Results, imap, map, run
-from .auto import AutoPool, Decision, Measurements, advise
-from .dask_pool import DaskPool
-from .errors import (
-    ConcurError,
-    MainGuardMissing,
-    PoolBroken,
-    PoolClosed,
-    ProcessPoolBroken,
-    RemoteError,
-    RemoteTraceback,
-    SerializationError,
-    TaskTimeout,
-    ThreadNotKillable,
-    ThreadPoolBroken,
-    WaitTimeout,
-    WorkerCrashed,
-    WorkerStateError,
-)
-from .processes import ProcessPool
-from .ps import WorkerInfo
-from .spawn import Worker, process, spawn, thread
-from .threads import ThreadPool
+from typing import TYPE_CHECKING, Any
+
+# Names load on first use (PEP 562): ``import concur`` stays cheap, and a
+# process that needs one part (a server's master, a worker) imports only it.
+_WHERE = {
+    "PoolView": "._pool",
+    "TaskOptions": "._pool",
+    "Results": ".api",
+    "imap": ".api",
+    "map": ".api",
+    "run": ".api",
+    "AutoPool": ".auto",
+    "Decision": ".auto",
+    "Measurements": ".auto",
+    "advise": ".auto",
+    "DaskPool": ".dask_pool",
+    "ConcurError": ".errors",
+    "MainGuardMissing": ".errors",
+    "PoolBroken": ".errors",
+    "PoolClosed": ".errors",
+    "ProcessPoolBroken": ".errors",
+    "RemoteError": ".errors",
+    "RemoteTraceback": ".errors",
+    "SerializationError": ".errors",
+    "TaskTimeout": ".errors",
+    "ThreadNotKillable": ".errors",
+    "ThreadPoolBroken": ".errors",
+    "WaitTimeout": ".errors",
+    "WorkerCrashed": ".errors",
+    "WorkerStateError": ".errors",
+    "ProcessPool": ".processes",
+    "WorkerInfo": ".ps",
+    "Worker": "._spawn",
+    "process": "._spawn",
+    "spawn": "._spawn",
+    "thread": "._spawn",
+    "ThreadPool": ".threads",
+}
+
+if TYPE_CHECKING:
+    from ._pool import PoolView, TaskOptions
+    from ._spawn import Worker, process, spawn, thread
+    from .api import Results, imap, map, run
+    from .auto import AutoPool, Decision, Measurements, advise
+    from .dask_pool import DaskPool
+    from .errors import (
+        ConcurError,
+        MainGuardMissing,
+        PoolBroken,
+        PoolClosed,
+        ProcessPoolBroken,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        TaskTimeout,
+        ThreadNotKillable,
+        ThreadPoolBroken,
+        WaitTimeout,
+        WorkerCrashed,
+        WorkerStateError,
+    )
+    from .processes import ProcessPool
+    from .ps import WorkerInfo
+    from .threads import ThreadPool
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'concur' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __version__ = "0.1.0"
 

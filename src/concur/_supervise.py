@@ -23,7 +23,6 @@ Child side (``child_setup``, first thing in a worker)
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
@@ -32,6 +31,7 @@ import time
 from collections.abc import Callable
 from multiprocessing import process as mp_process
 
+from ._proc import _libc, _set_pdeathsig, _set_title, _title_setter
 from .errors import MainGuardMissing
 
 __all__ = ["check_not_bootstrapping", "child_setup", "lifeline_fd", "main_guard_error"]
@@ -113,54 +113,15 @@ def _at_eof(fd: int) -> bool:
     return bool(readable)
 
 
-@functools.cache
-def _libc() -> object | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def _set_pdeathsig() -> None:
-    libc = _libc()
-    if libc is not None:
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)  # type: ignore[attr-defined]
-
-
-def _set_title(title: str, short: str, full: bool = True) -> None:
-    """A readable name in ``ps`` and ``top``: the kernel's process name
-    (``PR_SET_NAME``, what ``ps -o comm`` and ``top`` show) and, with the
-    optional setproctitle and ``full``, the whole command line."""
-    try:
-        if not full:
-            raise ImportError
-        import setproctitle
-    except ImportError:
-        pass
-    else:
-        setproctitle.setproctitle(title)  # it sets the kernel name too; ours follows
-    libc = _libc()
-    if libc is not None:
-        pr_set_name = 15
-        libc.prctl(pr_set_name, short.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
-
-
 def task_titles(title: str) -> Callable[[str | None, int], None] | None:
     """With setproctitle, a function that shows a worker's current task in
     its command line, for ``concur ps`` (about 3 µs a call); else None.
 
     The title reads ``TITLE [idle]`` or ``TITLE [task ID NAME since EPOCH]``.
     """
-    try:
-        import setproctitle
-    except ImportError:
+    show = _title_setter()
+    if show is None:
         return None
-    show = setproctitle.setproctitle
     idle = f"{title} [idle]"
     libc = _libc()
     # setproctitle also renames the kernel's short name; keep ours ("concur-worker")

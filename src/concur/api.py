@@ -32,10 +32,10 @@ from typing import Any, Literal, TypeVar
 
 from ._pool import check_timeout, length_hint
 from ._progress import track
+from ._spawn import spawn
 from ._task import describe
 from .auto import AutoMap, Decision, environment_override
 from .errors import TaskTimeout, WaitTimeout
-from .spawn import spawn
 
 R = TypeVar("R")
 

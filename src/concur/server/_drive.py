@@ -2,27 +2,77 @@
 
 ``drive`` is the blocking loop (thread, process and prefork models): recv →
 ``session.feed`` → sendall, with the idle timeout as the socket timeout.
-``Connection`` is the event-loop twin (async and hybrid models), an asyncio
-protocol; the hybrid model gives it an ``Offload`` so that a handler which
-blocks runs on a thread instead of stalling the loop.
-
+Its event-loop twin is ``_loop.Connection`` (async and hybrid models).
 Both end with one log line per connection: peer, duration, messages, and how
 it ended.
+
+This module imports neither threading nor logging: the master of the
+process model and its children use it, and a process without threading
+forks with a fraction of the page faults (threading's at-fork hooks touch
+pages that the fork then has to copy). ``log`` writes to the
+``concur.server`` logger, or, in those processes, straight to the caller.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..threads import ThreadPool
-from .protocol import Reply, Session
+from .protocol import Session
 
-log = logging.getLogger("concur.server")
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40  # the logging module's levels
+
+
+class Log:
+    """The few Logger methods concur.server uses.
+
+    By default each call goes to ``logging.getLogger("concur.server")``
+    (imported on first use). ``to_events(emit, level)`` sends records at or
+    above ``level`` to ``emit(level, text)`` instead, without logging.
+    """
+
+    def __init__(self) -> None:
+        self._emit: Callable[[int, str], None] | None = None
+        self._level = INFO
+
+    def to_events(self, emit: Callable[[int, str], None], level: int) -> None:
+        self._emit, self._level = emit, level
+
+    def log(self, level: int, msg: str, *args: Any, exc_info: Any = None) -> None:
+        if self._emit is None:
+            import logging
+
+            logging.getLogger("concur.server").log(level, msg, *args, exc_info=exc_info)
+            return
+        if level < self._level:
+            return
+        text = msg % args if args else msg
+        if exc_info:
+            import traceback
+
+            if isinstance(exc_info, BaseException):
+                lines = traceback.format_exception(exc_info)
+            else:
+                lines = traceback.format_exc().splitlines(keepends=True)
+            text += "\n" + "".join(lines).rstrip()
+        self._emit(level, text)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.log(INFO, msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self.log(WARNING, msg, *args)
+
+    def error(self, msg: str, *args: Any, exc_info: Any = None) -> None:
+        self.log(ERROR, msg, *args, exc_info=exc_info)
+
+    def exception(self, msg: str, *args: Any) -> None:
+        self.log(ERROR, msg, *args, exc_info=True)
+
+
+log = Log()
 
 BUSY = b"busy: too many connections; try again later\n"
 READ_SIZE = 64 * 1024
@@ -108,255 +158,14 @@ def drive(
     return how
 
 
-class Offload:
-    """Run ``session.feed`` on the loop while it is quick, on threads once it is not.
-
-    The event loop must never wait on a handler that blocks. Every call is
-    timed: on the threads, a streak of calls under ``QUICK`` seconds moves
-    the handler onto the loop (no thread hand-off: the fastest path); on the
-    loop, one call over ``QUICK`` sends it back to the threads and doubles
-    the streak needed to return. A handler that blocks now and then thus
-    stalls the loop for a vanishing share of its calls.
-    """
-
-    QUICK = 0.002
-    STREAK = 32
-
-    def __init__(self, threads: int) -> None:
-        # concur's own pool: daemon threads, so a handler that never returns
-        # cannot hold the interpreter at exit (ThreadPoolExecutor's would)
-        self.pool = ThreadPool(threads, thread_name_prefix="concur-server-handler")
-        self.inline = False
-        self._streak = 0
-        self._needed = self.STREAK
-
-    def ran_inline(self, seconds: float) -> None:
-        if seconds > self.QUICK:
-            self.inline = False
-            self._streak = 0
-            self._needed = min(self._needed * 2, 1 << 20)
-
-    def ran_in_pool(self, seconds: float) -> None:
-        if seconds < self.QUICK:
-            self._streak += 1
-            self.inline = self._streak >= self._needed
-        else:
-            self._streak = 0
-
-    def close(self, join: float = 0.0) -> None:
-        """Stop the pool; wait up to ``join`` s for handlers still running
-        (a handler that never returns is left behind, not waited on)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + join
-        for slot in list(self.pool._slots.values()):
-            slot.thread.join(max(deadline - time.monotonic(), 0))
+BACKOFF = 0.1
+_backoff_logged = 0.0
 
 
-class Connection(asyncio.Protocol):
-    """One connection on an event loop (the async and hybrid models).
-
-    A protocol, not streams: ``data_received`` feeds the session and writes
-    the reply with no coroutine or task per message. The idle timeout is one
-    timer per connection that re-arms itself from the time of the last read,
-    so a message costs no timer work at all. When the client stops reading,
-    the connection stops reading too (``pause_writing``), so a slow reader
-    cannot make the server buffer without bound. With an ``Offload``, a slow
-    handler runs on a thread while reading is paused, which keeps replies
-    in order.
-    """
-
-    def __init__(self, server: LoopServer) -> None:
-        self.server = server
-        self.loop = server.loop
-        self.transport: asyncio.Transport | None = None
-        self.session: Session | None = None
-        self.peer = "?"
-        self.started = time.monotonic()
-        self.last = self.loop.time()
-        self.how = "client closed"
-        self.timer: asyncio.TimerHandle | None = None
-        self.admitted = False
-        self.feeding = False  # a handler call is running on a thread
-        self.backlog: list[bytes] = []
-        self.write_paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.peer = peer_name(transport.get_extra_info("peername"))
-        if not self.server.admit(self):
-            transport.write(BUSY)
-            transport.close()
-            return
-        self.admitted = True
-        try:
-            self.session = self.server.handler(self.peer)
-        except Exception:
-            self.fail()
-            return
-        self.timer = self.loop.call_later(self.server.idle_timeout, self.check_idle)
-
-    def check_idle(self) -> None:
-        idle_for = self.loop.time() - self.last
-        if idle_for >= self.server.idle_timeout and not self.feeding:
-            self.end("idle timeout")
-        else:
-            self.timer = self.loop.call_later(
-                max(self.server.idle_timeout - idle_for, 0.001), self.check_idle
-            )
-
-    def data_received(self, data: bytes) -> None:
-        self.last = self.loop.time()
-        if self.feeding or self.session is None:
-            self.backlog.append(data)
-            return
-        offload = self.server.offload
-        if offload is None:
-            self.feed(data)
-        elif offload.inline:
-            started = time.perf_counter()
-            self.feed(data)
-            offload.ran_inline(time.perf_counter() - started)
-        else:
-            self.feed_on_thread(offload, data)
-
-    def feed(self, data: bytes) -> None:
-        assert self.session is not None
-        try:
-            reply = self.session.feed(data)
-        except Exception:
-            self.fail()
-            return
-        self.send(reply)
-
-    def send(self, reply: Reply) -> None:
-        assert self.transport is not None
-        if reply.data:
-            self.transport.write(reply.data)
-        if reply.close:
-            self.end("session ended")
-
-    def feed_on_thread(self, offload: Offload, data: bytes) -> None:
-        assert self.session is not None
-        assert self.transport is not None
-        self.feeding = True
-        self.transport.pause_reading()
-        future = self.loop.run_in_executor(offload.pool, _timed, self.session.feed, data)
-
-        def done(fut: asyncio.Future[tuple[Reply, float]]) -> None:
-            self.feeding = False
-            if self.transport is None or self.transport.is_closing() or fut.cancelled():
-                return
-            error = fut.exception()
-            if error is not None:
-                self.fail(error)
-                return
-            reply, seconds = fut.result()
-            offload.ran_in_pool(seconds)
-            self.send(reply)
-            if self.transport.is_closing():
-                return
-            if not self.write_paused:
-                self.transport.resume_reading()
-            if self.backlog:
-                pending = b"".join(self.backlog)
-                self.backlog.clear()
-                self.data_received(pending)
-
-        future.add_done_callback(done)
-
-    def fail(self, error: BaseException | None = None) -> None:
-        exc_info = (type(error), error, error.__traceback__) if error is not None else True
-        log.error("the session for %s failed; closing its connection", self.peer, exc_info=exc_info)
-        self.end("handler failed")
-
-    def end(self, how: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.how = how
-            self.transport.close()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.transport is not None and not self.feeding:
-            self.transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if not self.admitted:
-            return
-        if exc is not None and self.how == "client closed":
-            self.how = f"socket error: {exc}"
-        end_session(self.session, self.peer)
-        self.server.release(self)
-        logline(self.peer, self.started, self.session, self.how)
-
-
-def _timed(feed: Callable[[bytes], Reply], data: bytes) -> tuple[Reply, float]:
-    """The handler's own time on its thread, without the queueing around it."""
-    started = time.perf_counter()
-    reply = feed(data)
-    return reply, time.perf_counter() - started
-
-
-class LoopServer:
-    """What the connections of one event loop share: the handler, the limits,
-    the open connections, and (hybrid) the thread pool for slow handlers."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        handler: Callable[[str], Session],
-        idle_timeout: float,
-        admit: Callable[[Connection], bool],
-        release: Callable[[Connection], None],
-        offload: Offload | None = None,
-    ) -> None:
-        self.loop = loop
-        self.handler = handler
-        self.idle_timeout = idle_timeout
-        self.offload = offload
-        self._admit = admit
-        self._release = release
-        self.open: set[Connection] = set()
-        self.server: asyncio.AbstractServer | None = None
-
-    def admit(self, conn: Connection) -> bool:
-        if not self._admit(conn):
-            return False
-        self.open.add(conn)
-        return True
-
-    def release(self, conn: Connection) -> None:
-        self.open.discard(conn)
-        self._release(conn)
-
-    async def start(self, sock: socket.socket) -> None:
-        self.server = await self.loop.create_server(
-            lambda: Connection(self), sock=sock, backlog=1024
-        )
-
-    async def stop(self, grace: float, join: float = 0.0) -> None:
-        """Stop accepting; let sessions finish for ``grace`` s; close the rest."""
-        if self.server is not None:
-            self.server.close()
-        deadline = time.monotonic() + grace
-        while self.open and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        self.close_all()
-        while self.open and time.monotonic() < deadline + 5:
-            await asyncio.sleep(0.01)
-        if self.offload is not None:
-            self.offload.close(join)
-
-    def close_all(self) -> None:
-        for conn in list(self.open):
-            conn.end("closed by server")
+def back_off(exc: OSError) -> None:
+    """An accept failed (out of file descriptors, say): log it once a second."""
+    global _backoff_logged
+    now = time.monotonic()
+    if now - _backoff_logged > 1.0:
+        _backoff_logged = now
+        log.warning("accept failed (%s); backing off %.1f s", exc.strerror or exc, BACKOFF)

@@ -35,10 +35,8 @@ tracebacks, appear where the user configured logging.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
-import logging
 import mmap
 import os
 import select
@@ -51,27 +49,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._supervise import _libc, _set_pdeathsig, _set_title
-from ._drive import LoopServer, Offload, drive, log, peer_name, refuse
-from .models import BACKOFF, back_off
+from .._proc import _libc, _set_pdeathsig, _set_title
+from ._drive import BACKOFF, back_off, drive, log, peer_name, refuse
 from .protocol import Session
 
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-class EventHandler(logging.Handler):
-    """Log records as datagrams to the caller (one record, one datagram)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self.sock = sock
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)[:60_000]
-            send(self.sock, {"t": "log", "level": record.levelno, "msg": text})
-        except Exception:  # the caller is gone; nothing to tell
-            pass
 
 
 def send(sock: socket.socket, event: dict[str, Any]) -> None:
@@ -85,10 +67,31 @@ def _read_setup() -> dict[str, Any]:
     stdin = sys.stdin.buffer
     sys.path[:] = json.loads(stdin.readline())
     size = int(stdin.readline())
-    import cloudpickle
+    # cloudpickle wrote it; plain pickle reads it, importing cloudpickle only
+    # if the handler was pickled by value (a lambda, a class from __main__)
+    import pickle
 
-    setup: dict[str, Any] = cloudpickle.loads(stdin.read(size))
+    setup: dict[str, Any] = pickle.loads(stdin.read(size))
     return setup
+
+
+def _forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
+    """Send the records of these loggers (asyncio's, in a hybrid worker) to
+    the caller too. Imports logging, so only where threads run anyway."""
+    import logging
+
+    class EventHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                text = self.format(record)[:60_000]
+                send(events, {"t": "log", "level": record.levelno, "msg": text})
+            except Exception:  # the caller is gone; nothing to tell
+                pass
+
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [EventHandler()]
+        logger.propagate = False
 
 
 class Master:
@@ -114,6 +117,7 @@ class Master:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.state_r, self.state_w = os.pipe()  # process/prefork: busy / free reports
+        self.devnull = os.open(os.devnull, os.O_RDONLY)  # each child's stdin
         os.set_blocking(self.state_r, False)
         self.busy: dict[int, bool] = {}  # process/prefork worker pid -> serving
         self.slots: dict[int, int] = {}  # hybrid worker pid -> its slot in counts
@@ -277,19 +281,25 @@ class Master:
             os._exit(code)
 
     def after_fork(self, name: str) -> None:
+        """A new child lets go of the master's wake-ups, pipes and stdin.
+
+        Kept short: every page it touches is one the kernel copies, once per
+        connection in the process model. The stop signals stay blocked (and
+        the master's handlers in place) until the child sets its own.
+        """
         _set_pdeathsig()  # the master is single-threaded: this follows the master
         if os.getppid() != self.pid:
             os._exit(0)
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        self.sel.close()
-        for fd in (self.wake_r, self.wake_w, self.state_r):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (self.sel.fileno(), self.wake_r, self.wake_w, self.state_r):
             os.close(fd)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        _set_title(f"{name} (concur server {self.model}, master {self.pid})", name)
+        os.dup2(self.devnull, 0)  # the caller's lifeline stays the master's alone
+        os.close(self.devnull)
+        # One-shot session processes get the kernel name only (what concur ps
+        # reads); the full title rewrites the command line's pages.
+        full = self.model != "process"
+        _set_title(f"{name} (concur server {self.model}, master {self.pid})", name, full)
 
     def fork_worker(self) -> None:
         name = "concur-session" if self.model == "process" else "concur-prefork"
@@ -331,11 +341,11 @@ class Master:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, close_now)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ)
-        sel.register(wake_r, selectors.EVENT_READ)
+        poller = select.poll()  # no selector object: fewer pages touched per child
+        poller.register(self.listener.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
         while True:
-            sel.select()
+            poller.poll()
             _drain(wake_r)
             if state.stopping:  # set by a signal handler, which the wakeup fd reports
                 break
@@ -349,7 +359,6 @@ class Master:
             peer = peer_name(address)
             os.write(self.state_w, _state_record(me, True, peer))
             if one_shot:
-                sel.close()
                 self.listener.close()
             state.conn = conn
             drive(conn, peer, self.handler, self.idle_timeout, state.is_closing, say_free)
@@ -359,9 +368,16 @@ class Master:
 
     def hybrid_worker(self, slot: int) -> None:
         """An event loop for the connections, threads for handlers that block."""
+        import asyncio
+
+        _forward_logs(self.events, ("asyncio",))  # its own accept back-off
         asyncio.run(self._hybrid(slot))
 
     async def _hybrid(self, slot: int) -> None:
+        import asyncio
+
+        from ._loop import LoopServer, Offload
+
         loop = asyncio.get_running_loop()
         open_here = 0
 
@@ -521,15 +537,13 @@ def _kill(pid: int, sig: int) -> None:
 def main() -> int:
     _libc()  # loaded once here, not in every child
     events = socket.socket(fileno=int(sys.argv[1]))
-    logger = logging.getLogger("concur.server")
-    for name in ("concur.server", "asyncio"):  # asyncio reports its own accept back-off
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [EventHandler(events)]
-        logger.propagate = False
-    logger = logging.getLogger("concur.server")
+
+    def emit(level: int, text: str) -> None:
+        send(events, {"t": "log", "level": level, "msg": text[:60_000]})
+
     try:
         setup = _read_setup()
-        logger.setLevel(setup["log_level"])
+        log.to_events(emit, setup["log_level"])
         _set_title(f"concur-server ({setup['model']} model)", "concur-server")
         master = Master(setup, events)
     except Exception as exc:

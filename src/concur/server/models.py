@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import resource
 import signal
@@ -35,8 +36,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._drive import LoopServer, Offload, drive, log, peer_name, refuse
-from .protocol import Session, TextSession, UppercaseSession
+from ._drive import BACKOFF, back_off, drive, peer_name, refuse
+from ._loop import LoopServer, Offload
+from .protocol import MaxMessage, Session, UppercaseSession
+
+log = logging.getLogger("concur.server")
 
 MODELS = ("thread", "async", "process", "prefork", "hybrid")
 DEFAULT_MODEL = "async"
@@ -65,20 +69,6 @@ def raise_open_files_limit() -> tuple[int, int]:
             return soft, soft
         return soft, target
     return soft, soft
-
-
-class MaxMessage:
-    """Wrap a handler so its TextSessions refuse lines over ``limit`` characters."""
-
-    def __init__(self, handler: Callable[[str], Session], limit: int) -> None:
-        self.handler = handler
-        self.limit = limit
-
-    def __call__(self, peer: str) -> Session:
-        session = self.handler(peer)
-        if isinstance(session, TextSession):
-            session.max_message = self.limit
-        return session
 
 
 class Server:
@@ -364,19 +354,6 @@ class MasterServer(Server):
             pass
         self._reader.join(5)
         self._events.close()
-
-
-BACKOFF = 0.1
-_backoff_logged = 0.0
-
-
-def back_off(exc: OSError) -> None:
-    """An accept failed (out of file descriptors, say): log it once a second."""
-    global _backoff_logged
-    now = time.monotonic()
-    if now - _backoff_logged > 1.0:
-        _backoff_logged = now
-        log.warning("accept failed (%s); backing off %.1f s", exc.strerror or exc, BACKOFF)
 
 
 def start(

@@ -24,6 +24,7 @@ uppercased (Unicode-aware: "straße" → "STRASSE"); a message that is exactly
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_MAX_MESSAGE = 64 * 1024
@@ -112,3 +113,17 @@ class UppercaseSession(TextSession):
         if text == "q":
             return "q", True
         return text.upper(), False
+
+
+class MaxMessage:
+    """Wrap a handler so its TextSessions refuse lines over ``limit`` characters."""
+
+    def __init__(self, handler: Callable[[str], Session], limit: int) -> None:
+        self.handler = handler
+        self.limit = limit
+
+    def __call__(self, peer: str) -> Session:
+        session = self.handler(peer)
+        if isinstance(session, TextSession):
+            session.max_message = self.limit
+        return session

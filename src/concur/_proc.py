@@ -1,0 +1,81 @@
+"""Process facts set through the kernel: the parent-death signal and the name.
+
+Kept apart from ``_supervise`` so that a process which must stay lean (a
+server's master, whose forks are cheaper without threading's at-fork hooks)
+can use them without importing threading.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+
+@functools.cache
+def _libc() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _set_pdeathsig() -> None:
+    libc = _libc()
+    if libc is not None:
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)  # type: ignore[attr-defined]
+
+
+def _set_title(title: str, short: str, full: bool = True) -> None:
+    """A readable name in ``ps`` and ``top``: the kernel's process name
+    (``PR_SET_NAME``, what ``ps -o comm`` and ``top`` show) and, with the
+    optional setproctitle and ``full``, the whole command line."""
+    setter = _title_setter() if full else None
+    if setter is not None:
+        setter(title)  # it sets the kernel name too; ours follows
+    libc = _libc()
+    if libc is not None:
+        pr_set_name = 15
+        libc.prctl(pr_set_name, short.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _title_setter() -> Callable[[str], None] | None:
+    """setproctitle's C function, or None when it is not installed.
+
+    Loaded from its extension module directly: the package's ``__init__``
+    imports logging, and with it threading, which a lean process (a
+    server's master) must not load.
+    """
+    import importlib.machinery
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("setproctitle")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_setproctitle" + suffix)
+            if not os.path.exists(path):
+                continue
+            name = "setproctitle._setproctitle"
+            loader = importlib.machinery.ExtensionFileLoader(name, path)
+            found = importlib.util.spec_from_file_location(name, path, loader=loader)
+            if found is None:
+                return None
+            try:
+                module = importlib.util.module_from_spec(found)
+                loader.exec_module(module)
+            except ImportError:
+                return None
+            setter: Callable[[str], None] = module.setproctitle
+            return setter
+    return None
