@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -126,6 +127,20 @@ def test_a_busy_loop_goes_to_processes():
     assert results == [1_500_000] * 12
     assert results.decision.backend == "process"
     assert results.decision.workers == concur.processes.cpu_count()
+
+
+BLOCK = b"x" * (8 << 20)
+
+
+def digest(_):
+    return hashlib.sha256(BLOCK).hexdigest()  # C code that releases the GIL
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to run in parallel")
+def test_computing_that_releases_the_gil_goes_to_threads():
+    results = concur.map(digest, range(30))
+    assert results == [hashlib.sha256(BLOCK).hexdigest()] * 30
+    assert results.decision.backend == "thread"
 
 
 def test_a_trivial_function_runs_inline():

@@ -558,6 +558,7 @@ class AutoMap(Iterator[Any]):
         """Item 0 is still running after PROBE_WAIT_S: waiting or computing?"""
         self._transfer = _transfer_cost(self._as_args(first)[0], None)
         window = PROBE_WAIT_S
+        gil_tested = False
         while True:
             elapsed = time.perf_counter() - wall0
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
@@ -569,12 +570,19 @@ class AutoMap(Iterator[Any]):
                 m = self._measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
                 self._adopt(choose(m, self._left()))
                 return
-            # Computing for at least ``elapsed`` (or ready to compute, on a
-            # machine too busy to run it): would even that justify processes?
-            if busy >= WAITING:
-                lower_bound = self._measure(elapsed, used, 1)
-                if choose(lower_bound, self._left()).backend == "process":
-                    break
+            left = self._left()
+            work_left = elapsed * (1_000_000 if left is None else left)
+            if busy >= WAITING and work_left >= PROCESS_START_S:
+                # Computing, and enough of it for parallel work to matter.
+                if not gil_tested:
+                    self._utilization = self._gil_test()
+                    gil_tested = True
+                # Only a lower bound so far: act on it when even that pays for
+                # workers; inline is decided from a finished item.
+                verdict = choose(self._measure(elapsed, used, 1), left)
+                if verdict.backend != "inline":
+                    self._adopt(verdict)
+                    return
             window *= 2
             if wait([probe], timeout=window)[0]:
                 outcomes, wall, cpu = probe.result()
@@ -586,20 +594,18 @@ class AutoMap(Iterator[Any]):
                 self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
                 self._adopt(choose(self._measure(wall, cpu, 1), self._left()))
                 return
-        # Computing. A second thread shows whether the work releases the GIL.
-        second = self._take_items(1)
-        if second:
-            wall1, cpu1 = time.perf_counter(), time.process_time()
-            other = self._thread_pool().submit(
-                _task.run_chunk, self._fn, self._as_args(second), False
-            )
-            self._inflight.append((other, 1, "probe"))
-            probes.append(other)
-            wait([probe, other], timeout=PROBE_WAIT_S, return_when=FIRST_COMPLETED)
-            span = time.perf_counter() - wall1
-            self._utilization = (time.process_time() - cpu1) / max(span, 1e-9)
-        m = self._measure(elapsed, used, 1)
-        self._adopt(choose(m, self._left()))
+
+    def _gil_test(self) -> float:
+        """Process CPU per wall second while a thread of ours spins in Python
+        beside the computing probe for PROBE_WAIT_S.
+
+        Well over one CPU means the item ran while the spinner held the GIL:
+        it releases the GIL. (A spinner, not a second item: an item that holds
+        the GIL would run on a thread here long after processes took the rest.)
+        """
+        wall1, cpu1 = time.perf_counter(), time.process_time()
+        self._thread_pool().submit(_spin_until, wall1 + PROBE_WAIT_S).result()
+        return (time.process_time() - cpu1) / max(time.perf_counter() - wall1, 1e-9)
 
     def _probe_tiny(self, first: list[Any], result: ChunkResult) -> None:
         outcomes, wall, cpu = result
@@ -891,6 +897,13 @@ class AutoMap(Iterator[Any]):
             self.close()
         except Exception:
             pass
+
+
+def _spin_until(deadline: float) -> None:
+    """Hold the GIL, computing in Python, until ``deadline`` (perf_counter)."""
+    clock = time.perf_counter
+    while clock() < deadline:
+        pass
 
 
 def _release_when_done(hold: _gil.Hold, futures: list[Future[Any]]) -> None:
