@@ -75,6 +75,7 @@ def fail_on(x, bad):
 
 
 def test_map_keeps_order_and_chunks_small_items(pool):
+    assert (pool.max_workers, pool.local) == (2, False)  # joined the module's cluster
     assert list(pool.map(square, range(1000))) == [x * x for x in range(1000)]
     deadline = time.monotonic() + 5  # the cluster forgets results once they are here
     while pool.client.who_has() and time.monotonic() < deadline:
@@ -188,7 +189,7 @@ def test_concur_map_cli_with_a_scheduler(cluster, tmp_path):
 def test_an_embedded_local_cluster_starts_and_leaves_nothing_behind(cluster):
     before = dask_workers()  # the module's cluster
     with concur.DaskPool(n_workers=2) as pool:
-        assert pool._max_workers == 2
+        assert (pool.max_workers, pool.local) == (2, True)
         assert len(dask_workers() - before) == 2
         assert sum(pool.map(square, range(100))) == sum(x * x for x in range(100))
     deadline = time.monotonic() + 10

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._pool import check_timeout, length_hint
 from ._progress import track
@@ -36,6 +36,9 @@ from ._spawn import spawn
 from ._task import describe
 from .auto import AutoMap, Decision, environment_override
 from .errors import TaskTimeout, WaitTimeout
+
+if TYPE_CHECKING:
+    from .dask_pool import DaskPool
 
 R = TypeVar("R")
 
@@ -216,7 +219,7 @@ def run(
 # -- backend="dask" -----------------------------------------------------------
 
 
-def _dask_pool(workers: int | None) -> Any:
+def _dask_pool(workers: int | None) -> DaskPool:
     import os
 
     from .dask_pool import DaskPool
@@ -226,13 +229,13 @@ def _dask_pool(workers: int | None) -> Any:
     return DaskPool()
 
 
-def _dask_decision(pool: Any) -> Decision:
-    where = "a local cluster" if pool._cluster is not None else f"the cluster at {pool.address}"
+def _dask_decision(pool: DaskPool) -> Decision:
+    where = "a local cluster" if pool.local else f"the cluster at {pool.address}"
     return Decision(
         "dask",
-        pool._max_workers,
+        pool.max_workers,
         0,
-        f"backend='dask' given: {pool._max_workers} worker threads on {where}; "
+        f"backend='dask' given: {pool.max_workers} worker threads on {where}; "
         "chunks sized from measured time",
         source="given",
     )

@@ -179,6 +179,16 @@ class DaskPool(_pool.PoolBase):
         """The ``distributed.Client`` underneath, for what Dask offers beyond this API."""
         return self._client
 
+    @property
+    def max_workers(self) -> int:
+        """Worker threads in the cluster when the pool was made (its ``nthreads``)."""
+        return self._max_workers
+
+    @property
+    def local(self) -> bool:
+        """Whether the pool started (and will close) a local cluster of its own."""
+        return self._cluster is not None
+
     def _submit_with(
         self,
         options: _pool.TaskOptions,
