@@ -129,7 +129,7 @@ def test_a_busy_loop_goes_to_processes():
     assert results.decision.workers == concur.processes.cpu_count()
 
 
-BLOCK = b"x" * (8 << 20)
+BLOCK = b"x" * (32 << 20)
 
 
 def digest(_):
@@ -137,10 +137,13 @@ def digest(_):
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to run in parallel")
-def test_computing_that_releases_the_gil_goes_to_threads():
-    results = concur.map(digest, range(30))
-    assert results == [hashlib.sha256(BLOCK).hexdigest()] * 30
-    assert results.decision.backend == "thread"
+def test_computing_that_releases_the_gil_runs_in_parallel():
+    # Threads when the 2 ms GIL test is conclusive; on a host that starves
+    # one of the two threads during it, auto cannot tell and uses processes,
+    # which are parallel too. Never inline: that would waste the second core.
+    results = concur.map(digest, range(16))
+    assert results == [hashlib.sha256(BLOCK).hexdigest()] * 16
+    assert results.decision.backend in ("thread", "process")
 
 
 def test_a_trivial_function_runs_inline():

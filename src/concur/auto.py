@@ -366,8 +366,8 @@ class _ThreadClock:
                 stat = handle.read()
         except OSError:
             return None
-        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-        return state in (b"S", b"D")
+        after_name = stat.rfind(b")") + 2  # the name may hold spaces and brackets
+        return stat[after_name : after_name + 1] in (b"S", b"D")
 
 
 class _Done(Future[ChunkResult]):
@@ -541,11 +541,14 @@ class AutoMap(Iterator[Any]):
             fast.release()
             self._probe_tiny(first, probe.result())
             return
-        probes = [probe]
+        computing = True
         try:
-            self._probe_long(first, probe, clock, wall0, probes)
+            computing = self._probe_long(first, probe, clock, wall0)
         finally:
-            _release_when_done(fast, probes)
+            if computing:
+                probe.add_done_callback(lambda _: fast.release())
+            else:
+                fast.release()
 
     def _probe_long(
         self,
@@ -553,12 +556,11 @@ class AutoMap(Iterator[Any]):
         probe: Future[Any],
         clock: _ThreadClock,
         wall0: float,
-        probes: list[Future[Any]],
-    ) -> None:
-        """Item 0 is still running after PROBE_WAIT_S: waiting or computing?"""
+    ) -> bool:
+        """Item 0 is still running after PROBE_WAIT_S: waiting or computing?
+        Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
         self._transfer = _transfer_cost(self._as_args(first)[0], None)
         window = PROBE_WAIT_S
-        gil_tested = False
         while True:
             elapsed = time.perf_counter() - wall0
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
@@ -566,23 +568,25 @@ class AutoMap(Iterator[Any]):
             if busy < WAITING and clock.sleeping() is not False:
                 # Waiting, for an unknown time yet: the ratio measured so far is
                 # only a lower bound, so start as many threads as allowed.
-                del probes[:]  # a waiting probe holds no GIL
                 m = self._measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
                 self._adopt(choose(m, self._left()))
-                return
+                return False
             left = self._left()
             work_left = elapsed * (1_000_000 if left is None else left)
             if busy >= WAITING and work_left >= PROCESS_START_S:
                 # Computing, and enough of it for parallel work to matter.
-                if not gil_tested:
-                    self._utilization = self._gil_test()
-                    gil_tested = True
+                if self._utilization is None:
+                    self._utilization = self._gil_test(probe, clock)
                 # Only a lower bound so far: act on it when even that pays for
-                # workers; inline is decided from a finished item.
-                verdict = choose(self._measure(elapsed, used, 1), left)
-                if verdict.backend != "inline":
+                # processes, or for threads because the GIL is released. Any
+                # other verdict waits for the finished item (a bound measured
+                # beside the spinner understates the CPU share).
+                m = self._measure(elapsed, used, 1)
+                verdict = choose(m, left)
+                known = self._utilization is not None  # else: test again at the next look
+                if known and (verdict.backend == "process" or _gil_free(m)):
                     self._adopt(verdict)
-                    return
+                    return True
             window *= 2
             if wait([probe], timeout=window)[0]:
                 outcomes, wall, cpu = probe.result()
@@ -590,22 +594,35 @@ class AutoMap(Iterator[Any]):
                     # It finished without being seen to wait: one item on a
                     # busy machine proves nothing; time a few more inline.
                     self._probe_tiny(first, (outcomes, wall, cpu))
-                    return
+                    return False
                 self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
                 self._adopt(choose(self._measure(wall, cpu, 1), self._left()))
-                return
+                return False
 
-    def _gil_test(self) -> float:
-        """Process CPU per wall second while a thread of ours spins in Python
-        beside the computing probe for PROBE_WAIT_S.
+    def _gil_test(self, probe: Future[Any], clock: _ThreadClock) -> float | None:
+        """CPU seconds per wall second of this thread and the probe's together,
+        while this thread computes in Python beside the running probe for up to
+        PROBE_WAIT_S; None if the probe ended too soon to tell.
 
-        Well over one CPU means the item ran while the spinner held the GIL:
-        it releases the GIL. (A spinner, not a second item: an item that holds
-        the GIL would run on a thread here long after processes took the rest.)
+        Well over one CPU means the item ran while this thread held the GIL:
+        it releases the GIL. Each thread's own CPU clock is read, not the
+        process's: Linux updates the process clock for a thread running on
+        another core only at the next tick, which a 2 ms window can miss.
+        (This thread spins, not a second item on a thread: an item that holds
+        the GIL would run here long after processes took the rest.)
         """
-        wall1, cpu1 = time.perf_counter(), time.process_time()
-        self._thread_pool().submit(_spin_until, wall1 + PROBE_WAIT_S).result()
-        return (time.process_time() - cpu1) / max(time.perf_counter() - wall1, 1e-9)
+        now_wall, own_cpu = time.perf_counter, time.thread_time
+        wall0, mine0, probe0 = now_wall(), own_cpu(), clock.used()
+        now, deadline = wall0, wall0 + PROBE_WAIT_S
+        while now < deadline and not probe.done():
+            now = now_wall()
+        span, mine, theirs = now - wall0, own_cpu() - mine0, clock.used() - probe0
+        # Too short, or one of the two hardly ran (the probe ending and waiting
+        # for the GIL to return; either thread not scheduled on a busy host):
+        # nothing to tell from. Sharing the GIL, each gets about half.
+        if span < PROBE_WAIT_S / 2 or clock.clock is None or min(mine, theirs) < 0.25 * span:
+            return None
+        return (mine + theirs) / span
 
     def _probe_tiny(self, first: list[Any], result: ChunkResult) -> None:
         outcomes, wall, cpu = result
@@ -789,8 +806,8 @@ class AutoMap(Iterator[Any]):
             self._blocks.append(_Block([value for _, value in outcomes], raw=True))
         else:
             self._blocks.append(_Block(outcomes, raw=False))
-        # Inline chunks were observed as they ran; probe items were measured by
-        # the probe (and two of them contend for the GIL on purpose).
+        # Inline chunks were observed as they ran; the probe item was measured
+        # by the probe (beside a spinner that contends for the GIL on purpose).
         if backend not in ("inline", "probe"):
             self._observe(count, wall, cpu, backend)
 
@@ -897,32 +914,6 @@ class AutoMap(Iterator[Any]):
             self.close()
         except Exception:
             pass
-
-
-def _spin_until(deadline: float) -> None:
-    """Hold the GIL, computing in Python, until ``deadline`` (perf_counter)."""
-    clock = time.perf_counter
-    while clock() < deadline:
-        pass
-
-
-def _release_when_done(hold: _gil.Hold, futures: list[Future[Any]]) -> None:
-    """Release ``hold`` once every one of ``futures`` is done (now, if none)."""
-    if not futures:
-        hold.release()
-        return
-    pending = [len(futures)]
-    lock = threading.Lock()
-
-    def ended(_: Future[Any]) -> None:
-        with lock:
-            pending[0] -= 1
-            if pending[0]:
-                return
-        hold.release()
-
-    for future in futures:
-        future.add_done_callback(ended)
 
 
 def _value(outcome: _task.Outcome) -> Any:
