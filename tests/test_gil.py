@@ -85,5 +85,20 @@ def spin(n):
 def test_auto_probing_computing_work_restores_the_interval():
     results = concur.map(spin, [1_000_000] * 16)
     assert results == [1_000_000] * 16
-    assert results.decision.backend == "process"
+    assert results.decision.backend != "inline"  # the probe computed long enough to matter
     assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_long_first_task_does_not_keep_the_interval_short():
+    with concur.ProcessPool(1) as pool:
+        future = pool.submit(time.sleep, 2.0)
+        started = time.monotonic()
+        while sys.getswitchinterval() != pytest.approx(_gil.FAST_SWITCH_S):
+            assert time.monotonic() - started < 1.0, "the worker start never shortened it"
+            time.sleep(0.001)
+        while sys.getswitchinterval() != pytest.approx(0.005) and time.monotonic() - started < 1.5:
+            time.sleep(0.01)
+        restored_after = time.monotonic() - started
+        assert not future.done()  # restored while the first task still runs
+        assert restored_after < 1.5
+        future.result(timeout=30)

@@ -561,11 +561,16 @@ class AutoMap(Iterator[Any]):
         Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
         self._transfer = _transfer_cost(self._as_args(first)[0], None)
         window = PROBE_WAIT_S
+        states_seen: set[bool] = set()  # blocked (True) or runnable (False) at a look
+        gil_tests = 0
         while True:
             elapsed = time.perf_counter() - wall0
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
             busy = used / max(elapsed, 1e-9)
-            if busy < WAITING and clock.sleeping() is not False:
+            blocked = clock.sleeping()
+            if blocked is not None:
+                states_seen.add(blocked)
+            if busy < WAITING and blocked is not False:
                 # Waiting, for an unknown time yet: the ratio measured so far is
                 # only a lower bound, so start as many threads as allowed.
                 m = self._measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
@@ -573,9 +578,11 @@ class AutoMap(Iterator[Any]):
                 return False
             left = self._left()
             work_left = elapsed * (1_000_000 if left is None else left)
-            if busy >= WAITING and work_left >= PROCESS_START_S:
+            # Computing, or ready to compute on a host too busy to run it
+            if (busy >= WAITING or blocked is False) and work_left >= PROCESS_START_S:
                 # Computing, and enough of it for parallel work to matter.
-                if self._utilization is None:
+                if self._utilization is None and gil_tests < 2:  # each costs the probe CPU
+                    gil_tests += 1
                     self._utilization = self._gil_test(probe, clock)
                 # Only a lower bound so far: act on it when even that pays for
                 # processes, or for threads because the GIL is released. Any
@@ -583,14 +590,19 @@ class AutoMap(Iterator[Any]):
                 # beside the spinner understates the CPU share).
                 m = self._measure(elapsed, used, 1)
                 verdict = choose(m, left)
-                known = self._utilization is not None  # else: test again at the next look
+                known = self._utilization is not None  # else: maybe test at the next look
                 if known and (verdict.backend == "process" or _gil_free(m)):
                     self._adopt(verdict)
                     return True
             window *= 2
             if wait([probe], timeout=window)[0]:
                 outcomes, wall, cpu = probe.result()
-                if cpu < WAITING * wall:
+                if states_seen == {False}:
+                    # Runnable at every look, never blocked: the time it did
+                    # not run was the host's (other work on the cores), not
+                    # waiting; an estimate must not count it as waiting.
+                    cpu = wall
+                elif cpu < WAITING * wall:
                     # It finished without being seen to wait: one item on a
                     # busy machine proves nothing; time a few more inline.
                     self._probe_tiny(first, (outcomes, wall, cpu))
@@ -617,12 +629,19 @@ class AutoMap(Iterator[Any]):
         while now < deadline and not probe.done():
             now = now_wall()
         span, mine, theirs = now - wall0, own_cpu() - mine0, clock.used() - probe0
-        # Too short, or one of the two hardly ran (the probe ending and waiting
-        # for the GIL to return; either thread not scheduled on a busy host):
-        # nothing to tell from. Sharing the GIL, each gets about half.
-        if span < PROBE_WAIT_S / 2 or clock.clock is None or min(mine, theirs) < 0.25 * span:
+        if span < PROBE_WAIT_S / 2 or clock.clock is None:
             return None
-        return (mine + theirs) / span
+        least = min(mine, theirs) / span
+        # Sharing the GIL, each thread gets about half the window; without it,
+        # both run through it. Only both running through proves the GIL free
+        # (one clock read late cannot); one that hardly ran (the probe ending
+        # and waiting for the GIL to return, a thread not scheduled on a busy
+        # host) tells nothing.
+        if least >= 0.75:
+            return (mine + theirs) / span
+        if least >= 0.25:
+            return min(1.0, (mine + theirs) / span)
+        return None
 
     def _probe_tiny(self, first: list[Any], result: ChunkResult) -> None:
         outcomes, wall, cpu = result

@@ -113,6 +113,9 @@ def _preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
         ctx.set_forkserver_preload([*modules, "concur._worker"])
 
 
+FAST_START_S = 0.5  # longest the switch interval stays short for a worker start
+
+
 class _Task:
     __slots__ = ("chunk", "deadline", "fn", "future", "id", "payload", "retries", "timeout")
 
@@ -219,6 +222,7 @@ class _Core:
         self.selector.register(self.wake_r, selectors.EVENT_READ, (_WAKE, None))
         self.fast: _gil.Hold | None = None  # a shorter switch interval, while starting
         self.first_due: set[int] = set()  # new workers whose first reply has not come
+        self.fast_until = 0.0  # ... but the short interval ends by then at the latest
 
     # -- called from any thread ---------------------------------------------
 
@@ -358,9 +362,10 @@ class _Core:
                     self.on_reply(worker)
                 for worker in exits:
                     self.on_exit(worker)
-                if self.first_due:
+                if self.fast is not None:
                     for worker in (*replies, *exits):
                         self.started(worker.pid)
+                    self.started(None)  # or its time is up
                 self.enforce_deadlines()
         except BaseException as exc:  # a bug in concur: fail loudly, leave no child
             self.break_pool(
@@ -388,6 +393,8 @@ class _Core:
                 for w in self.workers.values()
             ]
         due = [t for t in times if t is not None]
+        if self.fast is not None:
+            due.append(self.fast_until)
         return None if not due else max(0.0, min(due) - time.monotonic())
 
     def enforce_deadlines(self) -> None:
@@ -435,6 +442,7 @@ class _Core:
         # the switch interval while the caller's threads compute (see _gil).
         if self.fast is None:
             self.fast = _gil.Hold()
+        self.fast_until = time.monotonic() + FAST_START_S
         while self.wants_worker():
             worker = self.start_worker()
             with self.lock:
@@ -454,6 +462,8 @@ class _Core:
         switch interval goes back to the caller's."""
         if pid is not None:
             self.first_due.discard(pid)
+        if self.fast is not None and time.monotonic() >= self.fast_until:
+            self.first_due.clear()  # a first task that runs long keeps no one waiting
         if not self.first_due and self.fast is not None:
             self.fast.release()
             self.fast = None
