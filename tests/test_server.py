@@ -302,3 +302,15 @@ def test_the_process_models_master_stays_free_of_threading():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_server_log_records_name_their_call_site(caplog):
+    from concur.server._drive import log
+
+    def reports_trouble():
+        log.warning("trouble %d", 7)
+
+    with caplog.at_level(logging.WARNING, logger="concur.server"):
+        reports_trouble()
+    record = caplog.records[-1]
+    assert (record.getMessage(), record.funcName) == ("trouble 7", "reports_trouble")

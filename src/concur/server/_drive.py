@@ -22,7 +22,7 @@ from typing import Any
 
 from .protocol import Session
 
-DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40  # the logging module's levels
+INFO, WARNING, ERROR = 20, 30, 40  # the logging module's levels
 
 
 class Log:
@@ -40,11 +40,15 @@ class Log:
     def to_events(self, emit: Callable[[int, str], None], level: int) -> None:
         self._emit, self._level = emit, level
 
-    def log(self, level: int, msg: str, *args: Any, exc_info: Any = None) -> None:
+    def log(
+        self, level: int, msg: str, *args: Any, exc_info: Any = None, stacklevel: int = 1
+    ) -> None:
         if self._emit is None:
             import logging
 
-            logging.getLogger("concur.server").log(level, msg, *args, exc_info=exc_info)
+            logging.getLogger("concur.server").log(
+                level, msg, *args, exc_info=exc_info, stacklevel=stacklevel + 1
+            )  # the record names the caller's function and line, not this one
             return
         if level < self._level:
             return
@@ -60,16 +64,16 @@ class Log:
         self._emit(level, text)
 
     def info(self, msg: str, *args: Any) -> None:
-        self.log(INFO, msg, *args)
+        self.log(INFO, msg, *args, stacklevel=2)
 
     def warning(self, msg: str, *args: Any) -> None:
-        self.log(WARNING, msg, *args)
+        self.log(WARNING, msg, *args, stacklevel=2)
 
     def error(self, msg: str, *args: Any, exc_info: Any = None) -> None:
-        self.log(ERROR, msg, *args, exc_info=exc_info)
+        self.log(ERROR, msg, *args, exc_info=exc_info, stacklevel=2)
 
     def exception(self, msg: str, *args: Any) -> None:
-        self.log(ERROR, msg, *args, exc_info=True)
+        self.log(ERROR, msg, *args, exc_info=True, stacklevel=2)
 
 
 log = Log()
