@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
 import sys
 import threading
 import time
@@ -12,6 +13,16 @@ import psutil
 import pytest
 
 START_METHODS = ["fork", "forkserver", "spawn"]
+
+
+def concur_ps(*args: str) -> subprocess.CompletedProcess[str]:
+    """``concur ps ARGS`` run to its end in a subprocess (60 s at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "concur", "ps", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _service_pids() -> set[int]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import concur_ps
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -100,21 +102,11 @@ def test_zombie_made_reaped_and_shown_by_concur_ps():
         assert "its state is now: zombie" in first
         zombie = int(re.search(r"child (\d+) exited", first).group(1))
         assert "holding" in proc.stdout.readline()
-        shown = subprocess.run(
-            [sys.executable, "-m", "concur", "ps", str(proc.pid), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        shown = concur_ps(str(proc.pid), "--json")
         rows = {row["pid"]: row for row in json.loads(shown.stdout)}
         assert rows[zombie]["flags"] == ["zombie"]
         assert "wait" in rows[zombie]["notes"][0]
-        text = subprocess.run(
-            [sys.executable, "-m", "concur", "ps", str(proc.pid)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        text = concur_ps(str(proc.pid)).stdout
         assert "zombie: it has exited" in text
     finally:
         proc.kill()
@@ -142,12 +134,7 @@ def test_orphan_adopted_and_shown_by_concur_ps():
         first = proc.stdout.readline()
         orphan = int(re.search(r"its child (\d+) now has parent", first).group(1))
         assert "holding" in proc.stdout.readline()
-        shown = subprocess.run(
-            [sys.executable, "-m", "concur", "ps", str(orphan), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        shown = concur_ps(str(orphan), "--json")
         (row,) = json.loads(shown.stdout)
         assert row["flags"] == ["orphan"]
         assert "adopted" in row["notes"][0]

@@ -9,6 +9,8 @@ import sys
 import textwrap
 import time
 
+from conftest import concur_ps
+
 PROGRAM = textwrap.dedent(
     """
     import time, concur
@@ -34,12 +36,7 @@ def test_concur_ps_finds_programs_and_shows_what_workers_run(tmp_path):
     try:
         assert program.stdout.readline().strip() == "ready"
         time.sleep(0.3)
-        shown = subprocess.run(
-            [sys.executable, "-m", "concur", "ps", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        shown = concur_ps("--json")
         assert shown.returncode == 0, shown.stderr
         rows = json.loads(shown.stdout)
         roots = [row for row in rows if row["pid"] == program.pid]
@@ -49,12 +46,7 @@ def test_concur_ps_finds_programs_and_shows_what_workers_run(tmp_path):
         assert len(mine) == 2
         assert all(w["running_for"] > 0.2 and w["state"] == "sleeping" for w in mine)
         assert all(w["rss"] > 0 and w["threads"] >= 1 for w in mine)
-        table = subprocess.run(
-            [sys.executable, "-m", "concur", "ps", str(program.pid)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        table = concur_ps(str(program.pid)).stdout
         assert "pool worker" in table and "fork server" in table and "long_task for" in table
     finally:
         program.kill()
@@ -77,12 +69,7 @@ def test_concur_ps_watch_refreshes_until_ctrl_c():
 
 
 def test_concur_ps_says_when_a_pid_does_not_exist():
-    done = subprocess.run(
-        [sys.executable, "-m", "concur", "ps", "999999999"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = concur_ps("999999999")
     assert done.returncode == 2
     assert "no process has pid 999999999" in done.stderr
 
@@ -113,12 +100,7 @@ def test_concur_ps_measures_cpu_of_a_busy_worker(tmp_path):
     program = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert program.stdout.readline().strip() == "ready"
-        shown = subprocess.run(
-            [sys.executable, "-m", "concur", "ps", str(program.pid), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        shown = concur_ps(str(program.pid), "--json")
         (worker,) = [row for row in json.loads(shown.stdout) if row["role"] == "pool worker"]
         assert worker["task"].endswith("spin")
         assert worker["cpu_percent"] > 30  # a spinning worker, measured over 0.2 s
