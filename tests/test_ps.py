@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 from conftest import concur_ps
 
@@ -29,12 +31,25 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def test_concur_ps_finds_programs_and_shows_what_workers_run(tmp_path):
+@contextlib.contextmanager
+def running(tmp_path, code: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``code`` as a script until it prints "ready"; kill it afterwards."""
     script = tmp_path / "program.py"
-    script.write_text(PROGRAM)
+    script.write_text(code)
     program = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
+        assert program.stdout is not None
         assert program.stdout.readline().strip() == "ready"
+        yield program
+    finally:
+        program.kill()
+        program.wait()
+        if program.stdout is not None:
+            program.stdout.close()
+
+
+def test_concur_ps_finds_programs_and_shows_what_workers_run(tmp_path):
+    with running(tmp_path, PROGRAM) as program:
         time.sleep(0.3)
         shown = concur_ps("--json")
         assert shown.returncode == 0, shown.stderr
@@ -48,10 +63,6 @@ def test_concur_ps_finds_programs_and_shows_what_workers_run(tmp_path):
         assert all(w["rss"] > 0 and w["threads"] >= 1 for w in mine)
         table = concur_ps(str(program.pid)).stdout
         assert "pool worker" in table and "fork server" in table and "long_task for" in table
-    finally:
-        program.kill()
-        program.wait()
-        program.stdout.close()
 
 
 def test_concur_ps_watch_refreshes_until_ctrl_c():
@@ -95,16 +106,8 @@ SPINNER = textwrap.dedent(
 
 
 def test_concur_ps_measures_cpu_of_a_busy_worker(tmp_path):
-    script = tmp_path / "spinner.py"
-    script.write_text(SPINNER)
-    program = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert program.stdout.readline().strip() == "ready"
+    with running(tmp_path, SPINNER) as program:
         shown = concur_ps(str(program.pid), "--json")
         (worker,) = [row for row in json.loads(shown.stdout) if row["role"] == "pool worker"]
         assert worker["task"].endswith("spin")
         assert worker["cpu_percent"] > 30  # a spinning worker, measured over 0.2 s
-    finally:
-        program.kill()
-        program.wait()
-        program.stdout.close()
