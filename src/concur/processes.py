@@ -363,9 +363,8 @@ class _Core:
                 for worker in exits:
                     self.on_exit(worker)
                 if self.fast is not None:
-                    for worker in (*replies, *exits):
-                        self.started(worker.pid)
-                    self.started(None)  # or its time is up
+                    self.first_due.difference_update(w.pid for w in (*replies, *exits))
+                    self.started()
                 self.enforce_deadlines()
         except BaseException as exc:  # a bug in concur: fail loudly, leave no child
             self.break_pool(
@@ -374,7 +373,7 @@ class _Core:
             raise
         finally:
             self.first_due.clear()
-            self.started(None)
+            self.started()
             self.stop_workers()
             self.close_fds()
 
@@ -455,13 +454,11 @@ class _Core:
             if task is not None:
                 self.first_due.add(worker.pid)
                 self.send(worker, task)
-        self.started(None)
+        self.started()
 
-    def started(self, pid: int | None) -> None:
-        """Note a new worker's first reply (or death); once none is due, the
+    def started(self) -> None:
+        """Once no new worker's first reply is due (or its time is up), the
         switch interval goes back to the caller's."""
-        if pid is not None:
-            self.first_due.discard(pid)
         if self.fast is not None and time.monotonic() >= self.fast_until:
             self.first_due.clear()  # a first task that runs long keeps no one waiting
         if not self.first_due and self.fast is not None:
