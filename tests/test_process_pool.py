@@ -97,18 +97,36 @@ def test_unpicklable_result_fails_that_task_only(pool):
 class OddError(Exception):
     def __init__(self, a, b):  # pickle rebuilds it with one argument: that fails
         super().__init__(f"{a}/{b}")
+        self.b = b
 
 
 def _raise_odd():
     raise OddError(1, 2)
 
 
-def test_exception_that_cannot_be_rebuilt_arrives_as_remote_error(pool):
-    with pytest.raises(concur.RemoteError) as info:
+def test_exception_whose_init_takes_other_arguments_keeps_its_type(pool):
+    with pytest.raises(OddError) as info:
         pool.submit(_raise_odd).result(timeout=30)
-    assert info.value.type_name.endswith("OddError")
-    assert "1/2" in info.value.message
-    assert "_raise_odd" in info.value.traceback
+    assert str(info.value) == "1/2"
+    assert info.value.b == 2
+    assert "_raise_odd" in str(info.value.__cause__)
+
+
+def _raise_from_a_module_only_the_worker_has(folder):
+    sys.path.insert(0, folder)
+    import worker_only_errors
+
+    raise worker_only_errors.LocalError("from the worker")
+
+
+def test_exception_that_cannot_be_rebuilt_arrives_as_remote_error(pool, tmp_path):
+    (tmp_path / "worker_only_errors.py").write_text("class LocalError(Exception):\n    pass\n")
+    with pytest.raises(concur.RemoteError) as info:
+        pool.submit(_raise_from_a_module_only_the_worker_has, str(tmp_path)).result(timeout=30)
+    assert info.value.type_name == "worker_only_errors.LocalError"
+    assert info.value.message == "from the worker"
+    assert "ModuleNotFoundError" in str(info.value)  # the real reason, not a guess
+    assert "_raise_from_a_module_only_the_worker_has" in info.value.traceback
 
 
 def test_max_tasks_per_child_replaces_workers(start_method):
@@ -151,14 +169,32 @@ def test_functions_defined_in_main_work_under_spawn(tmp_path):
     assert out.stdout.split() == ["[0,", "3,", "6,", "9]", "42"]
 
 
-def test_main_guard_missing_gives_a_short_clear_error(tmp_path):
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_script_without_a_main_guard_works(tmp_path, method):
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import concur\n"
-        "pool = concur.ProcessPool(1, mp_context='spawn')\n"
+        f"pool = concur.ProcessPool(1, mp_context={method!r})\n"
         "print(pool.submit(abs, -3).result(timeout=20))\n"
         "pool.shutdown()\n"
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert "MainGuardMissing" in out.stderr
+    assert (out.returncode, out.stdout, out.stderr) == (0, "3\n", "")
+
+
+def test_main_guard_missing_gives_a_short_clear_error(tmp_path):
+    # multiprocessing itself still re-runs the main module in a spawned child:
+    # a pool made at its top level then starts in every child.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import multiprocessing, concur\n"
+        "pool = concur.ProcessPool(1)\n"
+        "child = multiprocessing.get_context('spawn').Process(target=print)\n"
+        "child.start(); child.join()\n"
+        "print(child.exitcode)\n"
+        "pool.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "78\n"  # the child said why and left; once, not in a loop
+    assert out.stderr.count("was started while a child process was importing the main") == 1
     assert 'if __name__ == "__main__":' in out.stderr

@@ -235,16 +235,3 @@ def test_a_process_spawned_from_a_short_lived_thread_survives_it(start_method):
 def _nap_then_pid(seconds):
     time.sleep(seconds)
     return os.getpid()
-
-
-def test_main_guard_missing_is_reported_under_forkserver_too(tmp_path):
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        "import concur\n"
-        "pool = concur.ProcessPool(1, mp_context='forkserver')\n"
-        "print(pool.submit(abs, -3).result(timeout=20))\n"
-    )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    assert "MainGuardMissing" in out.stderr
-    assert 'if __name__ == "__main__":' in out.stderr

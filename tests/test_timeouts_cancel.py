@@ -107,7 +107,7 @@ def test_cancel_of_a_finished_task_is_refused():
 def test_workers_report_what_they_run():
     with concur.ProcessPool(2) as pool:
         future = pool.submit(sleeper, 30)
-        wait_until(future.running)
+        wait_until(lambda: any(w.state == "busy" for w in pool.workers()))  # started and ready
         time.sleep(0.05)
         busy = [w for w in pool.workers() if w.state == "busy"]
         assert len(busy) == 1

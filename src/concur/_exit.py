@@ -4,15 +4,26 @@
 hooks before non-daemon threads are joined and before ``atexit`` handlers, so
 a pool can still finish its queued work and then stop its workers cleanly.
 Pools are held weakly: registering one does not keep it alive.
+
+A program that dies of Ctrl-C prints its traceback, then runs these hooks
+(which stop the pools' workers). A second press in that moment would
+interrupt the shutdown and print a second traceback, so once a
+KeyboardInterrupt reaches the top of a script (not an interactive session),
+further presses are ignored: the program is already ending.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
+_exiting = False
 _hooks: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -22,7 +33,14 @@ def register_exit_hook(obj: Any, hook: Callable[[Any], None]) -> None:
         _hooks[obj] = hook
 
 
+def exiting() -> bool:
+    """True once the interpreter started its exit (the hooks ran)."""
+    return _exiting
+
+
 def _run_hooks() -> None:
+    global _exiting
+    _exiting = True
     with _lock:
         items = list(_hooks.items())
     for obj, hook in items:
@@ -41,3 +59,22 @@ else:  # pragma: no cover - every supported CPython has it
     import atexit
 
     atexit.register(_run_hooks)
+
+
+def _wrap_excepthook() -> None:
+    previous = sys.excepthook
+
+    def excepthook(
+        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
+        interactive = hasattr(sys, "ps1") or sys.flags.interactive
+        main = threading.current_thread() is threading.main_thread()
+        if issubclass(exc_type, KeyboardInterrupt) and main and not interactive:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+
+
+_wrap_excepthook()

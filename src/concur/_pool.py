@@ -18,19 +18,25 @@ one at a time so the workers stay balanced.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, InvalidStateError, wait
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _task
+
+FUTURES_LOG = logging.getLogger("concurrent.futures")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -81,10 +87,24 @@ class RunningFuture(Future[Any]):
     """A Future whose ``cancel()`` also stops a task that is already running.
 
     The pool sets ``_stop``: a callable that stops the task where it runs
-    (kills its worker process) and returns True if it did.
+    (kills its worker process) and returns True if it did; it is dropped
+    once the future is done, with everything it held.
+
+    Done-callbacks run in the pool's own threads. One that raises, even
+    ``SystemExit``, is logged on the ``concurrent.futures`` logger, as the
+    standard library logs an ``Exception``, and costs nothing else: the
+    thread that settled the future goes on serving the pool.
     """
 
     _stop: Callable[[], bool] | None = None
+
+    def _invoke_callbacks(self) -> None:
+        self._stop = None
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except BaseException:
+                FUTURES_LOG.exception("exception calling callback for %r", self)
 
     def cancel(self) -> bool:
         if super().cancel():
@@ -99,7 +119,7 @@ class RunningFuture(Future[Any]):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True
 
 
@@ -129,6 +149,45 @@ def settle_outcome(future: Future[Any], outcome: _task.Outcome) -> None:
         settle(future, error=value)
     else:
         settle(future, error=_task.unpack_exception(value))
+
+
+# Presses this soon after the one concur handled count as the same press.
+_DEBOUNCE_S = 0.5
+_handled_at = 0.0
+
+
+def _debounced(sig: int, frame: FrameType | None) -> None:
+    if time.monotonic() - _handled_at >= _DEBOUNCE_S:
+        signal.default_int_handler(sig, frame)
+
+
+@contextlib.contextmanager
+def ignoring_ctrl_c() -> Iterator[None]:
+    """Ignore further Ctrl-C while the cleanup after one runs (main thread only).
+
+    A second press a moment after the first would otherwise interrupt the
+    cancelling and killing, leave work running, and print a second
+    traceback chained to the first. Presses in the half second after the
+    cleanup are ignored too (a double press is one press); after that,
+    Ctrl-C raises KeyboardInterrupt again. A handler the program installed
+    itself is put back as it was.
+    """
+    global _handled_at
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        if previous in (signal.default_int_handler, _debounced):
+            _handled_at = time.monotonic()
+            previous = _debounced
+        signal.signal(signal.SIGINT, previous)
 
 
 def dying_of_interrupt() -> bool:
@@ -227,19 +286,26 @@ class PoolBase(Executor):
     ) -> None:
         # One Ctrl-C stops everything: no waiting for the queue to drain.
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self._abort()
+            with ignoring_ctrl_c():
+                self._abort()
         else:
             self.shutdown(wait=True)
 
     def _exit_hook(self) -> None:
         if dying_of_interrupt():
-            self._abort()
+            with ignoring_ctrl_c():
+                self._abort()
         else:
             self.shutdown(wait=True)
 
     def _prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         """Serialize the callable once per map/imap call (processes only)."""
         return None
+
+    def _chunks_allowed(self, options: TaskOptions) -> bool:
+        """Whether ``chunksize="auto"`` may batch items. Items with a time
+        limit go one by one, so each gets its own."""
+        return options.timeout is None
 
     # -- map ---------------------------------------------------------------
 
@@ -271,9 +337,11 @@ class PoolBase(Executor):
         end_time = None if timeout is None else time.monotonic() + timeout
         items = list(zip(*iterables, strict=False))
         if chunksize == "auto":
-            # Items with a time limit go one by one, so each gets its own.
-            one_by_one = options.timeout is not None
-            size = 1 if one_by_one else static_chunksize(len(items), self._max_workers)
+            size = (
+                static_chunksize(len(items), self._max_workers)
+                if self._chunks_allowed(options)
+                else 1
+            )
         else:
             size = ChunkSizer(chunksize, self._max_workers, self._kind).next_size(None)
         fn_blob = self._prepare_fn(fn) if items else None
@@ -316,8 +384,8 @@ class PoolBase(Executor):
         return_exceptions: bool,
         max_inflight: int | None,
     ) -> Iterator[R]:
-        if chunksize == "auto" and options.timeout is not None:
-            chunksize = 1  # items with a time limit go one by one
+        if chunksize == "auto" and not self._chunks_allowed(options):
+            chunksize = 1
         sizer = ChunkSizer(chunksize, self._max_workers, self._kind)
         limit = max_inflight if max_inflight is not None else 2 * self._max_workers
         if limit < 1:
@@ -391,7 +459,10 @@ def cancel_all(futures: Iterable[Future[Any]], running_too: bool) -> None:
 
 
 def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> Iterator[Any]:
+    """Yield each chunk's values in order, letting go of each as it is yielded
+    (a result the caller dropped is freed, as with the standard library)."""
     pending = deque(futures)
+    del futures
     interrupted = False
     try:
         while pending:
@@ -401,10 +472,15 @@ def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> 
                 interrupted = True
                 raise
             pending.popleft()
-            for outcome in outcomes:
-                yield _task.resolve(outcome)
+            outcomes.reverse()
+            while outcomes:
+                yield _task.resolve(outcomes.pop())
     finally:
-        cancel_all(pending, running_too=interrupted)
+        if interrupted:
+            with ignoring_ctrl_c():
+                cancel_all(pending, running_too=True)
+        else:
+            cancel_all(pending, running_too=False)
 
 
 class _Stream(Iterator[Any]):
@@ -448,7 +524,8 @@ class _Stream(Iterator[Any]):
             try:
                 self._collect()
             except KeyboardInterrupt:
-                self.close(running_too=True)
+                with ignoring_ctrl_c():
+                    self.close(running_too=True)
                 raise
         status, value = self._ready.popleft()
         if status == _task.OK:

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
-from . import _pool, _supervise, _task
+from . import _namespace, _pool, _supervise, _task
 from .errors import ThreadNotKillable, WaitTimeout, WorkerCrashed, WorkerStateError
 from .processes import ProcessPool, get_context
 from .threads import ThreadPool
@@ -60,6 +60,7 @@ class Worker:
         self.kind = kind
         self._outcome: Any = _NO_OUTCOME
         self._reader: Connection | None = None
+        self._stopped_by: str | None = None  # "kill()" or "terminate()", once called
         if kind == "process":
             self._start_process(fn, args, kwargs, name, daemon, mp_context)
         else:
@@ -92,7 +93,8 @@ class Worker:
             daemon=daemon,
         )
         try:
-            process.start()
+            with _supervise.starting_without_main():
+                process.start()
         finally:
             writer.close()
             lifeline.close()
@@ -214,7 +216,10 @@ class Worker:
         if self._outcome is _NO_OUTCOME:
             if self.exitcode == _supervise.MAIN_GUARD_EXIT:
                 raise _supervise.main_guard_error("concur.spawn(kind='process')")
-            raise WorkerCrashed(self.pid, self.exitcode)
+            hint = None
+            if self._stopped_by is not None:
+                hint = f"You stopped it with {self._stopped_by}."
+            raise WorkerCrashed(self.pid, self.exitcode, hint=hint, in_pool=False)
         return _task.resolve(self._outcome)
 
     # -- stopping --------------------------------------------------------------
@@ -222,11 +227,13 @@ class Worker:
     def terminate(self) -> None:
         """Send SIGTERM to a process worker (threads cannot be stopped)."""
         self._only_process("terminate")
+        self._stopped_by = self._stopped_by or "terminate()"
         self._process.terminate()
 
     def kill(self) -> None:
         """Send SIGKILL to a process worker (threads cannot be stopped)."""
         self._only_process("kill")
+        self._stopped_by = "kill()"
         self._process.kill()
 
     def _only_process(self, action: str) -> None:
@@ -248,7 +255,7 @@ def _process_main(
 ) -> None:
     _supervise.child_setup(lifeline.fileno(), title, pdeathsig, short="concur-spawn")
     try:
-        _, _, fn, args, kwargs = _task.loads(payload)
+        fn, args, kwargs = _namespace.loads(memoryview(payload)[_task.TASK_HEAD.size :])
         outcome: _task.Outcome = (_task.OK, fn(*args, **kwargs))
     except BaseException as exc:
         outcome = (_task.ERR, _task.pack_exception(exc))

@@ -18,23 +18,53 @@ Child side (``child_setup``, first thing in a worker)
       thread cannot run (a C call holding the GIL);
     * SIGINT is ignored: Ctrl-C reaches the whole foreground process group,
       and it is the parent's job to stop the workers, without a traceback
-      from each of them.
+      from each of them. Workers are started from a thread that blocks
+      SIGINT, so a press while a child still boots (before it can ignore the
+      signal) stays pending and is then dropped, instead of printing a
+      traceback from the child or the fork server;
+    * a pool worker leads a process group of its own, so whatever a task
+      starts (``subprocess``, ``os.fork``) can be stopped with it: the parent
+      signals the group when it stops or reaps the worker, and a worker
+      that finds its parent gone takes its group down with it;
+    * a worker forked from the fork server drops its copy of the server's
+      "alive" pipe, which the server watches to know that concur's process
+      lives: a worker holding it would keep the server, and so itself
+      (through ``PR_SET_PDEATHSIG``), alive after the parent's death.
+
+Starting without the main module
+    Under spawn and forkserver, multiprocessing re-runs the parent's main
+    module in each child, so that functions pickled by reference resolve.
+    concur sends ``__main__``'s functions by value instead, so its workers
+    skip that: ``starting_without_main()`` drops the main module from the
+    preparation data of the processes concur starts. A script needs no main
+    guard for concur's sake, and a program read from stdin (no file to
+    re-run) can use processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing import process as mp_process
+from multiprocessing import spawn as mp_spawn
+from typing import Any
 
 from ._proc import _libc, _set_pdeathsig, _set_title, _title_setter
 from .errors import MainGuardMissing
 
-__all__ = ["check_not_bootstrapping", "child_setup", "lifeline_fd", "main_guard_error"]
+__all__ = [
+    "check_not_bootstrapping",
+    "child_setup",
+    "kill_group",
+    "lifeline_fd",
+    "main_guard_error",
+    "starting_without_main",
+]
 
 # Exit status of a worker that left because its parent is gone.
 ORPHAN_EXIT = 75
@@ -73,24 +103,55 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_lifeline_in_child)
 
 
-def child_setup(lifeline: int, title: str, pdeathsig: bool, short: str = "concur-worker") -> None:
+def child_setup(
+    lifeline: int,
+    title: str,
+    pdeathsig: bool,
+    short: str = "concur-worker",
+    own_group: bool = False,
+) -> None:
     """Tie this (child) process to its parent; see the module docstring.
 
     ``pdeathsig`` only when the thread that started the child lives as long
     as the parent process (a pool's supervisor, or the main thread).
     ``title`` names the process in ``ps`` when setproctitle is installed;
     ``short`` (15 bytes at most) is its kernel name either way.
+    ``own_group`` makes the child the leader of a new process group.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _drop_fork_server_link()
+    if own_group:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
     if pdeathsig:
         _set_pdeathsig()
     _set_title(title, short)
     if _at_eof(lifeline):  # the parent died before we got here
-        os._exit(ORPHAN_EXIT)
+        _orphaned()
     watcher = threading.Thread(
         target=_watch_lifeline, args=(lifeline,), name="concur-lifeline", daemon=True
     )
     watcher.start()
+
+
+def _drop_fork_server_link() -> None:
+    """Close the fork server's "alive" pipe inherited from the parent.
+
+    A child of the fork server receives the parent's write end of it (for
+    children of its own). Dropping it, and the server's address with it,
+    lets the server see the parent die; code in this process that uses
+    forkserver later gets a server of its own.
+    """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    for name in ("_forkserver_alive_fd", "_forkserver_address", "_forkserver_pid"):
+        setattr(server, name, None)
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -103,7 +164,26 @@ def _watch_lifeline(fd: int) -> None:
             break
         if not data:
             break
+    _orphaned()
+
+
+def _orphaned() -> None:
+    """The parent is gone: take this process's group (what its tasks
+    started) down with it, then leave."""
+    if os.getpgid(0) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpid(), signal.SIGKILL)
     os._exit(ORPHAN_EXIT)
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a worker's process group; nothing if it is already empty.
+
+    Call it only while the leader is unreaped or its group still has
+    members: the kernel does not reuse an id in use as a group id.
+    """
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, sig)
 
 
 def _at_eof(fd: int) -> bool:
@@ -161,3 +241,44 @@ def check_not_bootstrapping(what: str) -> None:
         sys.stderr.write(f"concur: {main_guard_error(what)}\n")
         sys.stderr.flush()
         os._exit(MAIN_GUARD_EXIT)
+
+
+_starting = threading.local()
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+
+
+def _preparation_data(name: str, _original: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    data = _original(name)
+    if getattr(_starting, "without_main", False):
+        for key in _MAIN_KEYS:
+            data.pop(key, None)
+    return data
+
+
+def _install_preparation_hook() -> None:
+    """Wrap ``multiprocessing.spawn.get_preparation_data`` once.
+
+    Spawn and forkserver launches look it up at start time; the wrapper
+    changes nothing except for processes started inside
+    ``starting_without_main()`` on this thread.
+    """
+    original = mp_spawn.get_preparation_data
+    if getattr(original, "_concur_wrapped", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        return _preparation_data(name, original)
+
+    get_preparation_data._concur_wrapped = True  # type: ignore[attr-defined]
+    mp_spawn.get_preparation_data = get_preparation_data
+
+
+@contextlib.contextmanager
+def starting_without_main() -> Iterator[None]:
+    """Processes started in this block (on this thread) skip re-running main."""
+    _install_preparation_hook()
+    _starting.without_main = True
+    try:
+        yield
+    finally:
+        _starting.without_main = False

@@ -6,12 +6,20 @@ else. The bytes then go to whichever worker is free (and again to a fresh one
 if the task is retried). Replies carry the outcome and the time the call took
 (wall and CPU), which the chunk sizer and the supervisor use.
 
-Wire format (each one ``Connection.send_bytes`` message, a pickle):
+Wire format: each message is one ``Connection.send_bytes`` frame, a fixed
+binary header and then a pickle. The header carries what the supervisor must
+know even when the pickle cannot be read (which task, whether the worker is
+retiring), so a bad payload costs its own task and nothing else.
 
-    caller → worker   (task_id, CALL,  fn, args, kwargs)
-                      (task_id, CHUNK, fn_blob, [args, ...])
-                      None                              → exit cleanly
-    worker → caller   (task_id, outcome, wall_s, cpu_s)
+    caller → worker   TASK_HEAD (kind, task_id) + body
+                      CALL   body: (fn, args, kwargs)
+                      CHUNK  body: (fn_blob, [args, ...])
+                      EXIT   no body: exit cleanly
+    worker → caller   REPLY_HEAD (kind, flags, task_id, wall_s, cpu_s) + body
+                      READY        no body: set-up and initializer done
+                      INIT_FAILED  body: packed exception of the initializer
+                      DONE         body: outcome of task_id (flags: RETIRING)
+                      LOG          body: a log record's attributes (_logs)
                       outcome: (OK, value) | (ERR, packed exception)
                                | (CHUNK_DONE, [outcome, ...])
 """
@@ -19,6 +27,7 @@ Wire format (each one ``Connection.send_bytes`` message, a pickle):
 from __future__ import annotations
 
 import pickle
+import struct
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -28,8 +37,14 @@ import cloudpickle
 
 from .errors import RemoteError, RemoteTraceback, SerializationError
 
-CALL = 0
-CHUNK = 1
+# Message kinds, caller → worker.
+CALL, CHUNK, EXIT = 1, 2, 3
+TASK_HEAD = struct.Struct("<Bq")
+# Message kinds, worker → caller, and the reply flags.
+READY, INIT_FAILED, DONE, LOG = 1, 2, 3, 4
+RETIRING = 1
+REPLY_HEAD = struct.Struct("<BBqdd")
+
 OK = 0
 ERR = 1  # value: a packed exception from another process
 RAISED = 2  # value: an exception object of this process
@@ -70,7 +85,14 @@ def describe(fn: object) -> str:
     return f"{module}.{name}" if module else str(name)
 
 
-def _explain(error: BaseException, what: str, obj: object) -> SerializationError:
+def inherited_only(error: BaseException) -> bool:
+    """True for multiprocessing's refusal to pickle a queue, lock or shared
+    value outside a process start ("... only be shared between processes
+    through inheritance")."""
+    return isinstance(error, RuntimeError) and "through inheritance" in str(error)
+
+
+def explain(error: BaseException, what: str, obj: object) -> SerializationError:
     text = repr(obj)
     if len(text) > 80:
         text = text[:77] + "..."
@@ -81,30 +103,34 @@ def _explain(error: BaseException, what: str, obj: object) -> SerializationError
     )
 
 
+def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
+    return TASK_HEAD.pack(kind, task_id) + body
+
+
 def serialize_call(
     task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> bytes:
     """The message for one call; raises SerializationError naming the culprit."""
     try:
-        return dumps((task_id, CALL, fn, args, kwargs))
+        return task_message(CALL, task_id, dumps((fn, args, kwargs)))
     except Exception as error:
         raise _culprit(error, fn, args, kwargs) from error
 
 
 def serialize_chunk(task_id: int, fn_blob: bytes, items: list[tuple[Any, ...]]) -> bytes:
     try:
-        return dumps((task_id, CHUNK, fn_blob, items))
+        return task_message(CHUNK, task_id, dumps((fn_blob, items)))
     except Exception as error:
         for args in items:
             _check_args(error, args, {})
-        raise _explain(error, "arguments", items) from error
+        raise explain(error, "arguments", items) from error
 
 
 def serialize_callable(fn: Callable[..., Any]) -> bytes:
     try:
         return dumps(fn)
     except Exception as error:
-        raise _explain(error, "callable", fn) from error
+        raise explain(error, "callable", fn) from error
 
 
 def _culprit(
@@ -113,12 +139,12 @@ def _culprit(
     try:
         dumps(fn)
     except Exception as inner:
-        return _explain(inner, "callable", fn)
+        return explain(inner, "callable", fn)
     try:
         _check_args(error, tuple(args), kwargs)
     except SerializationError as found:
         return found
-    return _explain(error, "call", fn)
+    return explain(error, "call", fn)
 
 
 def _check_args(error: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -126,15 +152,28 @@ def _check_args(error: Exception, args: tuple[Any, ...], kwargs: dict[str, Any])
         try:
             dumps(arg)
         except Exception as inner:
-            raise _explain(inner, f"argument {index}", arg) from inner
+            raise explain(inner, f"argument {index}", arg) from inner
     for key, value in kwargs.items():
         try:
             dumps(value)
         except Exception as inner:
-            raise _explain(inner, f"keyword argument {key!r}", value) from inner
+            raise explain(inner, f"keyword argument {key!r}", value) from inner
 
 
 # --- outcomes, packed in the worker and unpacked in the caller ---------------
+
+
+def safe_str(obj: object) -> str:
+    """``str(obj)``, or a note when its ``__str__`` itself raises."""
+    try:
+        return str(obj)
+    except Exception as err:
+        return f"<str() failed: {type(err).__name__}>"
+
+
+# Marks a pickle of (class, args, state) for an exception that cannot be
+# rebuilt the usual way (its __init__ takes other arguments than its args).
+_REBUILD = "concur-rebuild-exception"
 
 
 def pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -142,31 +181,64 @@ def pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc_type = type(exc)
     type_name = f"{exc_type.__module__}.{exc_type.__qualname__}"
+    return _exception_blob(exc), type_name, safe_str(exc), tb
+
+
+def _exception_blob(exc: BaseException) -> bytes | None:
+    """The exception pickled so the caller can rebuild it as its own type.
+
+    ``Exception.__reduce__`` rebuilds by calling the class with ``args``,
+    which fails for a class whose ``__init__`` takes other arguments
+    (``HTTPError(url, status)``); such an exception travels as its class,
+    args and attributes, and is rebuilt without calling ``__init__``.
+    """
     try:
-        blob: bytes | None = dumps(exc)
-    except Exception:
-        blob = None
-    return blob, type_name, str(exc), tb
+        blob = dumps(exc)
+        loads(blob)
+        return blob
+    except BaseException:
+        pass
+    for state in (dict(getattr(exc, "__dict__", {})), {}):
+        try:
+            return dumps((_REBUILD, type(exc), exc.args, state))
+        except BaseException:
+            continue
+    return None
 
 
 def unpack_exception(packed: tuple[bytes | None, str, str, str]) -> BaseException:
-    """Rebuild a worker's exception with its traceback as ``__cause__``."""
+    """Rebuild a worker's exception with its traceback as ``__cause__``.
+
+    Never raises: an exception whose unpickling fails here (its module is
+    missing, or its ``__reduce__`` raises, even ``SystemExit``) arrives as a
+    ``RemoteError`` that names the reason.
+    """
     blob, type_name, message, tb = packed
-    exc: BaseException
-    if blob is None:
-        exc = RemoteError(type_name, message, tb)
-    else:
+    exc: BaseException | None = None
+    why = "it could not be pickled in the worker"
+    if blob is not None:
         try:
-            exc = loads(blob)
-        except Exception:
-            exc = RemoteError(type_name, message, tb)
+            exc = _rebuild(loads(blob))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:
+            why = f"{type(err).__name__}: {safe_str(err)}"
+    if exc is None:
+        exc = RemoteError(type_name, message, tb, why)
     exc.__cause__ = RemoteTraceback(tb)
     return exc
 
 
-def pack_result(value: object) -> bytes:
-    """Pickle a reply; a result that cannot be pickled becomes an error reply."""
-    return dumps(value)
+def _rebuild(obj: Any) -> BaseException:
+    if isinstance(obj, BaseException):
+        return obj
+    if not (isinstance(obj, tuple) and len(obj) == 4 and obj[0] == _REBUILD):
+        raise TypeError(f"not an exception: {type(obj).__name__}")
+    _, cls, args, state = obj
+    exc: BaseException = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def resolve(outcome: Outcome) -> Any:

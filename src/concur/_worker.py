@@ -3,40 +3,127 @@
     parent ─task pipe─► unpickle ─► fn(*args) ─► pickle ─result pipe─► parent
 
 One task at a time, so the parent always knows which task a worker holds.
-Nothing here talks to other workers. A reply says whether the worker is about
-to retire (``max_tasks_per_child`` reached, or its RSS above
-``max_memory_per_child`` after the task), so the parent sends it no more work
-and starts a replacement.
+Nothing here talks to other workers. The worker first says READY (its set-up
+and initializer are done; a death before that is the start's fault, not a
+task's), then answers each task with a DONE message whose header names the
+task and says whether the worker is about to retire (``max_tasks_per_child``
+items run, or its RSS above ``max_memory_per_child`` after the task), so the
+parent sends it no more work and starts a replacement. Log records go up
+the same pipe (``_logs``), under a lock, since any thread may log.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _supervise, _task
+from . import _logs, _namespace, _supervise, _task
 from .errors import SerializationError
 from .ps import own_rss
 
-INIT_FAILED = -1
+
+@dataclass(frozen=True)
+class Settings:
+    """What a worker is told when it starts (besides its pipes)."""
+
+    title: str
+    max_tasks: int | None
+    max_memory: int | None
+    log_levels: _logs.Levels | None  # None: leave logging alone
+
+
+class Initializer:
+    """The pool's initializer and its arguments, handed to each new worker.
+
+    It travels as an argument of the worker process, so multiprocessing
+    objects in ``initargs`` (queues, locks, ``Value``, manager proxies) are
+    passed the way ``ProcessPoolExecutor`` passes them: by inheritance under
+    fork, or pickled by multiprocessing while the process starts, the one
+    moment they may be. The callable, and arguments that allow it, go by
+    value like a task's (lambdas, ``__main__`` functions).
+    """
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        """Raises SerializationError now for what could never reach a worker."""
+        self.fn = fn
+        self.args = args
+        _task.serialize_callable(fn)
+        # Outside a process start, multiprocessing refuses to pickle its own
+        # objects: that tells which arguments must go its way. (During a
+        # start they would pickle, but plain pickle would copy raw fds.)
+        self.inherit = False
+        try:
+            _task.dumps(args)
+        except Exception as exc:
+            if not _task.inherited_only(exc):
+                raise _task.explain(exc, "initargs", args) from exc
+            self.inherit = True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args: Any = self.args if self.inherit else _task.dumps(self.args)
+        return (_load_initializer, (_task.dumps(self.fn), args))
+
+    def __call__(self) -> None:
+        self.fn(*self.args)
+
+
+def _load_initializer(fn_blob: bytes, args: Any) -> Initializer:
+    loaded = object.__new__(Initializer)
+    loaded.fn = _namespace.loads(fn_blob)
+    loaded.args = _namespace.loads(args) if isinstance(args, bytes) else args
+    loaded.inherit = False
+    return loaded
+
+
+class _Replies:
+    """The reply pipe, shared by the task loop and log records from any thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, kind: int, task_id: int = 0, body: bytes = b"", **times: Any) -> None:
+        flags = _task.RETIRING if times.get("retiring") else 0
+        head = _task.REPLY_HEAD.pack(
+            kind, flags, task_id, times.get("wall", 0.0), times.get("cpu", 0.0)
+        )
+        with self.lock:
+            self.conn.send_bytes(head + body)
+
+    def log(self, body: bytes) -> None:
+        self.send(_task.LOG, body=body)
 
 
 def main(
     tasks: Connection,
     results: Connection,
     lifeline: Connection,
-    title: str,
-    init_blob: bytes | None,
-    limits: tuple[int | None, int | None],
+    settings: Settings,
+    initializer: Initializer | None,
 ) -> None:
-    _supervise.child_setup(lifeline.fileno(), title, pdeathsig=True)
-    max_tasks, max_memory = limits
-    if init_blob is not None and not _run_initializer(init_blob, results):
-        return
+    _supervise.child_setup(lifeline.fileno(), settings.title, pdeathsig=True, own_group=True)
+    replies = _Replies(results)
+    if settings.log_levels is not None:
+        _logs.install(replies.log, settings.log_levels)
+    if initializer is not None:
+        try:
+            initializer()
+        except BaseException as exc:
+            outcome = (_task.ERR, _task.pack_exception(exc))
+            replies.send(_task.INIT_FAILED, body=_task.dumps(outcome))
+            return
+    replies.send(_task.READY)
+    _serve(tasks, replies, settings)
+
+
+def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
     done = 0
     cached: tuple[bytes | None, Any] = (None, None)
-    show = _supervise.task_titles(title)
+    show = _supervise.task_titles(settings.title)
     if show is not None:
         show(None, 0)
     while True:
@@ -44,39 +131,50 @@ def main(
             data = tasks.recv_bytes()
         except (EOFError, OSError):
             return
-        start_wall, start_cpu = time.perf_counter(), time.thread_time()
-        try:
-            message = _task.loads(data)
-        except Exception as exc:
-            _reply(results, -2, (_task.ERR, _unpickle_error(exc)), start_wall, start_cpu, False)
-            continue
-        if message is None:
+        kind, task_id = _task.TASK_HEAD.unpack_from(data)
+        if kind == _task.EXIT:
             return
-        task_id, kind = message[0], message[1]
-        if kind == _task.CALL:
-            if show is not None:
-                show(_task.describe(message[2]), task_id)
-            outcome = _call(message[2], message[3], message[4])
-        else:
-            try:
-                if cached[0] != message[2]:
-                    cached = (message[2], _task.loads(message[2]))
-            except Exception as exc:
-                outcome = (_task.ERR, _unpickle_error(exc))
-            else:
-                if show is not None:
-                    show(f"{_task.describe(cached[1])} ×{len(message[3])}", task_id)
-                outcomes, _, _ = _task.run_chunk(cached[1], message[3], pack=True)
-                outcome = (_task.CHUNK_DONE, outcomes)
-        done += 1
-        retiring = (max_tasks is not None and done >= max_tasks) or (
-            max_memory is not None and own_rss() > max_memory
+        start_wall, start_cpu = time.perf_counter(), time.thread_time()
+        body = memoryview(data)[_task.TASK_HEAD.size :]
+        outcome, items, cached = _run(kind, task_id, body, cached, show)
+        done += items
+        retiring = (settings.max_tasks is not None and done >= settings.max_tasks) or (
+            settings.max_memory is not None and own_rss() > settings.max_memory
         )
-        _reply(results, task_id, outcome, start_wall, start_cpu, retiring)
+        wall, cpu = time.perf_counter() - start_wall, time.thread_time() - start_cpu
+        replies.send(
+            _task.DONE, task_id, _pack_outcome(outcome), wall=wall, cpu=cpu, retiring=retiring
+        )
         if retiring:
             return
         if show is not None:
             show(None, task_id)
+
+
+def _run(
+    kind: int,
+    task_id: int,
+    body: memoryview,
+    cached: tuple[bytes | None, Any],
+    show: Callable[[str | None, int], None] | None,
+) -> tuple[_task.Outcome, int, tuple[bytes | None, Any]]:
+    """Run one CALL or CHUNK: (outcome, items run, the chunk function cache)."""
+    try:
+        message = _namespace.loads(body)
+        if kind == _task.CHUNK and cached[0] != message[0]:
+            cached = (message[0], _namespace.loads(message[0]))
+    except BaseException as exc:
+        return (_task.ERR, _unpickle_error(exc)), 1, cached
+    if kind == _task.CALL:
+        fn, args, kwargs = message
+        if show is not None:
+            show(_task.describe(fn), task_id)
+        return _call(fn, args, kwargs), 1, cached
+    items = message[1]
+    if show is not None:
+        show(f"{_task.describe(cached[1])} ×{len(items)}", task_id)
+    outcomes, _, _ = _task.run_chunk(cached[1], items, pack=True)
+    return (_task.CHUNK_DONE, outcomes), len(items), cached
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outcome:
@@ -86,43 +184,24 @@ def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outco
         return (_task.ERR, _task.pack_exception(exc))
 
 
-def _reply(
-    results: Connection,
-    task_id: int,
-    outcome: _task.Outcome,
-    start_wall: float,
-    start_cpu: float,
-    retiring: bool,
-) -> None:
-    wall, cpu = time.perf_counter() - start_wall, time.thread_time() - start_cpu
+def _pack_outcome(outcome: _task.Outcome) -> bytes:
+    """The outcome pickled; one that cannot be becomes an error for the task."""
     try:
-        data = _task.dumps((task_id, outcome, wall, cpu, retiring))
+        return _task.dumps(outcome)
     except Exception as exc:
-        what = "result" if outcome[0] == _task.OK else "exception"
+        what = "result" if outcome[0] != _task.ERR else "exception"
         error = SerializationError(
             f"the task's {what} could not be pickled to send it back: "
-            f"{type(exc).__name__}: {exc}. Return picklable data.",
+            f"{type(exc).__name__}: {_task.safe_str(exc)}. Return picklable data.",
             what=what,
         )
-        data = _task.dumps((task_id, (_task.ERR, _task.pack_exception(error)), wall, cpu, retiring))
-    results.send_bytes(data)
+        return _task.dumps((_task.ERR, _task.pack_exception(error)))
 
 
-def _unpickle_error(exc: Exception) -> tuple[bytes | None, str, str, str]:
+def _unpickle_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     error = SerializationError(
-        f"the worker could not unpickle the task: {type(exc).__name__}: {exc}. "
+        f"the worker could not unpickle the task: {type(exc).__name__}: {_task.safe_str(exc)}. "
         "Is the function or an argument's class defined in a module the worker can import?",
         what="task",
     )
     return _task.pack_exception(error)
-
-
-def _run_initializer(init_blob: bytes, results: Connection) -> bool:
-    try:
-        _, _, initializer, initargs, kwargs = _task.loads(init_blob)
-        initializer(*initargs, **kwargs)
-    except BaseException as exc:
-        outcome = (_task.ERR, _task.pack_exception(exc))
-        results.send_bytes(_task.dumps((INIT_FAILED, outcome, 0.0, 0.0, True)))
-        return False
-    return True

@@ -96,7 +96,9 @@ class Decision:
         if self.backend == "inline":
             return f"inline: {self.reason}"
         kind = {"thread": "threads", "dask": "Dask worker threads"}.get(self.backend, "processes")
-        return f"{self.workers} {kind}, chunks of {self.chunksize}: {self.reason}"
+        # 0: not chosen up front; the engine sizes chunks from measured time per item.
+        chunks = f"chunks of {self.chunksize}" if self.chunksize else "chunks sized as it runs"
+        return f"{self.workers} {kind}, {chunks}: {self.reason}"
 
 
 def choose(m: Measurements, remaining: int | None) -> Decision:
@@ -215,7 +217,8 @@ def forced(backend: str, source: str, workers: int | None = None) -> Decision:
         )
     cores = cpu_count()
     default = {"inline": 1, "thread": min(32, cores + 4), "process": cores}[backend]
-    return Decision(backend, workers or default, 0, f"set by {source}", source=source)
+    said = f"backend={backend!r}" if source == "backend=" else f"{source}={backend}"
+    return Decision(backend, workers or default, 0, f"set by {said}", source=source)
 
 
 def environment_override() -> str | None:
@@ -486,7 +489,8 @@ class AutoMap(Iterator[Any]):
                 raise StopIteration
             self._collect()
         except KeyboardInterrupt:
-            self.close(abort=True)
+            with _pool_base.ignoring_ctrl_c():
+                self.close(abort=True)
             raise
 
     def _resolve(self, outcome: _task.Outcome) -> Any:

@@ -10,10 +10,12 @@ Each error carries the facts as attributes and its message says what to do.
 
 from __future__ import annotations
 
+import os
 import pickle
 from concurrent import futures
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import _RemoteTraceback as _StdRemoteTraceback
 from concurrent.futures.thread import BrokenThreadPool
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "MainGuardMissing",
     "PoolBroken",
     "PoolClosed",
+    "PoolInherited",
     "ProcessPoolBroken",
     "RemoteError",
     "RemoteTraceback",
@@ -45,6 +48,22 @@ class MainGuardMissing(ConcurError, RuntimeError):
 
 class PoolClosed(ConcurError, RuntimeError):
     """A task was submitted to a pool that is shut down (or shutting down)."""
+
+
+class PoolInherited(ConcurError, RuntimeError):
+    """A pool was used in a process that inherited it through ``os.fork()``.
+
+    Its workers, pipes and threads belong to the process that created it;
+    the child must create a pool of its own.
+    """
+
+    def __init__(self, kind: str, owner: int) -> None:
+        super().__init__(
+            f"this {kind} belongs to process {owner}; process {os.getpid()} inherited it "
+            "through os.fork() and cannot use it (its workers and pipes are the parent's). "
+            "Create a new pool in the child."
+        )
+        self.owner = owner
 
 
 class PoolBroken(ConcurError, BrokenExecutor):
@@ -73,29 +92,41 @@ class SerializationError(ConcurError, pickle.PicklingError, TypeError):
 class WorkerCrashed(ConcurError, BrokenProcessPool):
     """The worker process running a task died before the task finished.
 
-    Only that task fails: the pool replaces the worker and goes on.
+    In a pool only that task fails: the pool replaces the worker and goes on.
     ``pid``, ``exitcode`` (negative: killed by a signal) and ``signal_name``
-    describe the death; ``hint`` suggests a likely cause.
+    describe the death; ``hint`` suggests a likely cause (or states it, when
+    concur knows it: ``kill()`` was called). ``in_pool`` is False for a
+    ``concur.spawn`` worker.
     """
 
-    def __init__(self, pid: int | None, exitcode: int | None, task: str | None = None) -> None:
+    def __init__(
+        self,
+        pid: int | None,
+        exitcode: int | None,
+        task: str | None = None,
+        *,
+        hint: str | None = None,
+        in_pool: bool = True,
+    ) -> None:
         self.pid = pid
         self.exitcode = exitcode
+        self.task = task
         self.signal_name = _signal_name(exitcode)
-        self.hint = _crash_hint(exitcode)
-        how = (
-            f"was killed by {self.signal_name}"
-            if self.signal_name
-            else f"exited with code {exitcode}"
-        )
+        self.hint = hint or _crash_hint(exitcode)
+        self.in_pool = in_pool
+        how = exit_description(exitcode)
         about = f" while running {task}" if task else ""
-        super().__init__(
-            f"worker process {pid} {how}{about}. {self.hint} "
-            "Only this task failed; the pool replaced the worker."
-        )
+        after = " Only this task failed; the pool replaced the worker." if in_pool else ""
+        super().__init__(f"worker process {pid} {how}{about}. {self.hint}{after}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.pid, self.exitcode))
+        return (_rebuild_crash, (self.pid, self.exitcode, self.task, self.hint, self.in_pool))
+
+
+def _rebuild_crash(
+    pid: int | None, exitcode: int | None, task: str | None, hint: str, in_pool: bool
+) -> WorkerCrashed:
+    return WorkerCrashed(pid, exitcode, task, hint=hint, in_pool=in_pool)
 
 
 # On 3.10 concurrent.futures has its own TimeoutError; from 3.11 it is the builtin.
@@ -145,15 +176,17 @@ class WorkerStateError(ConcurError, ValueError):
     """An attribute of a worker was changed at a time it cannot change."""
 
 
-class RemoteTraceback(Exception):
+class RemoteTraceback(_StdRemoteTraceback):
     """The traceback of an exception raised in a worker process.
 
     concur attaches it as ``__cause__`` of the re-raised exception, so the
     worker's frames print under "The above exception was the direct cause".
+    It is an instance of the class ``ProcessPoolExecutor`` uses for the same
+    purpose, so code that checks for that keeps working.
     """
 
     def __init__(self, tb: str) -> None:
-        super().__init__(tb)
+        Exception.__init__(self, tb)
         self.tb = tb
 
     def __str__(self) -> str:
@@ -163,20 +196,28 @@ class RemoteTraceback(Exception):
 class RemoteError(ConcurError):
     """An exception from a worker whose own class could not be rebuilt here.
 
-    ``type_name``, ``message`` and ``traceback`` keep what the worker knew.
+    ``type_name``, ``message`` and ``traceback`` keep what the worker knew;
+    ``why`` says what stopped the rebuild.
     """
 
-    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        traceback: str,
+        why: str = "its class is not importable here",
+    ) -> None:
         super().__init__(
             f"{type_name}: {message} (the worker's exception could not be rebuilt in "
-            "this process; define the exception class in an importable module)"
+            f"this process: {why})"
         )
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+        self.why = why
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.type_name, self.message, self.traceback))
+        return (type(self), (self.type_name, self.message, self.traceback, self.why))
 
 
 _HINTS = {
@@ -187,6 +228,13 @@ _HINTS = {
     "SIGTERM": "Something sent it SIGTERM.",
     "SIGFPE": "A crash in native code (arithmetic fault).",
 }
+
+
+def exit_description(exitcode: int | None) -> str:
+    """How a process ended, from its exit status: "was killed by SIGKILL",
+    "exited with code 3"."""
+    name = _signal_name(exitcode)
+    return f"was killed by {name}" if name else f"exited with code {exitcode}"
 
 
 def _signal_name(exitcode: int | None) -> str | None:

@@ -32,8 +32,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _pool, _task
-from ._exit import register_exit_hook
-from .errors import PoolClosed, TaskTimeout, ThreadPoolBroken
+from ._exit import exiting, register_exit_hook
+from .errors import PoolClosed, PoolInherited, TaskTimeout, ThreadPoolBroken
 from .ps import WorkerInfo
 
 _counter = itertools.count()
@@ -171,6 +171,7 @@ class ThreadPool(_pool.PoolBase):
         self._lock = threading.Lock()
         self._closed = False
         self._broken: str | None = None
+        self._owner = os.getpid()  # threads do not survive a fork: the pool stays here
         # When the pool is collected without shutdown, the exit marker lets
         # its idle threads go.
         queue_ = self._queue
@@ -189,7 +190,7 @@ class ThreadPool(_pool.PoolBase):
     ) -> Future[Any]:
         with self._lock:
             self._check_open()
-            future: Future[Any] = Future()
+            future: Future[Any] = _pool.RunningFuture()
             item = _WorkItem(future, fn, args, kwargs, options.timeout, label_fn or fn)
             self._queue.put(item)
             self._adjust()
@@ -205,6 +206,8 @@ class ThreadPool(_pool.PoolBase):
         return self._submit_with(options, _task.run_chunk, (fn, items, False), {}, fn)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if os.getpid() != self._owner:
+            return  # an inherited copy: its threads were the parent's
         with self._lock:
             self._closed = True
             if cancel_futures:
@@ -244,8 +247,12 @@ class ThreadPool(_pool.PoolBase):
     # -- internals ---------------------------------------------------------
 
     def _check_open(self) -> None:
+        if os.getpid() != self._owner:
+            raise PoolInherited("concur.ThreadPool", self._owner)
         if self._broken is not None:
             raise ThreadPoolBroken(self._broken)
+        if exiting():
+            raise PoolClosed("cannot schedule new futures after interpreter shutdown")
         if self._closed:
             raise PoolClosed("cannot schedule new futures after shutdown")
 
@@ -291,6 +298,8 @@ class ThreadPool(_pool.PoolBase):
                 item.future.set_exception(error)
 
     def _initializer_failed(self, exc: BaseException) -> None:
+        # What ThreadPoolExecutor logs for the same event, where it logs it.
+        _pool.FUTURES_LOG.critical("Exception in initializer:", exc_info=exc)
         with self._lock:
             self._broken = (
                 f"a thread initializer failed ({type(exc).__name__}: {exc}); "

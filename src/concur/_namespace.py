@@ -1,0 +1,86 @@
+"""One module namespace per worker for functions that travel by value.
+
+Functions, lambdas and classes defined in ``__main__`` (or in any module the
+worker cannot import) are pickled by value with cloudpickle, globals and all.
+Left alone, cloudpickle gives each message's functions a fresh copy of their
+globals, so state an initializer sets (``global MODEL; MODEL = load()``)
+would vanish for the next task. The standard library pickles them by
+reference and the worker resolves them in its own ``__main__``, so tasks and
+initializers share one namespace there.
+
+``loads`` here does the same for by-value functions: a function whose
+globals belong to module ``M`` is bound to the worker's one namespace for
+``M`` (for ``__main__``, the worker's own ``__main__`` module), and the
+globals it brings along only fill in names that namespace does not have yet,
+so nothing a task or an initializer set is overwritten by the caller's copy.
+
+Only the worker uses this; the caller unpickles replies with plain pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import types
+from typing import Any
+
+from cloudpickle import cloudpickle as _cloudpickle_impl
+
+_namespaces: dict[str, dict[str, Any]] = {}
+
+
+def namespace(module_name: str | None) -> dict[str, Any] | None:
+    """This process's shared globals for functions of ``module_name``."""
+    if module_name is None:
+        return None
+    found = _namespaces.get(module_name)
+    if found is None:
+        main = sys.modules.get("__main__") if module_name == "__main__" else None
+        found = main.__dict__ if main is not None else {"__name__": module_name}
+        _namespaces[module_name] = found
+    return found
+
+
+def _make_function(
+    code: types.CodeType,
+    globals_: dict[str, Any],
+    name: str,
+    argdefs: tuple[Any, ...] | None,
+    closure: tuple[Any, ...] | None,
+) -> types.FunctionType:
+    shared = namespace(globals_.get("__name__"))
+    if shared is None:
+        shared = globals_
+    else:
+        for key, value in globals_.items():
+            shared.setdefault(key, value)
+    shared["__builtins__"] = __builtins__
+    return types.FunctionType(code, shared, name, argdefs, closure)
+
+
+def _function_setstate(
+    obj: types.FunctionType, state: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    """cloudpickle's own set-up, minus overwriting names the namespace has."""
+    _, slotstate = state
+    existing = obj.__globals__
+    brought = slotstate.get("__globals__", {})
+    slotstate["__globals__"] = {k: v for k, v in brought.items() if k not in existing}
+    _cloudpickle_impl._function_setstate(obj, state)
+
+
+_OVERRIDES = {"_make_function": _make_function, "_function_setstate": _function_setstate}
+_CLOUDPICKLE_MODULES = {"cloudpickle", "cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _CLOUDPICKLE_MODULES and name in _OVERRIDES:
+            return _OVERRIDES[name]
+        return super().find_class(module, name)
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """``pickle.loads`` that binds by-value functions to the shared namespaces."""
+    return _Unpickler(io.BytesIO(data)).load()

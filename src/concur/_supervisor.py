@@ -1,0 +1,528 @@
+"""A process pool's supervision: the state callers and the supervisor share,
+and the supervisor thread that starts, watches, answers and reaps workers.
+
+    caller threads ── PoolState (one lock) ── Supervisor thread
+      submit: idle worker? send                 select() on every worker's reply
+              else queue in pending             pipe, its exit (pidfd) and a
+      cancel: kill the worker holding it        wake-up pipe; then deadlines
+      shutdown: closing, wake                   READY / DONE / LOG / INIT_FAILED
+                                                exit: reap, fail its task only
+
+Invariants the supervisor keeps:
+
+* a reply settles the task the worker holds only if the reply names it
+  (the task id travels in a binary header, outside the pickle);
+* no future stays pending: every failure while handling one worker's reply
+  or exit (an outcome that cannot be unpickled, a callback that raises,
+  even ``SystemExit``) fails at most that task; a failure of the loop itself
+  breaks the pool, which fails every task it holds;
+* a worker that dies before it said READY breaks the pool at once (its
+  start, not a task, failed: re-starting it would only fail again), with the
+  reason the worker gave when it had one (its initializer's exception);
+* a task's time limit counts from when its worker is ready; a worker that
+  is not ready when the limit passes breaks the pool, naming the initializer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing.context
+import os
+import selectors
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import _gil, _logs, _pool, _supervise, _task, _worker, _workerproc
+from ._workerproc import WorkerProcess
+from .errors import (
+    ProcessPoolBroken,
+    SerializationError,
+    TaskTimeout,
+    WorkerCrashed,
+    exit_description,
+)
+
+# How long a worker asked to exit gets before it is terminated, then killed.
+EXIT_GRACE_S = 2.0
+# How long a timed-out worker gets between SIGTERM and SIGKILL.
+STOP_GRACE_S = 0.2
+FAST_START_S = 0.5  # longest the switch interval stays short for a worker start
+
+EXIT_MESSAGE = _task.task_message(_task.EXIT, 0)
+_log = logging.getLogger("concur")
+
+_WAKE, _REPLY, _EXIT = 0, 1, 2
+
+
+class Task:
+    """One submitted call or chunk, as the pool tracks it.
+
+    It keeps the task's label, not its function, so a finished future
+    holds on to nothing the caller passed in.
+    """
+
+    __slots__ = ("deadline", "future", "id", "items", "label", "payload", "retries", "timeout")
+
+    def __init__(
+        self,
+        task_id: int,
+        future: _pool.RunningFuture,
+        payload: bytes,
+        label: str,
+        items: int,
+        options: _pool.TaskOptions,
+    ) -> None:
+        self.id = task_id
+        self.future = future
+        self.payload = payload
+        self.label = label
+        self.items = items
+        self.timeout = options.timeout
+        self.retries = options.retries
+        self.deadline: float | None = None
+
+
+class PoolState:
+    """What callers and the supervisor share; ``lock`` guards every field.
+
+    Pipes are written outside the lock: a worker is written to only by
+    whoever just gave it a task, so writes never interleave. Futures are
+    settled outside the lock too, because settling runs callbacks.
+    """
+
+    def __init__(
+        self,
+        ctx: multiprocessing.context.BaseContext,
+        max_workers: int,
+        name: str,
+        settings: _worker.Settings,
+        initializer: _worker.Initializer | None,
+    ) -> None:
+        self.ctx = ctx
+        self.max_workers = max_workers
+        self.name = name
+        self.settings = settings  # its title is the pool's; each worker adds its name
+        self.initializer = initializer
+        self.lock = threading.Lock()
+        self.pending: deque[Task] = deque()  # submitted, waiting for a worker
+        self.idle: list[WorkerProcess] = []  # ready for a task
+        self.workers: dict[int, WorkerProcess] = {}  # every live worker, by pid
+        self.closing = False  # shutdown() was called
+        self.broken: BaseException | None = None  # why the pool cannot run tasks
+        self.owner = os.getpid()  # the process that may use the pool
+        self.thread: threading.Thread | None = None  # the supervisor's, once started
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"!")
+        except OSError:
+            pass  # a wake-up is already pending, or the pool is closed
+
+    def close_wake(self) -> None:
+        with self.lock:
+            if self.wake_r < 0:
+                return
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.wake_r = self.wake_w = -1
+
+    def assign(self, worker: WorkerProcess, task: Task) -> None:
+        """Give ``task`` to ``worker`` (lock held); its clock starts now."""
+        now = time.monotonic()
+        worker.task = task
+        worker.task_started = now
+        task.deadline = None if task.timeout is None else now + task.timeout
+
+    def next_task(self) -> Task | None:
+        """Pop the next pending task that was not cancelled (lock held)."""
+        while self.pending:
+            task = self.pending.popleft()
+            # A retried task is already running as far as its future knows.
+            if task.future.running() or task.future.set_running_or_notify_cancel():
+                return task
+        return None
+
+    def stop_worker(self, worker: WorkerProcess, graceful: bool) -> None:
+        """SIGTERM with a grace period, or SIGKILL now (lock held)."""
+        worker.stopping = True
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if graceful:
+            worker.kill_at = time.monotonic() + STOP_GRACE_S
+            worker.signal(signal.SIGTERM)
+        else:
+            worker.kill_at = None
+            worker.signal(signal.SIGKILL)
+        self.wake()
+
+    def break_pool(self, error: BaseException) -> None:
+        """No task can run any more: fail every queued and running one."""
+        with self.lock:
+            if self.broken is None:
+                self.broken = error
+            tasks = list(self.pending) + [w.task for w in self.workers.values() if w.task]
+            self.pending.clear()
+            for worker in self.workers.values():
+                worker.task = None
+        for task in tasks:
+            _pool.settle(task.future, error=error)
+        self.wake()
+
+
+def send(worker: WorkerProcess, task: Task) -> None:
+    try:
+        worker.tx.send_bytes(task.payload)
+    except OSError:
+        pass  # the worker died; the supervisor sees its exit and fails the task
+
+
+class Supervisor:
+    """The thread that runs a pool's workers; one per pool, started on demand.
+
+    It alone starts workers (``PR_SET_PDEATHSIG`` ties them to this thread,
+    which lives as long as the pool), reads their replies and reaps them.
+    """
+
+    def __init__(self, state: PoolState) -> None:
+        self.state = state
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(state.wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self.worker_ids = itertools.count()
+        self.fast: _gil.Hold | None = None  # a shorter switch interval, while starting
+        self.first_due: set[int] = set()  # new workers whose first reply has not come
+        self.fast_until = 0.0  # ... but the short interval ends by then at the latest
+        self.thread = threading.Thread(
+            target=self.run, name=f"concur-{state.name}-supervisor", daemon=True
+        )
+
+    def run(self) -> None:
+        # Ctrl-C is the main thread's; children inherit this thread's mask
+        # (see _workerproc.start).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            while not self.finished():
+                self.grow()
+                self.round(self.selector.select(self.next_timeout()))
+                self.enforce_deadlines()
+        except BaseException as exc:  # a bug in concur: fail loudly, leave no child
+            self.state.break_pool(
+                ProcessPoolBroken(f"the pool's supervisor failed: {type(exc).__name__}: {exc}")
+            )
+            raise
+        finally:
+            self.first_due.clear()
+            self.started()
+            self.stop_workers()
+            self.close()
+
+    def round(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        replies, exits = [], []
+        for key, _ in ready:
+            tag, worker = key.data
+            if tag == _WAKE:
+                self.drain_wake()
+            elif tag == _REPLY:
+                replies.append(worker)
+            else:
+                exits.append(worker)
+        for worker in replies:
+            self.on_reply(worker)
+        for worker in exits:
+            self.on_exit(worker)
+        if self.fast is not None:
+            self.first_due.difference_update(w.pid for w in (*replies, *exits))
+            self.started()
+
+    def finished(self) -> bool:
+        state = self.state
+        with state.lock:
+            if state.broken is not None:
+                return True
+            busy = any(w.task is not None and not w.stopping for w in state.workers.values())
+            return state.closing and not state.pending and not busy
+
+    def next_timeout(self) -> float | None:
+        """Seconds until the next deadline or pending SIGKILL, or None."""
+        with self.state.lock:
+            times = [
+                w.kill_at if w.stopping else (w.task.deadline if w.task else None)
+                for w in self.state.workers.values()
+            ]
+        due = [t for t in times if t is not None]
+        if self.fast is not None:
+            due.append(self.fast_until)
+        return None if not due else max(0.0, min(due) - time.monotonic())
+
+    def enforce_deadlines(self) -> None:
+        state = self.state
+        now = time.monotonic()
+        expired: list[tuple[Task, WorkerProcess]] = []
+        with state.lock:
+            for worker in state.workers.values():
+                if worker.stopping:
+                    if worker.kill_at is not None and worker.kill_at <= now:
+                        worker.kill_at = None
+                        worker.signal(signal.SIGKILL)
+                    continue
+                task = worker.task
+                if task is not None and task.deadline is not None and task.deadline <= now:
+                    expired.append((task, worker))
+                    state.stop_worker(worker, graceful=True)
+        for task, worker in expired:
+            assert task.timeout is not None
+            if not worker.ready:
+                self.state.break_pool(self.start_timeout(task.timeout))
+            else:
+                _pool.settle(task.future, error=TaskTimeout(task.label, task.timeout, worker.pid))
+
+    def start_timeout(self, limit: float) -> ProcessPoolBroken:
+        init = self.state.initializer
+        what = (
+            f"its initializer {_task.describe(init.fn)} was still running"
+            if init is not None
+            else "it was still starting"
+        )
+        return ProcessPoolBroken(
+            f"a worker was not ready within its task's {limit:g} s time limit: {what}. "
+            "Make the initializer finish, or raise the time limit, and create a new pool."
+        )
+
+    def drain_wake(self) -> None:
+        try:
+            os.read(self.state.wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def wants_worker(self) -> bool:
+        state = self.state
+        with state.lock:
+            live = sum(1 for w in state.workers.values() if not w.stopping)
+            return not state.broken and bool(state.pending) and live < state.max_workers
+
+    def grow(self) -> None:
+        if not self.wants_worker():
+            return
+        # Every step of a start, and the first reply, would otherwise wait out
+        # the switch interval while the caller's threads compute (see _gil).
+        if self.fast is None:
+            self.fast = _gil.Hold()
+        self.fast_until = time.monotonic() + FAST_START_S
+        while self.wants_worker():
+            try:
+                worker = self.start_worker()
+            except Exception as exc:
+                self.state.break_pool(
+                    ProcessPoolBroken(
+                        f"a worker process could not be started: {type(exc).__name__}: {exc}"
+                    )
+                )
+                break
+            with self.state.lock:
+                self.state.workers[worker.pid] = worker
+                task = self.state.next_task()
+                if task is not None:
+                    self.state.assign(worker, task)
+            if task is not None:
+                self.first_due.add(worker.pid)
+                send(worker, task)
+        self.started()
+
+    def started(self) -> None:
+        """Once no new worker's first reply is due (or its time is up), the
+        switch interval goes back to the caller's."""
+        if self.fast is not None and time.monotonic() >= self.fast_until:
+            self.first_due.clear()  # a first task that runs long keeps no one waiting
+        if not self.first_due and self.fast is not None:
+            self.fast.release()
+            self.fast = None
+
+    def start_worker(self) -> WorkerProcess:
+        state = self.state
+        name = f"{state.name}-worker-{next(self.worker_ids)}"
+        settings = state.settings
+        settings = _worker.Settings(
+            f"concur-worker {name}",
+            settings.max_tasks,
+            settings.max_memory,
+            None if settings.log_levels is None else _logs.levels(),
+        )
+        worker = _workerproc.start(state.ctx, name, settings, state.initializer)
+        self.selector.register(worker.rx.fileno(), selectors.EVENT_READ, (_REPLY, worker))
+        self.selector.register(worker.exit_fd, selectors.EVENT_READ, (_EXIT, worker))
+        return worker
+
+    # -- messages from a worker ------------------------------------------------
+
+    def on_reply(self, worker: WorkerProcess) -> None:
+        try:
+            data = worker.rx.recv_bytes()
+        except (EOFError, OSError):
+            self.unregister(worker.rx.fileno())
+            return  # it died mid-reply; its exit reports the death
+        kind, flags, task_id, wall, cpu = _task.REPLY_HEAD.unpack_from(data)
+        body = memoryview(data)[_task.REPLY_HEAD.size :]
+        if kind == _task.DONE:
+            self.on_done(worker, task_id, bool(flags & _task.RETIRING), body, (wall, cpu))
+        elif kind == _task.READY:
+            self.on_ready(worker)
+        elif kind == _task.LOG:
+            try:
+                _logs.handle(body)
+            except Exception:
+                _log.exception("a log record from worker %s could not be handled", worker.pid)
+        elif kind == _task.INIT_FAILED:
+            status, value = _unpickled(body)
+            failure = value if status == _task.RAISED else _task.unpack_exception(value)
+            self.state.break_pool(
+                ProcessPoolBroken(
+                    f"a worker's initializer failed ({type(failure).__name__}: "
+                    f"{_task.safe_str(failure)}); the pool cannot run tasks. "
+                    "Fix the initializer and create a new pool."
+                )
+            )
+
+    def on_ready(self, worker: WorkerProcess) -> None:
+        state = self.state
+        with state.lock:
+            worker.ready = True
+            task = worker.task
+            if task is None and not worker.stopping:
+                task = state.next_task()
+                if task is not None:
+                    state.assign(worker, task)
+                    send(worker, task)
+                else:
+                    state.idle.append(worker)
+            elif task is not None:
+                state.assign(worker, task)  # its clock restarts once the worker is ready
+
+    def on_done(
+        self,
+        worker: WorkerProcess,
+        task_id: int,
+        retiring: bool,
+        body: memoryview,
+        times: tuple[float, float],
+    ) -> None:
+        state = self.state
+        with state.lock:
+            task = worker.task
+            if task is None or task.id != task_id:
+                _log.warning("worker %s answered task %s, not its own", worker.pid, task_id)
+                return
+            worker.task = None
+            worker.tasks_done += task.items
+            worker.retiring = retiring
+            following = None
+            if not (retiring or worker.stopping):
+                following = state.next_task()
+                if following is not None:
+                    state.assign(worker, following)
+                else:
+                    state.idle.append(worker)
+        if following is not None:
+            send(worker, following)
+        outcome = _unpickled(body)
+        if outcome[0] == _task.CHUNK_DONE:
+            _pool.settle(task.future, (outcome[1], *times))
+        else:
+            _pool.settle_outcome(task.future, outcome)
+
+    def on_exit(self, worker: WorkerProcess) -> None:
+        state = self.state
+        if worker.pid not in state.workers:
+            return
+        while not worker.rx.closed and worker.rx.fileno() in self.selector.get_map():
+            if not _readable(worker.rx):
+                break
+            self.on_reply(worker)  # a last reply that raced with the exit
+        self.unregister(worker.rx.fileno())
+        self.unregister(worker.exit_fd)
+        early = not worker.ready and not worker.stopping
+        pid = worker.pid
+        exitcode = worker.reap()
+        crash = None
+        with state.lock:
+            del state.workers[pid]
+            if worker in state.idle:
+                state.idle.remove(worker)
+            task, worker.task = worker.task, None
+            early = early and not state.closing and state.broken is None
+            if task is not None and not task.future.done() and not early:
+                if task.retries > 0 and not worker.stopping and not state.closing:
+                    task.retries -= 1
+                    state.pending.appendleft(task)  # rerun on a fresh worker
+                else:
+                    crash = task
+            elif task is not None and early:
+                state.pending.appendleft(task)  # break_pool fails it with the reason
+        if early:
+            state.break_pool(self.start_failure(pid, exitcode))
+        elif crash is not None:
+            error = WorkerCrashed(pid, exitcode, crash.label)
+            _pool.settle(crash.future, error=error)
+
+    def start_failure(self, pid: int, exitcode: int | None) -> BaseException:
+        if exitcode == _supervise.MAIN_GUARD_EXIT:
+            return _supervise.main_guard_error("A concur.ProcessPool")
+        how = f"worker process {pid} {exit_description(exitcode)}"
+        init = self.state.initializer
+        doing = (
+            f"while its initializer {_task.describe(init.fn)} ran"
+            if init is not None
+            else "while it started"
+        )
+        return ProcessPoolBroken(
+            f"{how} {doing}, before it was ready; the pool cannot start workers "
+            "and does not retry (each new worker would fail the same way). "
+            "Its own error, if it printed one, is on stderr above."
+        )
+
+    def unregister(self, fd: int) -> None:
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def stop_workers(self) -> None:
+        state = self.state
+        with state.lock:
+            workers = list(state.workers.values())
+            state.workers.clear()
+            state.idle.clear()
+        for worker in workers:
+            self.unregister(worker.rx.fileno())
+            self.unregister(worker.exit_fd)
+        _workerproc.stop_all(workers, EXIT_MESSAGE, EXIT_GRACE_S)
+
+    def close(self) -> None:
+        self.selector.close()
+        self.state.close_wake()
+
+
+def _unpickled(body: memoryview) -> Any:
+    """A reply's body; one that cannot be unpickled here becomes the task's error."""
+    try:
+        return _task.loads(body)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        error = SerializationError(
+            f"the task's result could not be unpickled here: {type(exc).__name__}: "
+            f"{_task.safe_str(exc)}",
+            what="result",
+        )
+        return (_task.RAISED, error)
+
+
+def _readable(conn: Any) -> bool:
+    try:
+        return bool(conn.poll(0))
+    except (OSError, EOFError):
+        return False

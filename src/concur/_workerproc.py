@@ -1,0 +1,186 @@
+"""The parent's handle on one pool worker process: start, watch, signal, reap.
+
+A worker's death is watched through a pidfd (Linux 5.3+), not through the
+process sentinel: the sentinel is a pipe the worker holds, and under fork
+and spawn a grandchild the task forked inherits it and would hide the
+worker's death. Where pidfds are missing, the sentinel is the fallback.
+
+Signals go to the worker's process group (the worker leads one, see
+``_supervise.child_setup``), so what a task started stops with it. The
+group is signalled before the worker is reaped, while its id cannot have
+been reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.context
+import os
+import select
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import _supervise, _worker
+
+
+class WorkerProcess:
+    """One worker: its process, pipes, and what the pool knows of it.
+
+    ``task`` is the task it holds (None when idle); ``ready`` turns True
+    when it reported its set-up and initializer done; ``retiring`` when it
+    said it will exit after its reply; ``stopping`` once the pool kills it;
+    ``kill_at`` is when a SIGTERM becomes a SIGKILL.
+    """
+
+    __slots__ = (
+        "exit_fd",
+        "kill_at",
+        "name",
+        "pid",
+        "pidfd",
+        "process",
+        "ready",
+        "retiring",
+        "rx",
+        "stopping",
+        "task",
+        "task_started",
+        "tasks_done",
+        "tx",
+    )
+
+    def __init__(self, process: Any, tx: Connection, rx: Connection, name: str) -> None:
+        self.process = process
+        self.pid: int = process.pid
+        self.pidfd = _pidfd(self.pid)
+        self.exit_fd: int = self.pidfd if self.pidfd is not None else process.sentinel
+        self.tx = tx
+        self.rx = rx
+        self.name = name
+        self.task: Any = None
+        self.task_started = 0.0
+        self.tasks_done = 0
+        self.ready = False
+        self.retiring = False
+        self.stopping = False
+        self.kill_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.retiring or self.stopping:
+            return "exiting"
+        if not self.ready:
+            return "starting"
+        return "idle" if self.task is None else "busy"
+
+    def signal(self, sig: int) -> None:
+        """Signal the worker and everything in its process group.
+
+        The pool reaps a worker only after its exit was seen, so its pid
+        (and group id) still names it here.
+        """
+        _supervise.kill_group(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def exited(self, timeout: float = 0.0) -> bool:
+        ready, _, _ = select.select([self.exit_fd], [], [], timeout)
+        return bool(ready)
+
+    def reap(self) -> int | None:
+        """After its exit: stop what is left of its group, collect its status."""
+        _supervise.kill_group(self.pid, signal.SIGKILL)
+        self.process.join()
+        code: int | None = self.process.exitcode
+        self.close()
+        return code
+
+    def close(self) -> None:
+        self.tx.close()
+        self.rx.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        with contextlib.suppress(ValueError):
+            self.process.close()
+
+
+def _pidfd(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return int(opener(pid))
+    except OSError:
+        return None
+
+
+def start(
+    ctx: multiprocessing.context.BaseContext,
+    name: str,
+    settings: _worker.Settings,
+    initializer: _worker.Initializer | None,
+) -> WorkerProcess:
+    """Start one worker process; raises OSError when the system cannot."""
+    task_r, task_w = ctx.Pipe(duplex=False)
+    result_r, result_w = ctx.Pipe(duplex=False)
+    lifeline = Connection(os.dup(_supervise.lifeline_fd()), writable=False)
+    process = ctx.Process(  # type: ignore[attr-defined]
+        target=_worker.main,
+        args=(task_r, result_w, lifeline, settings, initializer),
+        name=name,
+    )
+    try:
+        _block_sigint(ctx)
+        with _supervise.starting_without_main():
+            process.start()
+    except BaseException:
+        task_w.close()
+        result_r.close()
+        raise
+    finally:
+        # The child has its copies; ours would hide its death from us.
+        task_r.close()
+        result_w.close()
+        lifeline.close()
+    return WorkerProcess(process, task_w, result_r, name)
+
+
+def _block_sigint(ctx: multiprocessing.context.BaseContext) -> None:
+    """Start the children (and the fork server) with SIGINT blocked.
+
+    A press during their start then waits until they ignore it, instead of
+    printing a traceback from a child. multiprocessing's resource tracker,
+    started on first need, unblocks SIGINT in the thread that starts it:
+    so it is started first, then SIGINT is blocked again.
+    """
+    if ctx.get_start_method() != "fork":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> None:
+    """Ask idle workers to exit, kill the rest, and reap them all.
+
+    A worker already being stopped (its task timed out or was cancelled)
+    gets SIGKILL at once: its task has failed, and waiting out its grace
+    would only delay the shutdown.
+    """
+    for worker in workers:
+        if worker.stopping:
+            worker.signal(signal.SIGKILL)
+            continue
+        with contextlib.suppress(OSError):
+            worker.tx.send_bytes(exit_message)
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        if not worker.exited(max(0.0, deadline - time.monotonic())):
+            worker.signal(signal.SIGTERM)
+            if not worker.exited(0.5):
+                worker.signal(signal.SIGKILL)
+                worker.exited(5.0)
+        worker.reap()
