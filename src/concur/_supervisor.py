@@ -124,6 +124,17 @@ class PoolState:
         except OSError:
             pass  # a wake-up is already pending, or the pool is closed
 
+    def drain_wake(self) -> None:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def wants_worker(self) -> bool:
+        with self.lock:
+            live = sum(1 for w in self.workers.values() if not w.stopping)
+            return not self.broken and bool(self.pending) and live < self.max_workers
+
     def close_wake(self) -> None:
         with self.lock:
             if self.wake_r < 0:
@@ -160,6 +171,64 @@ class PoolState:
             worker.kill_at = None
             worker.signal(signal.SIGKILL)
         self.wake()
+
+    def worker_ready(self, worker: WorkerProcess) -> Task | None:
+        """The worker finished its set-up: a task to send it, if one waits."""
+        with self.lock:
+            worker.ready = True
+            task = worker.task
+            if task is not None:
+                self.assign(worker, task)  # its clock restarts now that it can run
+                return None
+            if worker.stopping:
+                return None
+            task = self.next_task()
+            if task is None:
+                self.idle.append(worker)
+            else:
+                self.assign(worker, task)
+            return task
+
+    def task_done(
+        self, worker: WorkerProcess, task_id: int, retiring: bool
+    ) -> tuple[Task | None, Task | None]:
+        """The worker answered ``task_id``: (that task, or None if it does not
+        hold it; the next task to send it, if any)."""
+        with self.lock:
+            task = worker.task
+            if task is None or task.id != task_id:
+                return None, None
+            worker.task = None
+            worker.tasks_done += task.items
+            worker.retiring = retiring
+            following = None
+            if not (retiring or worker.stopping):
+                following = self.next_task()
+                if following is not None:
+                    self.assign(worker, following)
+                else:
+                    self.idle.append(worker)
+            return task, following
+
+    def worker_gone(self, worker: WorkerProcess) -> tuple[Task | None, bool]:
+        """The worker exited (and was reaped): (the task its death failed, if
+        any; whether it died before it was ready, which breaks the pool)."""
+        with self.lock:
+            del self.workers[worker.pid]
+            if worker in self.idle:
+                self.idle.remove(worker)
+            task, worker.task = worker.task, None
+            early = not (worker.ready or worker.stopping or self.closing or self.broken)
+            if task is None or task.future.done():
+                return None, early
+            if early:
+                self.pending.appendleft(task)  # break_pool fails it with the reason
+                return None, True
+            if task.retries > 0 and not worker.stopping and not self.closing:
+                task.retries -= 1
+                self.pending.appendleft(task)  # rerun on a fresh worker
+                return None, False
+            return task, False
 
     def break_pool(self, error: BaseException) -> None:
         """No task can run any more: fail every queued and running one."""
@@ -226,7 +295,7 @@ class Supervisor:
         for key, _ in ready:
             tag, worker = key.data
             if tag == _WAKE:
-                self.drain_wake()
+                self.state.drain_wake()
             elif tag == _REPLY:
                 replies.append(worker)
             else:
@@ -277,43 +346,19 @@ class Supervisor:
         for task, worker in expired:
             assert task.timeout is not None
             if not worker.ready:
-                self.state.break_pool(self.start_timeout(task.timeout))
+                self.state.break_pool(_start_timeout(state, task.timeout))
             else:
                 _pool.settle(task.future, error=TaskTimeout(task.label, task.timeout, worker.pid))
 
-    def start_timeout(self, limit: float) -> ProcessPoolBroken:
-        init = self.state.initializer
-        what = (
-            f"its initializer {_task.describe(init.fn)} was still running"
-            if init is not None
-            else "it was still starting"
-        )
-        return ProcessPoolBroken(
-            f"a worker was not ready within its task's {limit:g} s time limit: {what}. "
-            "Make the initializer finish, or raise the time limit, and create a new pool."
-        )
-
-    def drain_wake(self) -> None:
-        try:
-            os.read(self.state.wake_r, 4096)
-        except BlockingIOError:
-            pass
-
-    def wants_worker(self) -> bool:
-        state = self.state
-        with state.lock:
-            live = sum(1 for w in state.workers.values() if not w.stopping)
-            return not state.broken and bool(state.pending) and live < state.max_workers
-
     def grow(self) -> None:
-        if not self.wants_worker():
+        if not self.state.wants_worker():
             return
         # Every step of a start, and the first reply, would otherwise wait out
         # the switch interval while the caller's threads compute (see _gil).
         if self.fast is None:
             self.fast = _gil.Hold()
         self.fast_until = time.monotonic() + FAST_START_S
-        while self.wants_worker():
+        while self.state.wants_worker():
             try:
                 worker = self.start_worker()
             except Exception as exc:
@@ -388,19 +433,9 @@ class Supervisor:
             )
 
     def on_ready(self, worker: WorkerProcess) -> None:
-        state = self.state
-        with state.lock:
-            worker.ready = True
-            task = worker.task
-            if task is None and not worker.stopping:
-                task = state.next_task()
-                if task is not None:
-                    state.assign(worker, task)
-                    send(worker, task)
-                else:
-                    state.idle.append(worker)
-            elif task is not None:
-                state.assign(worker, task)  # its clock restarts once the worker is ready
+        task = self.state.worker_ready(worker)
+        if task is not None:
+            send(worker, task)
 
     def on_done(
         self,
@@ -410,22 +445,10 @@ class Supervisor:
         body: memoryview,
         times: tuple[float, float],
     ) -> None:
-        state = self.state
-        with state.lock:
-            task = worker.task
-            if task is None or task.id != task_id:
-                _log.warning("worker %s answered task %s, not its own", worker.pid, task_id)
-                return
-            worker.task = None
-            worker.tasks_done += task.items
-            worker.retiring = retiring
-            following = None
-            if not (retiring or worker.stopping):
-                following = state.next_task()
-                if following is not None:
-                    state.assign(worker, following)
-                else:
-                    state.idle.append(worker)
+        task, following = self.state.task_done(worker, task_id, retiring)
+        if task is None:
+            _log.warning("worker %s answered task %s, not its own", worker.pid, task_id)
+            return
         if following is not None:
             send(worker, following)
         outcome = _unpickled(body)
@@ -444,45 +467,13 @@ class Supervisor:
             self.on_reply(worker)  # a last reply that raced with the exit
         self.unregister(worker.rx.fileno())
         self.unregister(worker.exit_fd)
-        early = not worker.ready and not worker.stopping
         pid = worker.pid
         exitcode = worker.reap()
-        crash = None
-        with state.lock:
-            del state.workers[pid]
-            if worker in state.idle:
-                state.idle.remove(worker)
-            task, worker.task = worker.task, None
-            early = early and not state.closing and state.broken is None
-            if task is not None and not task.future.done() and not early:
-                if task.retries > 0 and not worker.stopping and not state.closing:
-                    task.retries -= 1
-                    state.pending.appendleft(task)  # rerun on a fresh worker
-                else:
-                    crash = task
-            elif task is not None and early:
-                state.pending.appendleft(task)  # break_pool fails it with the reason
+        crash, early = state.worker_gone(worker)
         if early:
-            state.break_pool(self.start_failure(pid, exitcode))
+            state.break_pool(_start_failure(state, pid, exitcode))
         elif crash is not None:
-            error = WorkerCrashed(pid, exitcode, crash.label)
-            _pool.settle(crash.future, error=error)
-
-    def start_failure(self, pid: int, exitcode: int | None) -> BaseException:
-        if exitcode == _supervise.MAIN_GUARD_EXIT:
-            return _supervise.main_guard_error("A concur.ProcessPool")
-        how = f"worker process {pid} {exit_description(exitcode)}"
-        init = self.state.initializer
-        doing = (
-            f"while its initializer {_task.describe(init.fn)} ran"
-            if init is not None
-            else "while it started"
-        )
-        return ProcessPoolBroken(
-            f"{how} {doing}, before it was ready; the pool cannot start workers "
-            "and does not retry (each new worker would fail the same way). "
-            "Its own error, if it printed one, is on stderr above."
-        )
+            _pool.settle(crash.future, error=WorkerCrashed(pid, exitcode, crash.label))
 
     def unregister(self, fd: int) -> None:
         try:
@@ -504,6 +495,31 @@ class Supervisor:
     def close(self) -> None:
         self.selector.close()
         self.state.close_wake()
+
+
+def _start_failure(state: PoolState, pid: int, exitcode: int | None) -> BaseException:
+    if exitcode == _supervise.MAIN_GUARD_EXIT:
+        return _supervise.main_guard_error("A concur.ProcessPool")
+    init = state.initializer
+    doing = f"while its initializer {_task.describe(init.fn)} ran" if init else "while starting"
+    return ProcessPoolBroken(
+        f"worker process {pid} {exit_description(exitcode)} {doing}, before it was ready; "
+        "the pool cannot start workers and does not retry (each new worker would fail "
+        "the same way). Its own error, if it printed one, is on stderr above."
+    )
+
+
+def _start_timeout(state: PoolState, limit: float) -> ProcessPoolBroken:
+    init = state.initializer
+    what = (
+        f"its initializer {_task.describe(init.fn)} was still running"
+        if init is not None
+        else "it was still starting"
+    )
+    return ProcessPoolBroken(
+        f"a worker was not ready within its task's {limit:g} s time limit: {what}. "
+        "Make the initializer finish, or raise the time limit, and create a new pool."
+    )
 
 
 def _unpickled(body: memoryview) -> Any:
