@@ -45,7 +45,7 @@ def wait_gone(pids: list[int], limit: float) -> float:
     raise AssertionError(f"processes {alive} outlived their parent by {limit} s")
 
 
-@pytest.mark.parametrize("mode", ["pool-sleep", "pool-busy", "spawn"])
+@pytest.mark.parametrize("mode", ["pool-sleep", "pool-busy", "pool-gil", "spawn"])
 def test_no_orphans_when_the_parent_is_killed(mode):
     parent = run_script("pool_then_wait.py", mode)
     try:

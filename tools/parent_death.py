@@ -3,7 +3,8 @@
     .venv/bin/python tools/parent_death.py [--runs 10]
 
 Starts tests/scripts/pool_then_wait.py in each mode (a pool whose two workers
-sleep, a pool whose two workers spin, two concur.spawn processes), kills it
+sleep, spin in Python, or sit in a C call that holds the GIL; two
+concur.spawn processes), kills it
 with SIGKILL once its workers are busy, and measures until no descendant is
 left (the fork server included).
 """
@@ -48,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     runs = parser.parse_args().runs
-    for mode in ("pool-sleep", "pool-busy", "spawn"):
+    for mode in ("pool-sleep", "pool-busy", "pool-gil", "spawn"):
         times = [once(mode) for _ in range(runs)]
         print(
             f"{mode:<11} median {statistics.median(times) * 1e3:6.1f} ms   "

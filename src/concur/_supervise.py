@@ -9,8 +9,14 @@ Parent side
     lifeline open.
 
 Child side (``child_setup``, first thing in a worker)
+    * on Linux the kernel itself SIGKILLs the child (and, for a pool worker,
+      its process group) the moment the lifeline reads EOF: the pipe is set
+      to signal-driven I/O with SIGKILL as the signal (``_kill_on_eof``), so
+      no code of the child has to run, and a C call holding the GIL cannot
+      delay it;
     * a daemon thread blocks reading the lifeline and ends the process the
-      moment it reads EOF, even while the main thread runs a long task;
+      moment it reads EOF, even while the main thread runs a long task (the
+      portable path);
     * on Linux, ``PR_SET_PDEATHSIG`` asks the kernel for SIGKILL when the
       parent *thread* that started the child exits. concur starts workers
       from the pool's supervisor thread, which lives as long as the pool, so
@@ -44,6 +50,7 @@ Starting without the main module
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import sys
@@ -127,12 +134,47 @@ def child_setup(
     if pdeathsig:
         _set_pdeathsig()
     _set_title(title, short)
+    _kill_on_eof(lifeline)
     if _at_eof(lifeline):  # the parent died before we got here
         _orphaned()
     watcher = threading.Thread(
         target=_watch_lifeline, args=(lifeline,), name="concur-lifeline", daemon=True
     )
     watcher.start()
+
+
+_kept: list[int] = []  # descriptors that must stay open for the kernel to watch
+
+
+def _kill_on_eof(lifeline: int) -> None:
+    """Have the kernel SIGKILL this process's group when the lifeline hits EOF.
+
+    Linux sends the signal chosen with ``F_SETSIG`` to the owner set with
+    ``F_SETOWN`` (a negative id: a process group) when an ``O_ASYNC`` pipe
+    becomes readable, which for the lifeline means its one writer, the
+    parent, is gone. No code of this process runs, so it works while a C
+    call holds the GIL, and it takes what a task started with it. The
+    settings belong to an open file description, which the parent and
+    every sibling share for the inherited lifeline, so a new description
+    of the same pipe is opened through /proc for this process alone.
+    """
+    setsig = getattr(fcntl, "F_SETSIG", None)
+    if setsig is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        fd = os.open(f"/proc/self/fd/{lifeline}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    group = os.getpgid(0)
+    owner = -group if group == os.getpid() else os.getpid()
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, owner)
+        fcntl.fcntl(fd, setsig, signal.SIGKILL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    except OSError:
+        os.close(fd)
+        return
+    _kept.append(fd)
 
 
 def _drop_fork_server_link() -> None:

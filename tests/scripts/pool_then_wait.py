@@ -1,9 +1,10 @@
 """Start workers busy with long tasks, print their pids, then wait to be killed.
 
-usage: pool_then_wait.py MODE   (MODE: pool-sleep, pool-busy, spawn)
+usage: pool_then_wait.py MODE   (MODE: pool-sleep, pool-busy, pool-gil, spawn)
 """
 
 import os
+import re
 import sys
 import time
 
@@ -20,13 +21,21 @@ def busy():
         count += 1
 
 
+def in_c():
+    # Catastrophic backtracking: minutes inside the regex engine, GIL held.
+    re.match(r"(a*)*b", "a" * 40)
+
+
+TARGETS = {"pool-sleep": sleeper, "pool-busy": busy, "pool-gil": in_c}
+
+
 def main(mode: str) -> None:
     if mode == "spawn":
         workers = [concur.spawn(sleeper), concur.spawn(busy)]
         pids = [w.pid for w in workers]
     else:
         pool = concur.ProcessPool(2)
-        target = sleeper if mode == "pool-sleep" else busy
+        target = TARGETS[mode]
         futures = [pool.submit(target) for _ in range(2)]
         while sum(w.state == "busy" for w in pool.workers()) < 2:
             time.sleep(0.01)
