@@ -163,6 +163,27 @@ def test_a_main_global_set_by_a_task_persists_in_its_worker(start_method):
     assert state["counter"] == [1, 2, 3], state
 
 
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_main_functions_never_see_the_bootstrap_modules_names(start_method, tmp_path):
+    # A spawned or fork-server worker's own __main__ is multiprocessing's
+    # bootstrap, which defines `main` / `spawn_main`: the script's must win.
+    script = tmp_path / "names.py"
+    script.write_text(
+        "import concur\n"
+        "def main():\n"
+        "    return 'the script main'\n"
+        "def spawn_main():\n"
+        "    return 'the script spawn_main'\n"
+        "def task(_):\n"
+        "    return main(), spawn_main()\n"
+        "if __name__ == '__main__':\n"
+        f"    with concur.ProcessPool(1, mp_context={start_method!r}) as pool:\n"
+        "        print(pool.submit(task, 1).result(timeout=30))\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "('the script main', 'the script spawn_main')", out.stderr
+
+
 # -- 3. multiprocessing objects in initargs -----------------------------------
 
 _HELD: dict[str, object] = {}

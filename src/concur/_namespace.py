@@ -10,7 +10,8 @@ initializers share one namespace there.
 
 ``loads`` here does the same for by-value functions: a function whose
 globals belong to module ``M`` is bound to the worker's one namespace for
-``M`` (for ``__main__``, the worker's own ``__main__`` module), and the
+``M`` (for ``__main__``, the worker's own ``__main__`` module when that is
+the caller's script, as in a forked worker), and the
 globals it brings along only fill in names that namespace does not have yet,
 so nothing a task or an initializer set is overwritten by the caller's copy.
 
@@ -30,14 +31,24 @@ from cloudpickle import cloudpickle as _cloudpickle_impl
 _namespaces: dict[str, dict[str, Any]] = {}
 
 
-def namespace(module_name: str | None) -> dict[str, Any] | None:
-    """This process's shared globals for functions of ``module_name``."""
+def namespace(module_name: str | None, file: str | None = None) -> dict[str, Any] | None:
+    """This process's shared globals for functions of ``module_name``.
+
+    For ``__main__`` that is the worker's own ``__main__`` module when it is
+    the caller's script (a forked worker), and a namespace of its own
+    otherwise: a spawned or fork-server worker's ``__main__`` is
+    multiprocessing's bootstrap, whose names (``main``, ``spawn_main``)
+    must not stand in for the script's.
+    """
     if module_name is None:
         return None
     found = _namespaces.get(module_name)
     if found is None:
         main = sys.modules.get("__main__") if module_name == "__main__" else None
-        found = main.__dict__ if main is not None else {"__name__": module_name}
+        if main is not None and file is not None and getattr(main, "__file__", None) == file:
+            found = main.__dict__
+        else:
+            found = {"__name__": module_name}
         _namespaces[module_name] = found
     return found
 
@@ -49,7 +60,7 @@ def _make_function(
     argdefs: tuple[Any, ...] | None,
     closure: tuple[Any, ...] | None,
 ) -> types.FunctionType:
-    shared = namespace(globals_.get("__name__"))
+    shared = namespace(globals_.get("__name__"), globals_.get("__file__"))
     if shared is None:
         shared = globals_
     else:
