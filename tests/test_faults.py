@@ -42,6 +42,16 @@ def run_script(name: str, *args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SCRIPTS / name), *args], text=True, **kwargs)
 
 
+def run_to_end(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a script of tests/scripts to its end; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -125,12 +135,7 @@ def test_a_program_read_from_stdin_runs_its_tasks(method):
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_a_script_without_main_guard_runs_once(method):
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "faults_unguarded.py"), method],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_to_end("faults_unguarded.py", method)
     assert out.returncode == 0, out.stderr[-3000:]
     # printed once: the workers never ran the script's top level
     assert out.stdout == "[0, 3, 6, 9, 12]\nlambda ok\n", out.stderr[-3000:]
@@ -173,12 +178,7 @@ def test_initializer_that_exits_breaks_the_pool_without_a_restart_storm(tmp_path
 
 
 def test_endless_imap_on_a_pool_whose_initializer_exits_raises(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "faults_init_exit_imap.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=40,
-    )
+    out = run_to_end("faults_init_exit_imap.py", str(tmp_path), timeout=40)
     assert out.stdout.startswith("raised "), (out.stdout, out.stderr[-3000:])
     took = float(out.stdout.split()[2])
     assert took < 10.0, out.stdout
@@ -474,12 +474,7 @@ def test_forward_logging_false_leaves_worker_logging_alone(root_capture):
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_worker_logging_uses_the_parents_format_and_print_still_works(method):
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "faults_logging.py"), method],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_to_end("faults_logging.py", method)
     assert out.returncode == 0, out.stderr[-3000:]
     pid = int(out.stdout.split("worker")[-1])
     lines = out.stderr.splitlines()

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,8 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _task
+from ._exit import exiting
+from .errors import PoolClosed, PoolInherited
 
 FUTURES_LOG = logging.getLogger("concurrent.futures")
 
@@ -188,6 +191,20 @@ def ignoring_ctrl_c() -> Iterator[None]:
             _handled_at = time.monotonic()
             previous = _debounced
         signal.signal(signal.SIGINT, previous)
+
+
+def check_open(kind: str, owner: int, broken: BaseException | None, closed: bool) -> None:
+    """Raise why a pool cannot take a task now, if it cannot: it belongs to
+    another process (inherited through fork), it is broken, the interpreter
+    is exiting, or it was shut down."""
+    if os.getpid() != owner:
+        raise PoolInherited(kind, owner)
+    if broken is not None:
+        raise broken
+    if exiting():
+        raise PoolClosed("cannot schedule new futures after interpreter shutdown")
+    if closed:
+        raise PoolClosed("cannot schedule new futures after shutdown")
 
 
 def dying_of_interrupt() -> bool:
@@ -476,11 +493,8 @@ def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> 
             while outcomes:
                 yield _task.resolve(outcomes.pop())
     finally:
-        if interrupted:
-            with ignoring_ctrl_c():
-                cancel_all(pending, running_too=True)
-        else:
-            cancel_all(pending, running_too=False)
+        with ignoring_ctrl_c() if interrupted else contextlib.nullcontext():
+            cancel_all(pending, running_too=interrupted)
 
 
 class _Stream(Iterator[Any]):

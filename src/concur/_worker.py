@@ -86,11 +86,17 @@ class _Replies:
         self.conn = conn
         self.lock = threading.Lock()
 
-    def send(self, kind: int, task_id: int = 0, body: bytes = b"", **times: Any) -> None:
-        flags = _task.RETIRING if times.get("retiring") else 0
-        head = _task.REPLY_HEAD.pack(
-            kind, flags, task_id, times.get("wall", 0.0), times.get("cpu", 0.0)
-        )
+    def send(
+        self,
+        kind: int,
+        task_id: int = 0,
+        body: bytes = b"",
+        wall: float = 0.0,
+        cpu: float = 0.0,
+        retiring: bool = False,
+    ) -> None:
+        flags = _task.RETIRING if retiring else 0
+        head = _task.REPLY_HEAD.pack(kind, flags, task_id, wall, cpu)
         with self.lock:
             self.conn.send_bytes(head + body)
 

@@ -47,9 +47,9 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from . import _pool, _supervise, _task, _worker
-from ._exit import exiting, register_exit_hook
+from ._exit import register_exit_hook
 from ._supervisor import PoolState, Supervisor, Task, send
-from .errors import PoolClosed, PoolInherited, SerializationError
+from .errors import PoolInherited, SerializationError
 from .ps import WorkerInfo, parse_size, rss
 
 P = ParamSpec("P")
@@ -203,14 +203,8 @@ class ProcessPool(_pool.PoolBase):
             raise PoolInherited("concur.ProcessPool", self._state.owner)
 
     def _check_open(self) -> None:
-        self._check_owner()
         state = self._state
-        if state.broken is not None:
-            raise state.broken
-        if exiting():
-            raise PoolClosed("cannot schedule new futures after interpreter shutdown")
-        if state.closing:
-            raise PoolClosed("cannot schedule new futures after shutdown")
+        _pool.check_open("concur.ProcessPool", state.owner, state.broken, state.closing)
 
     def _chunks_allowed(self, options: _pool.TaskOptions) -> bool:
         # max_tasks_per_child counts items: a chunk is never split between workers.

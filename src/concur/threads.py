@@ -32,8 +32,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _pool, _task
-from ._exit import exiting, register_exit_hook
-from .errors import PoolClosed, PoolInherited, TaskTimeout, ThreadPoolBroken
+from ._exit import register_exit_hook
+from .errors import TaskTimeout, ThreadPoolBroken
 from .ps import WorkerInfo
 
 _counter = itertools.count()
@@ -247,14 +247,8 @@ class ThreadPool(_pool.PoolBase):
     # -- internals ---------------------------------------------------------
 
     def _check_open(self) -> None:
-        if os.getpid() != self._owner:
-            raise PoolInherited("concur.ThreadPool", self._owner)
-        if self._broken is not None:
-            raise ThreadPoolBroken(self._broken)
-        if exiting():
-            raise PoolClosed("cannot schedule new futures after interpreter shutdown")
-        if self._closed:
-            raise PoolClosed("cannot schedule new futures after shutdown")
+        broken = None if self._broken is None else ThreadPoolBroken(self._broken)
+        _pool.check_open("concur.ThreadPool", self._owner, broken, self._closed)
 
     def _adjust(self) -> None:
         if self._idle.acquire(blocking=False):
