@@ -6,9 +6,11 @@ that uses them switches to concur by changing one line.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import (
+    BrokenExecutor,
     CancelledError,
     Future,
     as_completed,
@@ -242,6 +244,20 @@ def test_initializer_failure_breaks_the_pool_like_the_stdlib(pool_kind):
     with pytest.raises(broken):
         executor.submit(square, 3)
     executor.shutdown()
+
+
+def test_initializer_failure_is_logged_like_the_stdlib(pool_kind, caplog):
+    # The stdlib logs it on "concurrent.futures" at CRITICAL; a process
+    # pool's worker logs it there too and the record is forwarded here.
+    executor = make_pool(pool_kind, max_workers=1, initializer=_broken_initializer)
+    with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+        with pytest.raises(BrokenExecutor):
+            executor.submit(square, 3).result(timeout=30)
+        executor.shutdown()
+    records = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert [r.getMessage() for r in records] == ["Exception in initializer:"]
+    assert records[0].levelno == logging.CRITICAL
+    assert "OSError: no database" in caplog.text
 
 
 @pytest.mark.parametrize("workers", [0, -1])

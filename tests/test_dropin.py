@@ -337,6 +337,32 @@ def test_a_retiring_worker_whose_result_cannot_be_loaded_keeps_the_next_task():
         assert innocent.result(timeout=20) == "innocent"
 
 
+def _log_to_queue_then_fail(log_queue):
+    import logging.handlers
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(logging.handlers.QueueHandler(log_queue))
+    logger.propagate = False
+    raise ValueError("error in initializer")
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_a_failed_initializer_has_flushed_its_queue_when_the_pool_is_broken(start_method):
+    # The record travels through a multiprocessing queue whose feeder thread
+    # flushes as the worker exits: the pool must break only after that exit.
+    ctx = multiprocessing.get_context(start_method)
+    log_queue = ctx.Queue()
+    pool = concur.ProcessPool(
+        1, mp_context=ctx, initializer=_log_to_queue_then_fail, initargs=(log_queue,)
+    )
+    with pytest.raises(concur.ProcessPoolBroken, match="error in initializer"):
+        pool.submit(getpid).result(timeout=30)
+    pool.shutdown()
+    assert "ValueError: error in initializer" in log_queue.get_nowait().getMessage()
+    log_queue.close()
+    log_queue.join_thread()
+
+
 # -- 6. BaseException in the supervisor ---------------------------------------
 
 
@@ -355,6 +381,29 @@ def test_an_exception_that_raises_systemexit_when_loaded_does_not_break_the_pool
         with pytest.raises(BaseException):  # noqa: B017, PT011 - anything but a hang
             future.result(timeout=10)
         assert pool.submit(slow_identity, "after").result(timeout=10) == "after"
+
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        sys.exit(4)
+
+
+def return_exits_when_pickled():
+    return ExitsWhenPickled()
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_a_result_that_raises_systemexit_when_pickled_fails_its_task_not_the_worker(start_method):
+    # As with ProcessPoolExecutor, the SystemExit reaches the caller; the
+    # worker that raised it while pickling goes on to the next task.
+    with concur.ProcessPool(1, mp_context=multiprocessing.get_context(start_method)) as pool:
+        before = pool.submit(getpid).result(timeout=10)
+        with pytest.raises(SystemExit) as caught:
+            pool.submit(return_exits_when_pickled).result(timeout=10)
+        # args, not .code: once distributed is imported (tblib's reducers for
+        # every exception class), a rebuilt SystemExit keeps its args only.
+        assert caught.value.args == (4,)
+        assert pool.submit(getpid).result(timeout=10) == before
 
 
 def _exit_in_callback(future):

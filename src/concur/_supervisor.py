@@ -18,7 +18,10 @@ Invariants the supervisor keeps:
   breaks the pool, which fails every task it holds;
 * a worker that dies before it said READY breaks the pool at once (its
   start, not a task, failed: re-starting it would only fail again), with the
-  reason the worker gave when it had one (its initializer's exception);
+  reason the worker gave when it had one (its initializer's exception). One
+  whose initializer failed breaks it when it has exited, as the standard
+  library's pool does, so what it flushes on exit (a multiprocessing queue a
+  log handler writes to) is there when callers see the pool broken;
 * a task's time limit counts from when its worker is ready; a worker that
   is not ready when the limit passes breaks the pool, naming the initializer.
 """
@@ -133,7 +136,8 @@ class PoolState:
     def wants_worker(self) -> bool:
         with self.lock:
             live = sum(1 for w in self.workers.values() if not w.stopping)
-            return not self.broken and bool(self.pending) and live < self.max_workers
+            failing = any(w.failure is not None for w in self.workers.values())
+            return not (self.broken or failing) and bool(self.pending) and live < self.max_workers
 
     def close_wake(self) -> None:
         with self.lock:
@@ -320,7 +324,9 @@ class Supervisor:
         """Seconds until the next deadline or pending SIGKILL, or None."""
         with self.state.lock:
             times = [
-                w.kill_at if w.stopping else (w.task.deadline if w.task else None)
+                w.kill_at
+                if w.stopping or w.failure is not None
+                else (w.task.deadline if w.task else None)
                 for w in self.state.workers.values()
             ]
         due = [t for t in times if t is not None]
@@ -334,10 +340,10 @@ class Supervisor:
         expired: list[tuple[Task, WorkerProcess]] = []
         with state.lock:
             for worker in state.workers.values():
-                if worker.stopping:
-                    if worker.kill_at is not None and worker.kill_at <= now:
-                        worker.kill_at = None
-                        worker.signal(signal.SIGKILL)
+                if worker.kill_at is not None and worker.kill_at <= now:
+                    worker.kill_at = None
+                    worker.signal(signal.SIGKILL)
+                if worker.stopping or worker.failure is not None:
                     continue
                 task = worker.task
                 if task is not None and task.deadline is not None and task.deadline <= now:
@@ -424,13 +430,13 @@ class Supervisor:
         elif kind == _task.INIT_FAILED:
             status, value = _unpickled(body)
             failure = value if status == _task.RAISED else _task.unpack_exception(value)
-            self.state.break_pool(
-                ProcessPoolBroken(
+            with self.state.lock:  # the pool breaks when the worker is gone (on_exit)
+                worker.failure = ProcessPoolBroken(
                     f"a worker's initializer failed ({type(failure).__name__}: "
                     f"{_task.safe_str(failure)}); the pool cannot run tasks. "
                     "Fix the initializer and create a new pool."
                 )
-            )
+                worker.kill_at = time.monotonic() + EXIT_GRACE_S
 
     def on_ready(self, worker: WorkerProcess) -> None:
         task = self.state.worker_ready(worker)
@@ -471,7 +477,7 @@ class Supervisor:
         exitcode = worker.reap()
         crash, early = state.worker_gone(worker)
         if early:
-            state.break_pool(_start_failure(state, pid, exitcode))
+            state.break_pool(worker.failure or _start_failure(state, pid, exitcode))
         elif crash is not None:
             _pool.settle(crash.future, error=WorkerCrashed(pid, exitcode, crash.label))
 

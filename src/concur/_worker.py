@@ -14,6 +14,7 @@ the same pipe (``_logs``), under a lock, since any thread may log.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -119,6 +120,11 @@ def main(
         try:
             initializer()
         except BaseException as exc:
+            # What ProcessPoolExecutor's worker logs, where it logs it; with
+            # logging forwarded, the record reaches the parent's handlers.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=exc
+            )
             outcome = (_task.ERR, _task.pack_exception(exc))
             replies.send(_task.INIT_FAILED, body=_task.dumps(outcome))
             return
@@ -191,10 +197,17 @@ def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outco
 
 
 def _pack_outcome(outcome: _task.Outcome) -> bytes:
-    """The outcome pickled; one that cannot be becomes an error for the task."""
+    """The outcome pickled; one that cannot be becomes an error for the task.
+
+    An ``Exception`` while pickling becomes a SerializationError; anything
+    else (``SystemExit`` from a ``__reduce__``) is sent back as it is, as
+    ``ProcessPoolExecutor`` does, rather than ending the worker.
+    """
     try:
         return _task.dumps(outcome)
-    except Exception as exc:
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            return _task.dumps((_task.ERR, _task.pack_exception(exc)))
         what = "result" if outcome[0] != _task.ERR else "exception"
         error = SerializationError(
             f"the task's {what} could not be pickled to send it back: "

@@ -31,11 +31,14 @@ class WorkerProcess:
     ``task`` is the task it holds (None when idle); ``ready`` turns True
     when it reported its set-up and initializer done; ``retiring`` when it
     said it will exit after its reply; ``stopping`` once the pool kills it;
-    ``kill_at`` is when a SIGTERM becomes a SIGKILL.
+    ``kill_at`` is when a SIGTERM becomes a SIGKILL (or when a worker whose
+    initializer failed is killed if it has not exited); ``failure`` is the
+    error its initializer's failure breaks the pool with once it is gone.
     """
 
     __slots__ = (
         "exit_fd",
+        "failure",
         "kill_at",
         "name",
         "pid",
@@ -66,6 +69,7 @@ class WorkerProcess:
         self.retiring = False
         self.stopping = False
         self.kill_at: float | None = None
+        self.failure: BaseException | None = None
 
     @property
     def state(self) -> str:

@@ -193,6 +193,16 @@ class ProcessPool(_pool.PoolBase):
         """The multiprocessing start method the workers use."""
         return str(self._mp_context.get_start_method())
 
+    # ProcessPoolExecutor's attributes of these names, for code that reads them.
+    @property
+    def _broken(self) -> BaseException | None:
+        return self._state.broken
+
+    @property
+    def _processes(self) -> dict[int, multiprocessing.process.BaseProcess]:
+        with self._state.lock:
+            return {pid: w.process for pid, w in self._state.workers.items()}
+
     def workers(self) -> list[WorkerInfo]:
         """Each worker now: pid, state, the task it runs and for how long, RSS."""
         self._check_owner()

@@ -222,6 +222,11 @@ class ThreadPool(_pool.PoolBase):
     def _abort(self) -> None:
         self.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def _threads(self) -> set[threading.Thread]:
+        # ThreadPoolExecutor's attribute of this name, for code that reads it.
+        return set(self._slots)
+
     def workers(self) -> list[WorkerInfo]:
         """Each worker thread now: its state, the task it runs and for how long."""
         now, pid = time.monotonic(), os.getpid()
