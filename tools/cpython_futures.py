@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     support.verbose = 1 if args.verbose else 0
     modules = _suite_modules()
     changed = _substitute(modules, env)
-    suite = _load(modules, args.patterns or ["*"])
+    suite = _load(modules, args.module, args.patterns or ["*"])
 
     _header(modules[0], suite_path, concur.__file__, changed)
 
@@ -459,6 +459,12 @@ def _arguments() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="run only tests whose Class.test_method matches (fnmatch)",
+    )
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="run only this module of the suite's package, e.g. test_deadlock (3.12 and later)",
     )
     parser.add_argument("--suite", help="a test_concurrent_futures(.py) to use")
     parser.add_argument(
@@ -495,13 +501,25 @@ def _run(suite: unittest.TestSuite, timeout: float, verbose: bool) -> int:
     return _report(result, time.monotonic() - started)
 
 
-def _load(modules: list[types.ModuleType], patterns: list[str]) -> unittest.TestSuite:
+def test_modules(modules: list[types.ModuleType]) -> list[types.ModuleType]:
+    """The modules holding tests: the one module, or a package's test_* modules."""
+    if len(modules) == 1:  # 3.11 and older
+        return modules
+    return [m for m in modules[1:] if m.__name__.rpartition(".")[2].startswith("test_")]
+
+
+def _load(
+    modules: list[types.ModuleType], only: list[str], patterns: list[str]
+) -> unittest.TestSuite:
     loader = unittest.TestLoader()
     suite = unittest.TestSuite()
-    if len(modules) == 1:  # 3.11 and older: one module
-        tested = modules
-    else:  # a package: its test_* modules
-        tested = [m for m in modules[1:] if m.__name__.rpartition(".")[2].startswith("test_")]
+    tested = test_modules(modules)
+    if only:
+        names = {m.__name__.rpartition(".")[2]: m for m in tested}
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            sys.exit(f"--module {', '.join(unknown)}: the suite's modules are {sorted(names)}")
+        tested = [names[name] for name in only]
     for module in tested:
         suite.addTests(loader.loadTestsFromModule(module))
     return _filter(suite, patterns, list(NOT_RUN))
