@@ -383,6 +383,38 @@ def test_an_exception_that_raises_systemexit_when_loaded_does_not_break_the_pool
         assert pool.submit(slow_identity, "after").result(timeout=10) == "after"
 
 
+def raise_runtime_error():
+    raise RuntimeError(123)  # the line the caller must see
+
+
+def test_the_cause_is_the_standard_librarys_remote_traceback():
+    import concurrent.futures.process
+
+    with concur.ProcessPool(1) as pool, pytest.raises(RuntimeError) as caught:
+        pool.submit(raise_runtime_error).result(timeout=10)
+    cause = caught.value.__cause__
+    assert type(cause) is concurrent.futures.process._RemoteTraceback
+    assert cause is not None and "raise RuntimeError(123)  # the line" in cause.tb
+    assert str(cause).startswith('\n"""\nTraceback (most recent call last):')
+
+
+@pytest.mark.parametrize("pool", ["ThreadPool", "ProcessPool"])
+def test_submit_from_an_atexit_handler_prints_the_standard_librarys_error(pool):
+    script = (
+        "import atexit, concur\n"
+        "@atexit.register\n"
+        "def last():\n"
+        "    pool.submit(id, None)\n"
+        "if __name__ == '__main__':\n"
+        f"    pool = concur.{pool}(2)\n"
+        "    pool.submit(id, 42).result()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert "RuntimeError: cannot schedule new futures after interpreter shutdown" in proc.stderr
+
+
 class ExitsWhenPickled:
     def __reduce__(self):
         sys.exit(4)

@@ -82,9 +82,6 @@ EXPECTED: dict[str, str] = {
     "under forkserver/spawn the tasks run and raise the test's own mul((2, 3)) TypeError "
     "(under fork the worker inherits the mock and crashes: WorkerCrashed, a pass by accident)",
     # -- documented differences
-    "ProcessPool*ProcessPoolExecutorTest.test_traceback": "the cause is concur's public "
-    "concur.RemoteTraceback; the test wants exactly the private "
-    "concurrent.futures.process._RemoteTraceback (assertIs on the type)",
     "ProcessPool*ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context": (
         "concur's default start method is forkserver on Linux, with or without "
         "max_tasks_per_child (processes.default_start_method); the stdlib picks spawn"
@@ -101,9 +98,6 @@ EXPECTED: dict[str, str] = {
     "ProcessPoolForkProcessPoolExecutorTest.test_max_tasks_per_child": "concur accepts "
     "max_tasks_per_child with fork (its supervisor forks replacement workers for crashes "
     "anyway); the stdlib raises ValueError",
-    "*ShutdownTest.test_submit_after_interpreter_shutdown": "concur raises PoolClosed, a "
-    "RuntimeError subclass, with the same message; the test looks for the printed text "
-    "'RuntimeError: cannot schedule new futures'",
     "ProcessPool*ProcessPoolShutdownTest.test_cancel_futures": "timing: concur starts "
     "workers from its supervisor thread after submit() returns and hands a task over "
     "only to a live idle worker, so shutdown(cancel_futures=True) right after 50 "

@@ -196,13 +196,16 @@ def ignoring_ctrl_c() -> Iterator[None]:
 def check_open(kind: str, owner: int, broken: BaseException | None, closed: bool) -> None:
     """Raise why a pool cannot take a task now, if it cannot: it belongs to
     another process (inherited through fork), it is broken, the interpreter
-    is exiting, or it was shut down."""
+    is exiting (a plain RuntimeError, as the standard library raises), or it
+    was shut down (PoolClosed)."""
     if os.getpid() != owner:
         raise PoolInherited(kind, owner)
     if broken is not None:
         raise broken
     if exiting():
-        raise PoolClosed("cannot schedule new futures after interpreter shutdown")
+        # Exactly the standard library's error: this one is printed from
+        # atexit handlers, where people know it by its text.
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
     if closed:
         raise PoolClosed("cannot schedule new futures after shutdown")
 

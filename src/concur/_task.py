@@ -35,7 +35,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import RemoteError, RemoteTraceback, SerializationError
+from .errors import RemoteError, SerializationError, remote_traceback
 
 # Message kinds, caller → worker.
 CALL, CHUNK, EXIT = 1, 2, 3
@@ -225,7 +225,7 @@ def unpack_exception(packed: tuple[bytes | None, str, str, str]) -> BaseExceptio
             why = f"{type(err).__name__}: {safe_str(err)}"
     if exc is None:
         exc = RemoteError(type_name, message, tb, why)
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = remote_traceback(tb)
     return exc
 
 

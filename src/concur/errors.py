@@ -176,21 +176,19 @@ class WorkerStateError(ConcurError, ValueError):
     """An attribute of a worker was changed at a time it cannot change."""
 
 
-class RemoteTraceback(_StdRemoteTraceback):
-    """The traceback of an exception raised in a worker process.
+# The traceback of an exception raised in a worker process, attached as the
+# ``__cause__`` of the exception re-raised in the caller, so the worker's
+# frames print under "The above exception was the direct cause". It is the
+# very class ProcessPoolExecutor uses, so code that checks for it (even
+# ``type(cause) is _RemoteTraceback``) keeps working; ``tb`` holds the text.
+RemoteTraceback = _StdRemoteTraceback
 
-    concur attaches it as ``__cause__`` of the re-raised exception, so the
-    worker's frames print under "The above exception was the direct cause".
-    It is an instance of the class ``ProcessPoolExecutor`` uses for the same
-    purpose, so code that checks for that keeps working.
-    """
 
-    def __init__(self, tb: str) -> None:
-        Exception.__init__(self, tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
+def remote_traceback(tb: str) -> RemoteTraceback:
+    """The cause to attach for a worker's formatted traceback ``tb``, in the
+    form ``ProcessPoolExecutor`` gives it."""
+    # (typeshed has the argument as a TracebackType; the stdlib passes text)
+    return RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[arg-type]
 
 
 class RemoteError(ConcurError):
