@@ -265,6 +265,34 @@ def test_auto_pool_decides_per_function():
         assert pool.decision is not None
 
 
+def spin_pid(n):
+    spin(n)
+    return os.getpid()
+
+
+def test_auto_pool_map_keeps_to_max_workers():
+    # Computing work goes to processes; an AutoPool of one worker uses one.
+    with concur.AutoPool(max_workers=1) as pool:
+        results = pool.map(spin_pid, [3_000_000] * 16)  # about 1 s of computing
+        pids = set(results)
+        assert results.decision.workers == 1
+    assert len(pids - {os.getpid()}) <= 1
+
+
+def test_auto_pool_map_and_imap_keep_to_a_given_chunksize(monkeypatch):
+    monkeypatch.setenv("CONCUR_BACKEND", "process")
+    with concur.AutoPool(max_workers=2) as pool:
+        mapped = pool.map(square, range(40), chunksize=7)
+        assert list(mapped) == [x * x for x in range(40)]
+        assert mapped.decision.chunksize == 7
+        assert mapped.decision.workers == 2
+        streamed = pool.imap(square, range(40), chunksize=3, ordered=False)
+        assert sorted(streamed) == [x * x for x in range(40)]
+        assert streamed.decision.chunksize == 3
+        with pytest.raises(ValueError, match="chunksize"):
+            pool.map(square, range(4), chunksize=0)
+
+
 def test_stopping_early_stops_the_workers():
     stream = concur.imap(nap, [0.05] * 1000)
     assert next(stream) == 0.05

@@ -398,6 +398,8 @@ class AutoMap(Iterator[Any]):
         forced_backend: str | None = None,
         options: TaskOptions | None = None,
         timeout: float | None = None,
+        chunksize: int | None = None,
+        max_inflight: int | None = None,
     ) -> None:
         self._fn = fn
         # One iterable: items stay as they are, so inline calls are plain fn(x).
@@ -415,6 +417,8 @@ class AutoMap(Iterator[Any]):
         self._ordered = ordered
         self._return_exceptions = return_exceptions
         self._workers = workers
+        self._chunksize = chunksize  # every chunk this size (workers and threads), if given
+        self._max_inflight = max_inflight
         self._options = options or TaskOptions()
         self._end_time = None if timeout is None else time.monotonic() + timeout
         self._cores = cpu_count()
@@ -686,9 +690,18 @@ class AutoMap(Iterator[Any]):
             return running
         return None if self._remaining is None else self._remaining + running
 
-    def _adopt(self, decision: Decision) -> None:
-        if self._forced is None and self._workers is not None and decision.backend != "inline":
+    def _sized(self, decision: Decision) -> Decision:
+        """The decision with the caller's worker count and chunk size, if given."""
+        if decision.backend == "inline":
+            return decision
+        if self._forced is None and self._workers is not None:
             decision = replace(decision, workers=self._workers)
+        if self._chunksize is not None:
+            decision = replace(decision, chunksize=self._chunksize)
+        return decision
+
+    def _adopt(self, decision: Decision) -> None:
+        decision = self._sized(decision)
         previous = self.decision
         self.decisions.append(decision)
         if previous is None:
@@ -701,11 +714,12 @@ class AutoMap(Iterator[Any]):
     def _limit(self) -> int:
         d = self.decision
         assert d is not None
+        limit = 1
         if d.backend == "process":
-            return 2 * d.workers
-        if d.backend == "thread":
-            return d.workers + 1
-        return 1
+            limit = 2 * d.workers
+        elif d.backend == "thread":
+            limit = d.workers + 1
+        return limit if self._max_inflight is None else min(limit, self._max_inflight)
 
     def _fill(self) -> None:
         d = self.decision
@@ -885,6 +899,7 @@ class AutoMap(Iterator[Any]):
         assert current is not None
         if verdict.backend == current.backend:
             self._pending_switch = None
+            verdict = self._sized(verdict)
             if verdict.workers > current.workers or verdict.chunksize != current.chunksize:
                 self.decisions[-1] = verdict  # same backend, better sizing
             return
@@ -991,7 +1006,10 @@ class AutoPool(_pool_base.PoolBase):
     LEARN_CALLS = 3
 
     def __init__(self, max_workers: int | None = None) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
         self._max_workers = max_workers or cpu_count()
+        self._workers_given = max_workers
         self._defaults = TaskOptions()
         self._threads = ThreadPool(THREAD_BOUND, thread_name_prefix="concur-AutoPool-thread")
         self._processes: ProcessPool | None = None
@@ -1121,9 +1139,17 @@ class AutoPool(_pool_base.PoolBase):
         timeout: float | None = None,
         chunksize: Any = "auto",
     ) -> Iterator[Any]:
-        """Decide for this run by measuring it, as ``concur.map`` does."""
+        """Decide for this run by measuring it, as ``concur.map`` does, on at
+        most ``max_workers`` workers, in chunks of ``chunksize`` if it is given."""
         timeout = _pool_base.check_timeout(timeout)
-        stream = AutoMap(fn, iterables, forced_backend=self._forced, timeout=timeout)
+        stream = AutoMap(
+            fn,
+            iterables,
+            forced_backend=self._forced,
+            timeout=timeout,
+            workers=self._workers_given,
+            chunksize=_fixed_chunksize(chunksize),
+        )
         return _TrackedMap(stream, self)
 
     def imap(
@@ -1135,12 +1161,17 @@ class AutoPool(_pool_base.PoolBase):
         return_exceptions: bool = False,
         max_inflight: int | None = None,
     ) -> Iterator[Any]:
+        if max_inflight is not None and (not isinstance(max_inflight, int) or max_inflight < 1):
+            raise ValueError(f"max_inflight must be an int >= 1, not {max_inflight!r}")
         stream = AutoMap(
             fn,
             iterables,
             ordered=ordered,
             return_exceptions=return_exceptions,
             forced_backend=self._forced,
+            workers=self._workers_given,
+            chunksize=_fixed_chunksize(chunksize),
+            max_inflight=max_inflight,
         )
         return _TrackedMap(stream, self)
 
@@ -1153,6 +1184,11 @@ class AutoPool(_pool_base.PoolBase):
         self._threads._abort()
         if self._processes is not None:
             self._processes._abort()
+
+
+def _fixed_chunksize(chunksize: Any) -> int | None:
+    """None for "auto" (auto sizes chunks), else the size, checked as the pools check it."""
+    return _pool_base.ChunkSizer(chunksize, 1, "thread").fixed
 
 
 class _TrackedMap(Iterator[Any]):
