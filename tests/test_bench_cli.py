@@ -26,7 +26,18 @@ def test_bench_writes_every_scenario_and_backend_to_json_and_a_chart(tmp_path):
     assert "start method" in result.output
     data = json.loads(out.read_text())
     pairs = {(row["scenario"], row["backend"]) for row in data["results"]}
-    assert pairs == {(s, b) for s in SCENARIOS for b in BACKENDS}
+    assert pairs == {
+        (s, b)
+        for s in SCENARIOS
+        for b in BACKENDS
+        if BACKENDS[b].kind != "pipe" or SCENARIOS[s].pipe  # the bare pipe: latency only
+    }
+    latency = {r["backend"]: r for r in data["results"] if r["scenario"] == "latency"}
+    assert latency["bare-pipe"]["x_pipe"] == pytest.approx(1.0)
+    pipe_us = latency["bare-pipe"]["median"]
+    assert latency["concur-process"]["x_pipe"] == pytest.approx(
+        latency["concur-process"]["median"] / pipe_us
+    )
     for row in data["results"]:
         backend = BACKENDS[row["backend"]]
         skipped = SCENARIOS[row["scenario"]].skip(backend)

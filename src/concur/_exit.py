@@ -9,7 +9,9 @@ A program that dies of Ctrl-C prints its traceback, then runs these hooks
 (which stop the pools' workers). A second press in that moment would
 interrupt the shutdown and print a second traceback, so once a
 KeyboardInterrupt reaches the top of a script (not an interactive session),
-further presses are ignored: the program is already ending.
+further presses are ignored: the program is already ending. The same holds
+while the cleanup after a Ctrl-C inside a pool call runs
+(``ignoring_ctrl_c``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Callable
-from types import TracebackType
+from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
 from typing import Any
 
 _exiting = False
@@ -78,3 +81,48 @@ def _wrap_excepthook() -> None:
 
 
 _wrap_excepthook()
+
+
+# Presses this soon after the one concur handled count as the same press.
+_DEBOUNCE_S = 0.5
+_handled_at = 0.0
+
+
+def _debounced(sig: int, frame: FrameType | None) -> None:
+    if time.monotonic() - _handled_at >= _DEBOUNCE_S:
+        signal.default_int_handler(sig, frame)
+
+
+@contextlib.contextmanager
+def ignoring_ctrl_c() -> Iterator[None]:
+    """Ignore further Ctrl-C while the cleanup after one runs (main thread only).
+
+    A second press a moment after the first would otherwise interrupt the
+    cancelling and killing, leave work running, and print a second
+    traceback chained to the first. Presses in the half second after the
+    cleanup are ignored too (a double press is one press); after that,
+    Ctrl-C raises KeyboardInterrupt again. A handler the program installed
+    itself is put back as it was.
+    """
+    global _handled_at
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        if previous in (signal.default_int_handler, _debounced):
+            _handled_at = time.monotonic()
+            previous = _debounced
+        signal.signal(signal.SIGINT, previous)
+
+
+def dying_of_interrupt() -> bool:
+    """True when the interpreter is exiting because of an uncaught Ctrl-C."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)

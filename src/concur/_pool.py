@@ -23,20 +23,17 @@ import itertools
 import logging
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, InvalidStateError, wait
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _task
-from ._exit import exiting
+from ._exit import dying_of_interrupt, exiting, ignoring_ctrl_c
 from .errors import PoolClosed, PoolInherited
 
 FUTURES_LOG = logging.getLogger("concurrent.futures")
@@ -154,45 +151,6 @@ def settle_outcome(future: Future[Any], outcome: _task.Outcome) -> None:
         settle(future, error=_task.unpack_exception(value))
 
 
-# Presses this soon after the one concur handled count as the same press.
-_DEBOUNCE_S = 0.5
-_handled_at = 0.0
-
-
-def _debounced(sig: int, frame: FrameType | None) -> None:
-    if time.monotonic() - _handled_at >= _DEBOUNCE_S:
-        signal.default_int_handler(sig, frame)
-
-
-@contextlib.contextmanager
-def ignoring_ctrl_c() -> Iterator[None]:
-    """Ignore further Ctrl-C while the cleanup after one runs (main thread only).
-
-    A second press a moment after the first would otherwise interrupt the
-    cancelling and killing, leave work running, and print a second
-    traceback chained to the first. Presses in the half second after the
-    cleanup are ignored too (a double press is one press); after that,
-    Ctrl-C raises KeyboardInterrupt again. A handler the program installed
-    itself is put back as it was.
-    """
-    global _handled_at
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main interpreter
-        yield
-        return
-    try:
-        yield
-    finally:
-        if previous in (signal.default_int_handler, _debounced):
-            _handled_at = time.monotonic()
-            previous = _debounced
-        signal.signal(signal.SIGINT, previous)
-
-
 def check_open(kind: str, owner: int, broken: BaseException | None, closed: bool) -> None:
     """Raise why a pool cannot take a task now, if it cannot: it belongs to
     another process (inherited through fork), it is broken, the interpreter
@@ -208,12 +166,6 @@ def check_open(kind: str, owner: int, broken: BaseException | None, closed: bool
         raise RuntimeError("cannot schedule new futures after interpreter shutdown")
     if closed:
         raise PoolClosed("cannot schedule new futures after shutdown")
-
-
-def dying_of_interrupt() -> bool:
-    """True when the interpreter is exiting because of an uncaught Ctrl-C."""
-    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    return isinstance(last, KeyboardInterrupt)
 
 
 def static_chunksize(n: int, workers: int) -> int:

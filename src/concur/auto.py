@@ -41,6 +41,7 @@ from typing import Any
 
 from . import _gil, _task
 from . import _pool as _pool_base
+from ._exit import ignoring_ctrl_c
 from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
 from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
@@ -493,7 +494,7 @@ class AutoMap(Iterator[Any]):
                 raise StopIteration
             self._collect()
         except KeyboardInterrupt:
-            with _pool_base.ignoring_ctrl_c():
+            with ignoring_ctrl_c():
                 self.close(abort=True)
             raise
 

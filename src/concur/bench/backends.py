@@ -11,7 +11,9 @@ kill their worker), plus ``close()``. A peer whose library is missing says so
 from __future__ import annotations
 
 import importlib.util
+import logging
 import multiprocessing
+import pickle
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -127,6 +129,42 @@ class AutoRunner(Runner):
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+
+
+def _echo(conn: Any) -> None:
+    """The bare pipe's other end: send back what arrives, until b""."""
+    while True:
+        data = conn.recv_bytes()
+        if not data:
+            return
+        conn.send_bytes(data)
+
+
+class PipeRunner(Runner):
+    """No pool: a round trip through one pipe to a process that echoes.
+
+    The physical floor under any process pool's round trip on this machine,
+    measured the same way (the argument and the answer pickled): only the
+    latency scenario runs it.
+    """
+
+    def __init__(self, workers: int | None) -> None:
+        ctx = _mp_context()
+        self.conn, theirs = ctx.Pipe()
+        self.process = ctx.Process(  # type: ignore[attr-defined]
+            target=_echo, args=(theirs,), name="concur-bench-pipe"
+        )
+        self.process.start()
+        theirs.close()
+
+    def call(self, fn: Fn, arg: Any) -> Any:
+        self.conn.send_bytes(pickle.dumps(arg))
+        return pickle.loads(self.conn.recv_bytes())
+
+    def close(self) -> None:
+        self.conn.send_bytes(b"")
+        self.process.join(5)
+        self.conn.close()
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -258,6 +296,9 @@ def _dask_cluster(workers: int) -> Any:
             processes=True,
             dashboard_address="127.0.0.1:0",
             host="127.0.0.1",
+            # The crash scenario kills workers on purpose; Dask's warnings
+            # about each lost task would bury the tables.
+            silence_logs=logging.CRITICAL,
         )
     return _dask_clusters[workers]
 
@@ -316,9 +357,11 @@ class LokyRunner(ExecutorRunner):
 @dataclass(frozen=True)
 class Backend:
     name: str
-    family: str  # "serial", "concur" or "peer"
+    family: str  # "serial", "baseline", "concur" or "peer"
     make: Callable[[int | None], Runner]
-    kind: str  # "none", "thread", "process" or "auto" (compared with every peer)
+    # "none", "thread", "process", "auto" (compared with every peer), or
+    # "pipe" (the bare pipe: only where a scenario asks for it)
+    kind: str
     module: str | None = None  # the library a peer needs
 
     def unavailable(self) -> str | None:
@@ -333,6 +376,7 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in [
         Backend("serial", "serial", lambda workers: SerialRunner(), "none"),
+        Backend("bare-pipe", "baseline", PipeRunner, "pipe"),
         Backend("concur-thread", "concur", lambda w: ExecutorRunner(ThreadPool(w)), "thread"),
         Backend("concur-process", "concur", lambda w: ExecutorRunner(ProcessPool(w)), "process"),
         Backend("concur-auto", "concur", AutoRunner, "auto"),

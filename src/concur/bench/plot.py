@@ -14,7 +14,7 @@ from typing import Any
 from .backends import BACKENDS
 from .runner import SCENARIOS
 
-COLORS = {"concur": "#1f6fb4", "serial": "#8c8c8c", "peer": "#e08a2c"}
+COLORS = {"concur": "#1f6fb4", "serial": "#8c8c8c", "baseline": "#4d4d4d", "peer": "#e08a2c"}
 
 
 def require_matplotlib() -> None:

@@ -47,6 +47,7 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
     for (scenario_name, backend_name), result in results.items():
         scenario = SCENARIOS[scenario_name]
         serial = results.get((scenario_name, "serial"))
+        pipe = results.get((scenario_name, "bare-pipe"))
         kind = BACKENDS[backend_name].kind
         # Compare like with like: threads with thread peers, processes with process peers.
         peers = [
@@ -72,6 +73,8 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
             # > 1 means better than serial / than the best peer.
             "vs_serial": _ratio_of(median, serial.median if serial else None, better),
             "vs_best_peer": _ratio_of(median, best_peer, better),
+            # How many bare-pipe round trips this costs (latency): > 1 is slower.
+            "x_pipe": _ratio_of(pipe.median if pipe else None, median, better),
         }
         rows.append(row)
     return rows
@@ -109,23 +112,29 @@ def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
         table.add_column("max", justify="right")
         table.add_column("vs serial", justify="right")
         table.add_column("vs best peer", justify="right")
-        for row in (r for r in rows if r["scenario"] == scenario_name):
+        these = [r for r in rows if r["scenario"] == scenario_name]
+        piped = any(r["x_pipe"] is not None for r in these)
+        if piped:
+            table.add_column("× pipe", justify="right")
+        for row in these:
             if row["error"] and not row["samples"]:
                 table.add_row(row["backend"], f"[red]{row['error'].splitlines()[0]}[/]")
                 continue
-            table.add_row(
+            cells = [
                 row["backend"],
                 _num(row["median"], row["unit"]),
                 _num(row["min"], row["unit"]),
                 _num(row["max"], row["unit"]),
                 _ratio(row["vs_serial"]),
                 _ratio(row["vs_best_peer"]),
-            )
+            ]
+            table.add_row(*cells, *([_ratio(row["x_pipe"])] if piped else []))
         console.print(table)
     console.print(
         "Ratios divide medians from this run: above 1.00× means better than serial, "
         "or than the best peer of the same kind (threads vs threads, processes vs processes; "
-        "auto vs all)."
+        "auto vs all). × pipe (latency): the round trip in bare-pipe round trips, "
+        "the floor for any process pool here."
     )
 
 

@@ -38,6 +38,7 @@ class Scenario:
     skip: Callable[[Backend], str | None] = lambda backend: None
     higher_is_better: bool = False
     quick: bool = True  # part of --quick
+    pipe: bool = False  # the bare pipe runs here too, as the floor for round trips
 
 
 @dataclass
@@ -219,6 +220,7 @@ SCENARIOS: dict[str, Scenario] = {
             "warm-pool round trip of a no-op, submit(...).result(), median",
             "µs/call",
             _latency,
+            pipe=True,
         ),
         Scenario(
             "startup",
@@ -277,6 +279,8 @@ def _run_all(
         for r in range(repeat):
             shift = r % len(backends)
             for backend_name in backends[shift:] + backends[:shift]:
+                if BACKENDS[backend_name].kind == "pipe" and not scenario.pipe:
+                    continue
                 result = results.setdefault(
                     (scenario_name, backend_name), Result(scenario_name, backend_name)
                 )

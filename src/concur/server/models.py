@@ -116,8 +116,11 @@ class LocalServer(Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace = 5.0
         self._ready = threading.Event()
-        runner = self._run_threads if model == "thread" else self._run_async
-        main = threading.Thread(target=runner, name=f"concur-server-{model}", daemon=True)
+        self._start()
+
+    def _start(self) -> None:
+        runner = self._run_threads if self.model == "thread" else self._run_async
+        main = threading.Thread(target=runner, name=f"concur-server-{self.model}", daemon=True)
         self._threads.append(main)
         main.start()
         self._ready.wait(10)
@@ -274,19 +277,7 @@ class MasterServer(Server):
                 f"the {model} model runs handlers in other processes, so the handler "
                 f"must be picklable: {exc}"
             ) from exc
-        self._events, events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        with events_w:
-            self._master = subprocess.Popen(
-                [sys.executable, "-m", "concur.server._master", str(events_w.fileno())],
-                stdin=subprocess.PIPE,
-                pass_fds=(events_w.fileno(),),
-                start_new_session=True,
-            )
-        assert self._master.stdin is not None
-        self._stdin = self._master.stdin
-        self._stdin.write(json.dumps(sys.path).encode() + b"\n")
-        self._stdin.write(b"%d\n" % len(blob) + blob)
-        self._stdin.flush()
+        self._launch(blob)
         self._reader = threading.Thread(
             target=self._read_events, name="concur-server-events", daemon=True
         )
@@ -300,6 +291,22 @@ class MasterServer(Server):
     def pid(self) -> int:
         """The master process's pid."""
         return self._master.pid
+
+    def _launch(self, blob: bytes) -> None:
+        """Start the master; send it sys.path and the pickled set-up on stdin."""
+        self._events, events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with events_w:
+            self._master = subprocess.Popen(
+                [sys.executable, "-m", "concur.server._master", str(events_w.fileno())],
+                stdin=subprocess.PIPE,
+                pass_fds=(events_w.fileno(),),
+                start_new_session=True,
+            )
+        assert self._master.stdin is not None
+        self._stdin = self._master.stdin
+        self._stdin.write(json.dumps(sys.path).encode() + b"\n")
+        self._stdin.write(b"%d\n" % len(blob) + blob)
+        self._stdin.flush()
 
     def _read_events(self) -> None:
         self._events.settimeout(0.1)
