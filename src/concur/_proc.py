@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 
 @functools.cache
-def _libc() -> object | None:
+def load_libc() -> object | None:
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -26,28 +26,28 @@ def _libc() -> object | None:
         return None
 
 
-def _set_pdeathsig() -> None:
-    libc = _libc()
+def set_pdeathsig() -> None:
+    libc = load_libc()
     if libc is not None:
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)  # type: ignore[attr-defined]
 
 
-def _set_title(title: str, short: str, full: bool = True) -> None:
+def set_title(title: str, short: str, full: bool = True) -> None:
     """A readable name in ``ps`` and ``top``: the kernel's process name
     (``PR_SET_NAME``, what ``ps -o comm`` and ``top`` show) and, with the
     optional setproctitle and ``full``, the whole command line."""
-    setter = _title_setter() if full else None
+    setter = title_setter() if full else None
     if setter is not None:
         setter(title)  # it sets the kernel name too; ours follows
-    libc = _libc()
+    libc = load_libc()
     if libc is not None:
         pr_set_name = 15
         libc.prctl(pr_set_name, short.encode()[:15], 0, 0, 0)  # type: ignore[attr-defined]
 
 
 @functools.cache
-def _title_setter() -> Callable[[str], None] | None:
+def title_setter() -> Callable[[str], None] | None:
     """setproctitle's C function, or None when it is not installed.
 
     Loaded from its extension module directly: the package's ``__init__``

@@ -61,7 +61,7 @@ from multiprocessing import process as mp_process
 from multiprocessing import spawn as mp_spawn
 from typing import Any
 
-from ._proc import _libc, _set_pdeathsig, _set_title, _title_setter
+from ._proc import load_libc, set_pdeathsig, set_title, title_setter
 from .errors import MainGuardMissing
 
 __all__ = [
@@ -132,8 +132,8 @@ def child_setup(
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
     if pdeathsig:
-        _set_pdeathsig()
-    _set_title(title, short)
+        set_pdeathsig()
+    set_title(title, short)
     _kill_on_eof(lifeline)
     if _at_eof(lifeline):  # the parent died before we got here
         _orphaned()
@@ -241,11 +241,11 @@ def task_titles(title: str) -> Callable[[str | None, int], None] | None:
 
     The title reads ``TITLE [idle]`` or ``TITLE [task ID NAME since EPOCH]``.
     """
-    show = _title_setter()
+    show = title_setter()
     if show is None:
         return None
     idle = f"{title} [idle]"
-    libc = _libc()
+    libc = load_libc()
     # setproctitle also renames the kernel's short name; keep ours ("concur-worker")
     rename = getattr(libc, "prctl", None)
     short = os.path.basename(title.split()[0]).encode()[:15]

@@ -6,16 +6,13 @@ its stdin. The master is single-threaded, so forking from it is safe; it
 binds the listening socket, forks the children that serve connections and
 reaps every one of them the moment SIGCHLD says it ended:
 
-    process   a process per connection (the seed's design), forked ahead:
-              N spare children wait on the shared socket, each serves one
-              connection and exits, and the master forks the next spare
-              while it serves, so no client waits for a fork
-    prefork   N children accept on the shared socket, one connection each at
-              a time
+    process   a process per connection (the seed's design), forked ahead
+    prefork   N children accept on the shared socket, one connection each
+    hybrid    N children, each an event loop holding many connections
 
-In both, the master accepts only to say "busy" when no worker is free.
-    hybrid    N children, each an event loop holding many connections, with
-              a thread pool for handlers that block
+The loop here is the same for all three; what differs is one small object
+per model (``_children``): which children to keep, what they run, and
+whether the master itself turns clients away with "busy".
 
 Lifelines. The caller keeps the master's stdin open: end of file means the
 caller is gone (even by SIGKILL), and the master kills its children and
@@ -35,32 +32,21 @@ tracebacks, appear where the user configured logging.
 
 from __future__ import annotations
 
-import errno
 import json
-import mmap
 import os
 import select
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .._proc import _libc, _set_pdeathsig, _set_title
-from ._drive import BACKOFF, back_off, drive, log, peer_name, refuse
+from .._proc import load_libc, set_pdeathsig, set_title
+from ._children import MODELS, STATE, STOP_SIGNALS, accept_one, drain, send
+from ._drive import BACKOFF, log, refuse
 from .protocol import Session
-
-OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-def send(sock: socket.socket, event: dict[str, Any]) -> None:
-    try:
-        sock.send(json.dumps(event).encode())
-    except OSError:
-        pass
 
 
 def _read_setup() -> dict[str, Any]:
@@ -75,26 +61,12 @@ def _read_setup() -> dict[str, Any]:
     return setup
 
 
-def _forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
-    """Send the records of these loggers (asyncio's, in a hybrid worker) to
-    the caller too. Imports logging, so only where threads run anyway."""
-    import logging
-
-    class EventHandler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                text = self.format(record)[:60_000]
-                send(events, {"t": "log", "level": record.levelno, "msg": text})
-            except Exception:  # the caller is gone; nothing to tell
-                pass
-
-    for name in names:
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [EventHandler()]
-        logger.propagate = False
-
-
 class Master:
+    """The loop every model shares: listen, say "busy", stop, reap.
+
+    What differs by model is ``self.kind`` (see ``_children``).
+    """
+
     def __init__(self, setup: dict[str, Any], events: socket.socket) -> None:
         self.model: str = setup["model"]
         self.handler: Callable[[str], Session] = setup["handler"]
@@ -119,14 +91,12 @@ class Master:
         self.state_r, self.state_w = os.pipe()  # process/prefork: busy / free reports
         self.devnull = os.open(os.devnull, os.O_RDONLY)  # each child's stdin
         os.set_blocking(self.state_r, False)
-        self.busy: dict[int, bool] = {}  # process/prefork worker pid -> serving
-        self.slots: dict[int, int] = {}  # hybrid worker pid -> its slot in counts
-        # hybrid: each child writes its open-connection count in its own slot
-        self.counts = mmap.mmap(-1, 8 * max(self.workers, 1))
+        self.busy: dict[int, bool] = {}  # process/prefork child pid -> serving
         self.listening = False
         self.backoff_until = 0.0
         self.terminated = False
         self.last_refusal = 0.0
+        self.kind = MODELS[self.model](self)
 
     def on_sigterm(self, *_: object) -> None:
         self.terminated = True  # acted on by the loop, which the wakeup fd wakes
@@ -141,11 +111,7 @@ class Master:
         self.sel.register(self.wake_r, selectors.EVENT_READ)
         self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
         self.sel.register(self.state_r, selectors.EVENT_READ)
-        if self.model == "hybrid":
-            for slot in range(self.workers):
-                self.fork_hybrid(slot)
-        else:
-            self.replenish()
+        self.kind.start()
         self.update_listening()
         send(self.events, {"t": "ready", "port": self.listener.getsockname()[1]})
         while True:
@@ -158,7 +124,7 @@ class Master:
                 self.escalate()
             for key, _ in self.sel.select(timeout=self.tick()):
                 if key.fd == self.wake_r:
-                    _drain(self.wake_r)
+                    drain(self.wake_r)
                 elif key.fd == sys.stdin.fileno():
                     self.command()
                 elif key.fd == self.state_r:
@@ -209,15 +175,14 @@ class Master:
                 self.signalled.add(pid)
                 _kill(pid, signal.SIGINT)  # close the sessions now
 
-    # -- the busy reply (process, prefork) and keeping workers ready ----------
+    # -- the busy reply and keeping children ready -----------------------------
 
     def update_listening(self) -> None:
-        # the master accepts only to say busy, when no worker is free; hybrid
-        # workers say busy themselves
+        # the master accepts only to say busy, when no child is free
         want = (
             self.stopping_since is None
             and time.monotonic() >= self.backoff_until
-            and self.model != "hybrid"
+            and self.kind.master_refuses
             and not self.idle_workers()
         )
         if self.backoff_until and time.monotonic() >= self.backoff_until:
@@ -232,43 +197,55 @@ class Master:
         return sum(1 for serving in self.busy.values() if not serving)
 
     def accept(self) -> None:
-        """Every worker is busy: turn the client away with a busy reply."""
+        """Every child is busy: turn the client away with a busy reply."""
         flooded = time.monotonic() - self.last_refusal < 0.1
         if not flooded and self.a_worker_frees_up():
-            return  # that worker takes the connection
+            return  # that child takes the connection
         self.last_refusal = time.monotonic()  # in a flood, refuse without waiting
-        accepted = _accept(self.listener)
+        accepted = accept_one(self.listener)
         if isinstance(accepted, OSError):
             self.backoff_until = time.monotonic() + BACKOFF  # the loop stops listening a while
         elif accepted is not None:
             refuse(accepted[0])
 
     def replenish(self) -> None:
-        """Keep the process and prefork workers ready.
+        if self.stopping_since is None:
+            self.kind.replenish()
 
-        prefork: ``workers`` processes, always. process: ``workers`` spare
-        processes waiting for the next clients, each serving one connection
-        and exiting, so the fork is never on a client's path; with at most
-        ``max_connections`` processes in all.
-        """
-        if self.stopping_since is not None or self.model == "hybrid":
-            return
-        if self.model == "prefork":
-            while len(self.busy) < self.workers:
-                self.fork_worker()
-            return
-        while self.idle_workers() < self.workers and len(self.busy) < self.max_connections:
-            self.fork_worker()
+    def a_worker_frees_up(self, wait: float = 0.02) -> bool:
+        """Every child looked busy when a client arrived. Refuse it only if,
+        for ``wait`` seconds, no child says anything: one that has just
+        finished (or a fresh spare) would race the master for the connection,
+        and the client would be turned away for nothing."""
+        readable, _, _ = select.select([self.state_r], [], [], wait)
+        if readable:
+            self.read_states()
+            self.replenish()
+            return True
+        return self.idle_workers() > 0
+
+    def read_states(self) -> None:
+        data = drain(self.state_r)
+        offset = 0
+        while offset + STATE.size <= len(data):
+            pid, serving, size = STATE.unpack_from(data, offset)
+            offset += STATE.size
+            peer = data[offset : offset + size].decode(errors="replace")
+            offset += size
+            if pid in self.busy:
+                self.busy[pid] = bool(serving)
+                if serving:
+                    self.children[pid].update(peer=peer, since=time.monotonic())
 
     # -- children -------------------------------------------------------------
 
     def fork(self, body: Callable[[], None], name: str) -> int:
         # A stop signal that reached the child before it set its own handlers
         # would run the master's and be lost: hold them until the child is ready.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             return pid
         code = 1
         try:
@@ -287,7 +264,7 @@ class Master:
         connection in the process model. The stop signals stay blocked (and
         the master's handlers in place) until the child sets its own.
         """
-        _set_pdeathsig()  # the master is single-threaded: this follows the master
+        set_pdeathsig()  # the master is single-threaded: this follows the master
         if os.getppid() != self.pid:
             os._exit(0)
         signal.set_wakeup_fd(-1)
@@ -296,148 +273,8 @@ class Master:
             os.close(fd)
         os.dup2(self.devnull, 0)  # the caller's lifeline stays the master's alone
         os.close(self.devnull)
-        # One-shot session processes get the kernel name only (what concur ps
-        # reads); the full title rewrites the command line's pages.
-        full = self.model != "process"
-        _set_title(f"{name} (concur server {self.model}, master {self.pid})", name, full)
-
-    def fork_worker(self) -> None:
-        name = "concur-session" if self.model == "process" else "concur-prefork"
-        pid = self.fork(self.accepting_worker, name)
-        self.busy[pid] = False
-        self.children[pid] = {"started": time.monotonic()}
-
-    def fork_hybrid(self, slot: int) -> None:
-        pid = self.fork(lambda: self.hybrid_worker(slot), "concur-hybrid")
-        self.slots[pid] = slot
-        self.children[pid] = {"slot": slot, "started": time.monotonic()}
-
-    def accepting_worker(self) -> None:
-        """Accept on the shared socket and serve: one connection at a time
-        (prefork), or one connection and exit (process)."""
-        me = os.getpid()
-        one_shot = self.model == "process"
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        state = _WorkerState()
-
-        def stop(*_: object) -> None:
-            state.stopping = True
-
-        def close_now(*_: object) -> None:
-            state.stopping = state.closing = True
-            if state.conn is not None:
-                try:
-                    state.conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        def say_free() -> None:
-            if not one_shot:  # a one-shot worker says it by exiting
-                os.write(self.state_w, _state_record(me, False, ""))
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, close_now)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        poller = select.poll()  # no selector object: fewer pages touched per child
-        poller.register(self.listener.fileno(), select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
-        while True:
-            poller.poll()
-            _drain(wake_r)
-            if state.stopping:  # set by a signal handler, which the wakeup fd reports
-                break
-            accepted = _accept(self.listener)
-            if isinstance(accepted, OSError):
-                time.sleep(BACKOFF)
-                continue
-            if accepted is None:
-                continue
-            conn, address = accepted
-            peer = peer_name(address)
-            os.write(self.state_w, _state_record(me, True, peer))
-            if one_shot:
-                self.listener.close()
-            state.conn = conn
-            drive(conn, peer, self.handler, self.idle_timeout, state.is_closing, say_free)
-            state.conn = None
-            if one_shot:
-                return
-
-    def hybrid_worker(self, slot: int) -> None:
-        """An event loop for the connections, threads for handlers that block."""
-        import asyncio
-
-        _forward_logs(self.events, ("asyncio",))  # its own accept back-off
-        asyncio.run(self._hybrid(slot))
-
-    async def _hybrid(self, slot: int) -> None:
-        import asyncio
-
-        from ._loop import LoopServer, Offload
-
-        loop = asyncio.get_running_loop()
-        open_here = 0
-
-        def publish() -> None:
-            self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", open_here)
-
-        def admit(_: object) -> bool:
-            nonlocal open_here
-            total = sum(struct.unpack_from("q", self.counts, 8 * i)[0] for i in range(self.workers))
-            if total >= self.max_connections:
-                return False
-            open_here += 1
-            publish()
-            return True
-
-        def release(_: object) -> None:
-            nonlocal open_here
-            open_here -= 1
-            publish()
-
-        server = LoopServer(
-            loop, self.handler, self.idle_timeout, admit, release, Offload(self.threads)
-        )
-        await server.start(self.listener)
-        stopped = asyncio.Event()
-
-        def close_now() -> None:
-            server.close_all()
-            stopped.set()
-
-        loop.add_signal_handler(signal.SIGTERM, stopped.set)  # finish the open sessions
-        loop.add_signal_handler(signal.SIGINT, close_now)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        await stopped.wait()
-        await server.stop(grace=float("inf"))  # the master sends SIGINT when grace ends
-
-    def a_worker_frees_up(self, wait: float = 0.02) -> bool:
-        """Every worker looked busy when a client arrived. Refuse it only if,
-        for ``wait`` seconds, no worker says anything: a worker that has just
-        finished (or a fresh spare) would race the master for the connection,
-        and the client would be turned away for nothing."""
-        readable, _, _ = select.select([self.state_r], [], [], wait)
-        if readable:
-            self.read_states()
-            self.replenish()
-            return True
-        return self.idle_workers() > 0
-
-    def read_states(self) -> None:
-        data = _drain(self.state_r)
-        offset = 0
-        while offset + _STATE.size <= len(data):
-            pid, serving, size = _STATE.unpack_from(data, offset)
-            offset += _STATE.size
-            peer = data[offset : offset + size].decode(errors="replace")
-            offset += size
-            if pid in self.busy:
-                self.busy[pid] = bool(serving)
-                if serving:
-                    self.children[pid].update(peer=peer, since=time.monotonic())
+        title = f"{name} (concur server {self.model}, master {self.pid})"
+        set_title(title, name, self.kind.full_title)
 
     def reap(self) -> None:
         while True:
@@ -459,49 +296,8 @@ class Master:
                 )
             elif code != 0 and self.stopping_since is None:
                 log.warning("%s worker %d %s; starting another", self.model, pid, _death(code))
-            slot = self.slots.pop(pid, None)
-            if slot is not None:
-                self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", 0)
-                if self.stopping_since is None:
-                    if code == 0:
-                        log.warning("hybrid worker %d exited; starting another", pid)
-                    self.fork_hybrid(slot)
+            self.kind.gone(pid, code)
             self.replenish()
-
-
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-_STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that follows
-
-
-def _state_record(pid: int, serving: bool, peer: str) -> bytes:
-    name = peer.encode()[:200]
-    return _STATE.pack(pid, serving, len(name)) + name  # < PIPE_BUF: written whole
-
-
-def _accept(listener: socket.socket) -> tuple[socket.socket, Any] | OSError | None:
-    """A blocking connection and its address; None when another process took
-    it first; the error (already logged) when out of file descriptors."""
-    try:
-        conn, address = listener.accept()
-    except BlockingIOError:
-        return None
-    except OSError as exc:
-        if exc.errno in OUT_OF_FDS:
-            back_off(exc)
-            return exc
-        raise
-    conn.setblocking(True)
-    return conn, address
-
-
-class _WorkerState:
-    def __init__(self) -> None:
-        self.stopping = False
-        self.closing = False
-        self.conn: socket.socket | None = None
-
-    def is_closing(self) -> bool:
-        return self.closing
 
 
 def _death(code: int) -> str:
@@ -514,19 +310,6 @@ def _death(code: int) -> str:
     return f"process exited with code {code}"
 
 
-def _drain(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -535,7 +318,7 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def main() -> int:
-    _libc()  # loaded once here, not in every child
+    load_libc()  # loaded once here, not in every child
     events = socket.socket(fileno=int(sys.argv[1]))
 
     def emit(level: int, text: str) -> None:
@@ -544,7 +327,7 @@ def main() -> int:
     try:
         setup = _read_setup()
         log.to_events(emit, setup["log_level"])
-        _set_title(f"concur-server ({setup['model']} model)", "concur-server")
+        set_title(f"concur-server ({setup['model']} model)", "concur-server")
         master = Master(setup, events)
     except Exception as exc:
         errno_ = exc.errno if isinstance(exc, OSError) else None

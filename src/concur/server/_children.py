@@ -1,0 +1,307 @@
+"""What the master's children do, one small strategy object per model.
+
+The master (``_master.Master``) runs the loop every model shares: listening,
+the busy reply, stopping, reaping. Where the models differ, it asks its
+model:
+
+    start()           the first children
+    replenish()       keep children ready (process: spares; prefork: N)
+    gone(pid, code)   a child was reaped (hybrid: re-fork its slot)
+    master_refuses    whether the master accepts to say "busy" when no
+                      child is free (hybrid children say it themselves)
+    full_title        whether a child rewrites its whole command line
+
+and each model's children run its ``serve`` method after the fork.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._drive import BACKOFF, back_off, drive, log, peer_name
+
+if TYPE_CHECKING:
+    from ._master import Master
+
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that follows
+
+
+def send(sock: socket.socket, event: dict[str, Any]) -> None:
+    try:
+        sock.send(json.dumps(event).encode())
+    except OSError:
+        pass
+
+
+def state_record(pid: int, serving: bool, peer: str) -> bytes:
+    name = peer.encode()[:200]
+    return STATE.pack(pid, serving, len(name)) + name  # < PIPE_BUF: written whole
+
+
+def accept_one(listener: socket.socket) -> tuple[socket.socket, Any] | OSError | None:
+    """A blocking connection and its address; None when another process took
+    it first; the error (already logged) when out of file descriptors."""
+    try:
+        conn, address = listener.accept()
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in OUT_OF_FDS:
+            back_off(exc)
+            return exc
+        raise
+    conn.setblocking(True)
+    return conn, address
+
+
+def drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
+    """Send the records of these loggers (asyncio's, in a hybrid worker) to
+    the caller too. Imports logging, so only where threads run anyway."""
+    import logging
+
+    class EventHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                text = self.format(record)[:60_000]
+                send(events, {"t": "log", "level": record.levelno, "msg": text})
+            except Exception:  # the caller is gone; nothing to tell
+                pass
+
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [EventHandler()]
+        logger.propagate = False
+
+
+class _Session:
+    """A serving child's state, changed by its signal handlers."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.closing = False
+        self.conn: socket.socket | None = None
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def stop(self, *_: object) -> None:  # SIGTERM: finish the session, accept no more
+        self.stopping = True
+
+    def close_now(self, *_: object) -> None:  # SIGINT: close the connection now
+        self.stopping = self.closing = True
+        if self.conn is not None:
+            try:
+                self.conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Accepting:
+    """prefork: ``workers`` children accept on the shared socket, each
+    serving one connection at a time; they report busy / free on the
+    master's state pipe, and the master says "busy" when none is free."""
+
+    master_refuses = True
+    full_title = True
+    one_shot = False
+    child_name = "concur-prefork"
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    def start(self) -> None:
+        self.replenish()
+
+    def replenish(self) -> None:
+        master = self.master
+        while len(master.busy) < master.workers:
+            self.fork_child()
+
+    def gone(self, pid: int, code: int) -> None:
+        pass
+
+    def fork_child(self) -> None:
+        master = self.master
+        pid = master.fork(self.serve, self.child_name)
+        master.busy[pid] = False
+        master.children[pid] = {"started": time.monotonic()}
+
+    def serve(self) -> None:
+        """Accept on the shared socket and serve, until told to stop (or,
+        one-shot, after one connection)."""
+        master, me = self.master, os.getpid()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        session = _Session()
+
+        def say_free() -> None:
+            if not self.one_shot:  # a one-shot child says it by exiting
+                os.write(master.state_w, state_record(me, False, ""))
+
+        signal.signal(signal.SIGTERM, session.stop)
+        signal.signal(signal.SIGINT, session.close_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        poller = select.poll()  # no selector object: fewer pages touched per child
+        poller.register(master.listener.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        while True:
+            poller.poll()
+            drain(wake_r)
+            if session.stopping:  # set by a signal handler, which the wakeup fd reports
+                return
+            accepted = accept_one(master.listener)
+            if isinstance(accepted, OSError):
+                time.sleep(BACKOFF)
+                continue
+            if accepted is None:
+                continue
+            conn, address = accepted
+            peer = peer_name(address)
+            os.write(master.state_w, state_record(me, True, peer))
+            if self.one_shot:
+                master.listener.close()
+            session.conn = conn
+            drive(conn, peer, master.handler, master.idle_timeout, session.is_closing, say_free)
+            session.conn = None
+            if self.one_shot:
+                return
+
+
+class OneShot(Accepting):
+    """process (the seed's design): a process per connection, forked ahead.
+    ``workers`` spare children wait on the shared socket; each serves one
+    connection and exits, and the master forks the next spare while it
+    serves, so no client waits for a fork; at most ``max_connections``
+    children in all."""
+
+    # One-shot children get the kernel name only (what concur ps reads): the
+    # full title rewrites the command line's pages, once per connection.
+    full_title = False
+    one_shot = True
+    child_name = "concur-session"
+
+    def replenish(self) -> None:
+        master = self.master
+        while master.idle_workers() < master.workers and len(master.busy) < master.max_connections:
+            self.fork_child()
+
+
+class Hybrid:
+    """hybrid: ``workers`` children, each an event loop holding many
+    connections with a thread pool for handlers that block. Each child
+    writes its open-connection count in its own slot of a shared page, so
+    together they keep to ``max_connections``; a child that exits is
+    replaced in its slot."""
+
+    master_refuses = False
+    full_title = True
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.slots: dict[int, int] = {}  # child pid -> its slot in counts
+        self.counts = mmap.mmap(-1, 8 * max(master.workers, 1))
+
+    def start(self) -> None:
+        for slot in range(self.master.workers):
+            self.fork_slot(slot)
+
+    def replenish(self) -> None:
+        pass  # a slot is re-forked when its child is reaped
+
+    def gone(self, pid: int, code: int) -> None:
+        slot = self.slots.pop(pid, None)
+        if slot is None:
+            return
+        self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", 0)
+        if self.master.stopping_since is None:
+            if code == 0:
+                log.warning("hybrid worker %d exited; starting another", pid)
+            self.fork_slot(slot)
+
+    def fork_slot(self, slot: int) -> None:
+        pid = self.master.fork(lambda: self.serve(slot), "concur-hybrid")
+        self.slots[pid] = slot
+        self.master.children[pid] = {"slot": slot, "started": time.monotonic()}
+
+    def serve(self, slot: int) -> None:
+        import asyncio
+
+        forward_logs(self.master.events, ("asyncio",))  # its own accept back-off
+        asyncio.run(self._serve(slot))
+
+    def _open_total(self) -> int:
+        counts, workers = self.counts, self.master.workers
+        return sum(struct.unpack_from("q", counts, 8 * i)[0] for i in range(workers))
+
+    async def _serve(self, slot: int) -> None:
+        import asyncio
+
+        from ._loop import LoopServer, Offload
+
+        master, loop = self.master, asyncio.get_running_loop()
+        open_here = 0
+
+        def count(change: int) -> None:
+            nonlocal open_here
+            open_here += change
+            self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", open_here)
+
+        def admit(_: object) -> bool:
+            if self._open_total() >= master.max_connections:
+                return False
+            count(1)
+            return True
+
+        server = LoopServer(
+            loop,
+            master.handler,
+            master.idle_timeout,
+            admit,
+            lambda _: count(-1),
+            Offload(master.threads),
+        )
+        await server.start(master.listener)
+        stopped = asyncio.Event()
+
+        def close_now() -> None:
+            server.close_all()
+            stopped.set()
+
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)  # finish the open sessions
+        loop.add_signal_handler(signal.SIGINT, close_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        await stopped.wait()
+        await server.stop(grace=float("inf"))  # the master sends SIGINT when grace ends
+
+
+MODELS: dict[str, type[Accepting] | type[Hybrid]] = {
+    "process": OneShot,
+    "prefork": Accepting,
+    "hybrid": Hybrid,
+}
