@@ -415,6 +415,59 @@ def test_submit_from_an_atexit_handler_prints_the_standard_librarys_error(pool):
     assert "RuntimeError: cannot schedule new futures after interpreter shutdown" in proc.stderr
 
 
+# -- functions sent by value: pickled once, and still what the caller has ----
+
+
+class CountsPickles:
+    pickled = 0
+
+    def __reduce__(self):
+        CountsPickles.pickled += 1
+        return (CountsPickles, ())
+
+
+def _by_value(source: str, **names):
+    """A function from a module no worker can import: it travels by value."""
+    namespace = {"__name__": "concur_test_unimportable", **names}
+    exec(source, namespace)
+    return namespace["f"]
+
+
+def test_a_plain_function_sent_by_value_is_pickled_once():
+    f = _by_value("def f(x):\n    return (x, type(MARK).__name__)\n", MARK=CountsPickles())
+    before = CountsPickles.pickled
+    with concur.ProcessPool(1) as pool:
+        assert [pool.submit(f, i).result(timeout=10) for i in range(5)] == [
+            (i, "CountsPickles") for i in range(5)
+        ]
+    assert CountsPickles.pickled - before == 1
+
+
+def test_a_function_sent_by_value_sees_a_global_defined_after_its_first_call():
+    f = _by_value("def f():\n    return LATER\n")
+    with concur.ProcessPool(1) as pool:
+        with pytest.raises(NameError):
+            pool.submit(f).result(timeout=10)
+        f.__globals__["LATER"] = 5
+        assert pool.submit(f).result(timeout=10) == 5
+
+
+def test_new_defaults_and_closure_values_reach_the_worker():
+    f = _by_value("def f(x=1):\n    return x\n")
+    k = 1
+
+    def closure():
+        return k
+
+    with concur.ProcessPool(1) as pool:
+        assert pool.submit(f).result(timeout=10) == 1
+        assert pool.submit(closure).result(timeout=10) == 1
+        f.__defaults__ = (2,)
+        k = 2
+        assert pool.submit(f).result(timeout=10) == 2
+        assert pool.submit(closure).result(timeout=10) == 2
+
+
 class ExitsWhenPickled:
     def __reduce__(self):
         sys.exit(4)

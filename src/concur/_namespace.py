@@ -28,6 +28,8 @@ from typing import Any
 
 from cloudpickle import cloudpickle as _cloudpickle_impl
 
+from ._task import KEEP_BLOB_BYTES
+
 _namespaces: dict[str, dict[str, Any]] = {}
 
 
@@ -95,3 +97,35 @@ class _Unpickler(pickle.Unpickler):
 def loads(data: bytes | memoryview) -> Any:
     """``pickle.loads`` that binds by-value functions to the shared namespaces."""
     return _Unpickler(io.BytesIO(data)).load()
+
+
+class _Functions:
+    """The functions this process loaded, by the bytes they came as: the
+    caller sends a plain function's bytes unchanged with every call
+    (``_task.function_blob``), so it is loaded once, not per call."""
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self.loaded: dict[bytes, Any] = {}
+
+    def get(self, blob: bytes) -> Any:
+        fn = self.loaded.get(blob)
+        if fn is None:
+            fn = loads(blob)
+            if len(blob) <= KEEP_BLOB_BYTES:  # as the caller keeps them
+                if len(self.loaded) >= self.LIMIT:
+                    del self.loaded[next(iter(self.loaded))]  # the oldest
+                self.loaded[blob] = fn
+        return fn
+
+
+_functions = _Functions()
+
+
+def load_call(data: bytes | memoryview) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """A CALL message's ``(fn, args, kwargs)``, its function loaded once per blob."""
+    fn, args, kwargs = loads(data)
+    if isinstance(fn, bytes):
+        fn = _functions.get(fn)
+    return fn, args, kwargs

@@ -255,7 +255,7 @@ def _process_main(
 ) -> None:
     _supervise.child_setup(lifeline.fileno(), title, pdeathsig, short="concur-spawn")
     try:
-        fn, args, kwargs = _namespace.loads(memoryview(payload)[_task.TASK_HEAD.size :])
+        fn, args, kwargs = _namespace.load_call(memoryview(payload)[_task.TASK_HEAD.size :])
         outcome: _task.Outcome = (_task.OK, fn(*args, **kwargs))
     except BaseException as exc:
         outcome = (_task.ERR, _task.pack_exception(exc))

@@ -11,8 +11,16 @@ binary header and then a pickle. The header carries what the supervisor must
 know even when the pickle cannot be read (which task, whether the worker is
 retiring), so a bad payload costs its own task and nothing else.
 
+A plain function (no closure, no attributes) is pickled once and its bytes
+reused for every call (``function_blob``); the worker keeps the functions it
+loaded by those bytes, so a function from ``__main__``, which travels by
+value, is neither pickled nor rebuilt per call. That changes nothing a task
+sees: a worker's namespace keeps the globals it has (see ``_namespace``),
+and the bytes are made again when the function's code, defaults or the set
+of globals it names that exist change.
+
     caller → worker   TASK_HEAD (kind, task_id) + body
-                      CALL   body: (fn, args, kwargs)
+                      CALL   body: (fn or fn_blob, args, kwargs)
                       CHUNK  body: (fn_blob, [args, ...])
                       EXIT   no body: exit cleanly
     worker → caller   REPLY_HEAD (kind, flags, task_id, wall_s, cpu_s) + body
@@ -28,8 +36,11 @@ from __future__ import annotations
 
 import pickle
 import struct
+import threading
 import time
 import traceback
+import types
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -107,12 +118,48 @@ def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
     return TASK_HEAD.pack(kind, task_id) + body
 
 
+# Functions pickled bigger are pickled per call, and kept by neither side.
+KEEP_BLOB_BYTES = 1 << 20
+_blobs: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = weakref.WeakKeyDictionary()
+_blobs_lock = threading.Lock()
+
+
+def _blob_key(fn: types.FunctionType) -> tuple[Any, ...]:
+    names = fn.__globals__
+    present = tuple(name in names for name in fn.__code__.co_names)
+    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, present)
+
+
+def _same_key(kept: tuple[Any, ...], key: tuple[Any, ...]) -> bool:
+    # The same objects (never ==: a default's __eq__ is the user's), and the
+    # same globals present.
+    return all(a is b for a, b in zip(kept[:3], key[:3], strict=True)) and kept[3] == key[3]
+
+
+def function_blob(fn: object) -> bytes | None:
+    """``dumps(fn)``, made once per plain function and kept while it lives;
+    None for any other callable (a closure, a bound method, a class ...)."""
+    if type(fn) is not types.FunctionType or fn.__closure__ is not None or fn.__dict__:
+        return None
+    key = _blob_key(fn)
+    with _blobs_lock:
+        kept = _blobs.get(fn)
+    if kept is not None and _same_key(kept[0], key):
+        return kept[1]
+    blob = dumps(fn)
+    if len(blob) <= KEEP_BLOB_BYTES:  # a function that brings a big global along is not kept
+        with _blobs_lock:
+            _blobs[fn] = (key, blob)
+    return blob
+
+
 def serialize_call(
     task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> bytes:
     """The message for one call; raises SerializationError naming the culprit."""
     try:
-        return task_message(CALL, task_id, dumps((fn, args, kwargs)))
+        blob = function_blob(fn)
+        return task_message(CALL, task_id, dumps((fn if blob is None else blob, args, kwargs)))
     except Exception as error:
         raise _culprit(error, fn, args, kwargs) from error
 

@@ -172,7 +172,7 @@ def _run(
 ) -> tuple[_task.Outcome, int, tuple[bytes | None, Any]]:
     """Run one CALL or CHUNK: (outcome, items run, the chunk function cache)."""
     try:
-        message = _namespace.loads(body)
+        message: Any = _namespace.load_call(body) if kind == _task.CALL else _namespace.loads(body)
         if kind == _task.CHUNK and cached[0] != message[0]:
             cached = (message[0], _namespace.loads(message[0]))
     except BaseException as exc:
