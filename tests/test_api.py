@@ -51,7 +51,7 @@ def test_run_timeout_kills_the_process():
 
 
 def test_unknown_backend_says_what_is_allowed():
-    with pytest.raises(ValueError, match="'process', 'thread', 'inline'"):
+    with pytest.raises(ValueError, match="'auto', 'inline', 'thread', 'process', 'dask'"):
         concur.map(inc, [1], backend="gpu")
 
 
@@ -71,3 +71,12 @@ def test_thread_map_equals_builtin_map_on_random_input(items):
 def test_pool_imap_equals_builtin_map_on_random_input(items, chunksize):
     with concur.ThreadPool(2) as pool:
         assert list(pool.imap(inc, items, chunksize=chunksize)) == [x + 1 for x in items]
+
+
+def test_the_backend_names_agree_everywhere():
+    import typing
+
+    from concur import _backends, api, auto
+
+    assert typing.get_args(api.Backend) == _backends.BACKENDS
+    assert set(auto.BACKENDS) < set(_backends.BACKENDS)

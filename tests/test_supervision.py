@@ -92,12 +92,13 @@ def test_one_ctrl_c_stops_everything(mode, tmp_path):
     assert len(list(tmp_path.glob("started-*"))) <= 4  # queued tasks never started
 
 
-def zombie_children() -> list[int]:
+def zombie_children() -> list[str]:
+    """Zombies among this process's descendants, as "pid name (parent ppid)"."""
     zombies = []
     for child in psutil.Process().children(recursive=True):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
-                zombies.append(child.pid)
+                zombies.append(f"{child.pid} {child.name()} (parent {child.ppid()})")
         except psutil.NoSuchProcess:
             pass
     return zombies
@@ -107,7 +108,9 @@ def test_no_zombies_after_a_thousand_single_task_workers():
     # A retiring worker is a zombie for the moment between its exit and its
     # reaping (by the pool under fork/spawn, by the fork server under
     # forkserver). "Reaped at once" means: zombies never pile up while the
-    # workers churn, and the last ones are gone within a second.
+    # workers churn (at most 4 at any sample), and the last ones are gone
+    # soon after (5 s: under a full suite's load the fork server, which
+    # reaps under forkserver, was once seen to take more than one).
     most = 0
     stop = threading.Event()
 
@@ -124,7 +127,7 @@ def test_no_zombies_after_a_thousand_single_task_workers():
         finally:
             stop.set()
             sampler.join()
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 5.0
         while zombie_children() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert zombie_children() == []

@@ -1,7 +1,7 @@
 """What both pools share: ``map`` and ``imap`` over chunks, and their sizing.
 
 A pool subclass provides ``_submit_with(options, fn, args, kwargs)`` and
-``_submit_chunk(fn, items, fn_blob, options)``; the latter returns a future
+``submit_chunk(fn, items, fn_blob, options)``; the latter returns a future
 whose result is ``(outcomes, wall_s, cpu_s)``: one outcome per item, in
 order, and the time the whole chunk took in the worker.
 Items of a chunk run one after another in one worker; an item that raises
@@ -19,14 +19,13 @@ one at a time so the workers stay balanced.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, InvalidStateError, wait
+from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,6 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from . import _task
 from ._exit import dying_of_interrupt, exiting, ignoring_ctrl_c
+from ._stream import PoolStream, cancel_all
 from .errors import PoolClosed, PoolInherited
 
 FUTURES_LOG = logging.getLogger("concurrent.futures")
@@ -142,13 +142,11 @@ def settle(future: Future[Any], value: Any = None, error: BaseException | None =
 
 def settle_outcome(future: Future[Any], outcome: _task.Outcome) -> None:
     """Settle a future from one call's outcome (a value, or an exception)."""
-    status, value = outcome
-    if status == _task.OK:
-        settle(future, value)
-    elif status == _task.RAISED:
-        settle(future, error=value)
+    error = _task.outcome_error(outcome)
+    if error is None:
+        settle(future, outcome[1])
     else:
-        settle(future, error=_task.unpack_exception(value))
+        settle(future, error=error)
 
 
 def check_open(kind: str, owner: int, broken: BaseException | None, closed: bool) -> None:
@@ -201,7 +199,14 @@ class ChunkSizer:
 
 
 class PoolBase(Executor):
-    """Executor with per-task options, chunked ``map`` and streaming ``imap``."""
+    """Executor with per-task options, chunked ``map`` and streaming ``imap``.
+
+    The streaming engine (``_stream``, ``auto``) places work on a pool with
+    three methods: ``prepare_fn(fn)`` (the function's bytes for a process
+    pool, once per run; None where nothing is pickled), ``submit_chunk(fn,
+    items, fn_blob, options)`` (a future of ``(outcomes, wall_s, cpu_s)``)
+    and ``abort()`` (stop now).
+    """
 
     _kind = "thread"
     _max_workers: int
@@ -216,7 +221,7 @@ class PoolBase(Executor):
     ) -> Future[Any]:
         raise NotImplementedError
 
-    def _submit_chunk(
+    def submit_chunk(
         self,
         fn: Callable[..., Any],
         items: list[tuple[Any, ...]],
@@ -225,7 +230,7 @@ class PoolBase(Executor):
     ) -> Future[ChunkResult]:
         raise NotImplementedError
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Stop now: cancel queued tasks, stop running ones where possible."""
         raise NotImplementedError
 
@@ -259,18 +264,18 @@ class PoolBase(Executor):
         # One Ctrl-C stops everything: no waiting for the queue to drain.
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             with ignoring_ctrl_c():
-                self._abort()
+                self.abort()
         else:
             self.shutdown(wait=True)
 
     def _exit_hook(self) -> None:
         if dying_of_interrupt():
             with ignoring_ctrl_c():
-                self._abort()
+                self.abort()
         else:
             self.shutdown(wait=True)
 
-    def _prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
+    def prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         """Serialize the callable once per map/imap call (processes only)."""
         return None
 
@@ -316,11 +321,11 @@ class PoolBase(Executor):
             )
         else:
             size = ChunkSizer(chunksize, self._max_workers, self._kind).next_size(None)
-        fn_blob = self._prepare_fn(fn) if items else None
+        fn_blob = self.prepare_fn(fn) if items else None
         futures = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            futures.append(self._submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk))))
+            futures.append(self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk))))
         return _map_results(futures, end_time)
 
     # -- imap --------------------------------------------------------------
@@ -362,11 +367,7 @@ class PoolBase(Executor):
         limit = max_inflight if max_inflight is not None else 2 * self._max_workers
         if limit < 1:
             raise ValueError(f"max_inflight must be >= 1, not {limit!r}")
-        source: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
-        remaining = length_hint(iterables)
-        return _Stream(
-            self, options, fn, source, sizer, limit, ordered, return_exceptions, remaining
-        )
+        return PoolStream(self, options, fn, iterables, sizer, limit, ordered, return_exceptions)
 
 
 class PoolView:
@@ -402,32 +403,10 @@ class PoolView:
         )
 
 
-def length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
-    """How many items zip(*iterables) yields, if every iterable has a length."""
-    lengths = []
-    for iterable in iterables:
-        try:
-            lengths.append(len(iterable))  # type: ignore[arg-type]
-        except TypeError:
-            return None
-    return min(lengths) if lengths else None
-
-
 def _chunk_result(future: Future[ChunkResult], end_time: float | None) -> ChunkResult:
     if end_time is None:
         return future.result()
     return future.result(max(0.0, end_time - time.monotonic()))
-
-
-def cancel_all(futures: Iterable[Future[Any]], running_too: bool) -> None:
-    """Cancel futures that have not started; with ``running_too``, stop running ones.
-
-    Leaving a loop early (break, an exception) cancels only the queued work, as
-    the standard library does; Ctrl-C stops the running work too.
-    """
-    for future in futures:
-        if running_too or not future.running():
-            future.cancel()
 
 
 def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> Iterator[Any]:
@@ -450,109 +429,3 @@ def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> 
     finally:
         with ignoring_ctrl_c() if interrupted else contextlib.nullcontext():
             cancel_all(pending, running_too=interrupted)
-
-
-class _Stream(Iterator[Any]):
-    """The iterator ``imap`` returns: reads input, submits chunks, yields results."""
-
-    def __init__(
-        self,
-        pool: PoolBase,
-        options: TaskOptions,
-        fn: Callable[..., Any],
-        source: Iterator[tuple[Any, ...]],
-        sizer: ChunkSizer,
-        limit: int,
-        ordered: bool,
-        return_exceptions: bool,
-        remaining: int | None,
-    ) -> None:
-        self._pool = pool
-        self._options = options
-        self._fn = fn
-        self._fn_blob: bytes | None = None
-        self._blob_ready = False
-        self._source: Iterator[tuple[Any, ...]] | None = source
-        self._sizer = sizer
-        self._limit = limit
-        self._ordered = ordered
-        self._return_exceptions = return_exceptions
-        self._remaining = remaining
-        self._inflight: deque[tuple[Future[ChunkResult], int]] = deque()
-        self._ready: deque[_task.Outcome] = deque()
-
-    def __iter__(self) -> _Stream:
-        return self
-
-    def __next__(self) -> Any:
-        while not self._ready:
-            self._fill()
-            if not self._inflight:
-                self.close()
-                raise StopIteration
-            try:
-                self._collect()
-            except KeyboardInterrupt:
-                with ignoring_ctrl_c():
-                    self.close(running_too=True)
-                raise
-        status, value = self._ready.popleft()
-        if status == _task.OK:
-            return value
-        exc = value if status == _task.RAISED else _task.unpack_exception(value)
-        if self._return_exceptions:
-            return exc
-        self.close()
-        raise exc
-
-    def _fill(self) -> None:
-        while self._source is not None and len(self._inflight) < self._limit:
-            size = self._sizer.next_size(self._remaining)
-            chunk = list(itertools.islice(self._source, size))
-            if not chunk:
-                self._source = None
-                return
-            if self._remaining is not None:
-                self._remaining -= len(chunk)
-            if not self._blob_ready:
-                self._fn_blob = self._pool._prepare_fn(self._fn)
-                self._blob_ready = True
-            options = self._options.for_chunk(len(chunk))
-            future = self._pool._submit_chunk(self._fn, chunk, self._fn_blob, options)
-            self._inflight.append((future, len(chunk)))
-
-    def _collect(self) -> None:
-        if self._ordered:
-            future, count = self._inflight.popleft()
-            self._take(future, count)
-            return
-        done, _ = wait([f for f, _ in self._inflight], return_when=FIRST_COMPLETED)
-        keep: deque[tuple[Future[ChunkResult], int]] = deque()
-        for future, count in self._inflight:
-            if future in done:
-                self._take(future, count)
-            else:
-                keep.append((future, count))
-        self._inflight = keep
-
-    def _take(self, future: Future[ChunkResult], count: int) -> None:
-        try:
-            outcomes, wall, _ = future.result()
-        except Exception as exc:
-            # The whole chunk failed (its worker died, say): every item gets the error.
-            if not self._return_exceptions:
-                self.close()
-                raise
-            self._ready.extend((_task.RAISED, exc) for _ in range(count))
-            return
-        self._sizer.observe(count, wall)
-        self._ready.extend(outcomes)
-
-    def close(self, running_too: bool = False) -> None:
-        """Stop reading input and cancel chunks that have not started."""
-        self._source = None
-        cancel_all([future for future, _ in self._inflight], running_too)
-        self._inflight.clear()
-
-    def __del__(self) -> None:
-        self.close()

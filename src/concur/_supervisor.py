@@ -428,8 +428,7 @@ class Supervisor:
             except Exception:
                 _log.exception("a log record from worker %s could not be handled", worker.pid)
         elif kind == _task.INIT_FAILED:
-            status, value = _unpickled(body)
-            failure = value if status == _task.RAISED else _task.unpack_exception(value)
+            failure = _task.outcome_error(_unpickled(body))
             with self.state.lock:  # the pool breaks when the worker is gone (on_exit)
                 worker.failure = ProcessPoolBroken(
                     f"a worker's initializer failed ({type(failure).__name__}: "

@@ -288,14 +288,23 @@ def _rebuild(obj: Any) -> BaseException:
     return exc
 
 
-def resolve(outcome: Outcome) -> Any:
-    """Return the value of an outcome or raise its exception."""
+def outcome_error(outcome: Outcome) -> BaseException | None:
+    """The exception a call's outcome holds (rebuilt if it came from another
+    process), or None when the call returned."""
     status, value = outcome
     if status == OK:
-        return value
+        return None
     if status == RAISED:
-        raise value
-    raise unpack_exception(value)
+        return value  # type: ignore[no-any-return]
+    return unpack_exception(value)
+
+
+def resolve(outcome: Outcome) -> Any:
+    """Return the value of an outcome or raise its exception."""
+    error = outcome_error(outcome)
+    if error is not None:
+        raise error
+    return outcome[1]
 
 
 def run_chunk(

@@ -30,9 +30,11 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ._pool import check_timeout, length_hint
+from ._backends import BACKENDS
+from ._pool import check_timeout
 from ._progress import track
 from ._spawn import spawn
+from ._stream import length_hint
 from ._task import describe
 from .auto import AutoMap, Decision, environment_override
 from .errors import TaskTimeout, WaitTimeout
@@ -42,8 +44,9 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-Backend = Literal["auto", "process", "thread", "inline", "dask"]
-BACKENDS = ("auto", "process", "thread", "inline", "dask")
+# The same names as _backends.BACKENDS, spelled out for type checkers
+# (tests/test_api.py checks that they agree).
+Backend = Literal["auto", "inline", "thread", "process", "dask"]
 DEFAULT_BACKEND: Backend = "auto"
 
 log = logging.getLogger("concur.auto")

@@ -25,7 +25,6 @@ directly and documented in ``docs/auto.md``.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import math
 import os
@@ -34,15 +33,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _gil, _task
 from . import _pool as _pool_base
+from ._backends import LOCAL_BACKENDS
 from ._exit import ignoring_ctrl_c
 from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
+from ._stream import Cursor, InFlight
 from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
 
@@ -56,7 +57,7 @@ INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
 WAITING = 0.5  # wait fraction above which work counts as waiting
 GIL_FREE_UTILIZATION = 1.3  # process CPU per wall second that proves the GIL is released
 THREAD_BOUND = 256  # most threads auto will run at once
-BACKENDS = ("inline", "thread", "process")
+BACKENDS = LOCAL_BACKENDS
 
 
 def gil_enabled() -> bool:
@@ -404,17 +405,8 @@ class AutoMap(Iterator[Any]):
     ) -> None:
         self._fn = fn
         # One iterable: items stay as they are, so inline calls are plain fn(x).
-        self._single = len(iterables) == 1
-        # A list, tuple or range is sliced, not iterated: a chunk is one copy.
-        self._seq: Any = None
-        self._pos = 0
-        if self._single and isinstance(iterables[0], (list, tuple, range)):
-            self._seq = iterables[0]
-        self._source: Iterator[Any] | None = None
-        if self._seq is None:
-            self._source = iter(iterables[0]) if self._single else zip(*iterables, strict=False)
-        self._call: Callable[[Any], Any] = fn if self._single else _starred(fn)
-        self._remaining = _pool_base.length_hint(iterables)
+        self._cursor = Cursor(iterables)
+        self._call: Callable[[Any], Any] = fn if self._cursor.single else _starred(fn)
         self._ordered = ordered
         self._return_exceptions = return_exceptions
         self._workers = workers
@@ -426,10 +418,9 @@ class AutoMap(Iterator[Any]):
         self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
         self._fn_blob: bytes | None = None
-        self._inflight: deque[tuple[Future[ChunkResult], int, str]] = deque()
+        self._inflight = InFlight()  # tags: "probe", "inline", "thread", "process"
         self._blocks: deque[_Block] = deque()
         self._index = 0
-        self._pushed: list[Any] = []  # items an inline chunk gave back, before the source
         self._watchdog = _Watchdog()
         self._stats: Measurements | None = None
         self._pending_switch: str | None = None
@@ -499,40 +490,18 @@ class AutoMap(Iterator[Any]):
             raise
 
     def _resolve(self, outcome: _task.Outcome) -> Any:
-        status, value = outcome
-        if status == _task.OK:
-            return value
-        exc = value if status == _task.RAISED else _task.unpack_exception(value)
+        exc = _task.outcome_error(outcome)
+        if exc is None:
+            return outcome[1]
         if self._return_exceptions:
             return exc
         self.close()
         raise exc
 
-    def _take_items(self, count: int) -> list[Any]:
-        """The next ``count`` items: given-back ones first, then the input."""
-        chunk, self._pushed = self._pushed[:count], self._pushed[count:]
-        if len(chunk) < count and self._seq is not None:
-            part = self._seq[self._pos : self._pos + count - len(chunk)]
-            self._pos += len(part)
-            if self._pos >= len(self._seq):
-                self._seq = None
-            if chunk:
-                chunk.extend(part)
-            else:
-                chunk = part if isinstance(part, list) else list(part)
-        if len(chunk) < count and self._source is not None:
-            more = list(itertools.islice(self._source, count - len(chunk)))
-            if len(chunk) + len(more) < count:
-                self._source = None
-            chunk.extend(more)
-        if self._remaining is not None:
-            self._remaining -= len(chunk)
-        return chunk
-
     # -- probing -------------------------------------------------------------
 
     def _probe(self) -> None:
-        first = self._take_items(1)
+        first = self._cursor.take(1)
         if not first:
             self._adopt(Decision("inline", 1, 1, "no items"))
             return
@@ -543,8 +512,10 @@ class AutoMap(Iterator[Any]):
         fast = _gil.Hold()
         wall0 = time.perf_counter()
         clock = _ThreadClock()
-        probe = threads.submit(clock.run, _task.run_chunk, self._fn, self._as_args(first), False)
-        self._inflight.append((probe, 1, "probe"))
+        probe = threads.submit(
+            clock.run, _task.run_chunk, self._fn, self._cursor.as_args(first), False
+        )
+        self._inflight.add(probe, 1, "probe")
         done, _ = wait([probe], timeout=PROBE_WAIT_S)
         if done:
             fast.release()
@@ -568,7 +539,7 @@ class AutoMap(Iterator[Any]):
     ) -> bool:
         """Item 0 is still running after PROBE_WAIT_S: waiting or computing?
         Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
-        self._transfer = _transfer_cost(self._as_args(first)[0], None)
+        self._transfer = _transfer_cost(self._cursor.as_args(first)[0], None)
         window = PROBE_WAIT_S
         states_seen: set[bool] = set()  # blocked (True) or runnable (False) at a look
         gil_tests = 0
@@ -616,7 +587,7 @@ class AutoMap(Iterator[Any]):
                     # busy machine proves nothing; time a few more inline.
                     self._probe_tiny(first, (outcomes, wall, cpu))
                     return False
-                self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
+                self._transfer = _transfer_cost(self._cursor.as_args(first)[0], _value(outcomes[0]))
                 self._adopt(choose(self._measure(wall, cpu, 1), self._left()))
                 return False
 
@@ -654,17 +625,17 @@ class AutoMap(Iterator[Any]):
 
     def _probe_tiny(self, first: list[Any], result: ChunkResult) -> None:
         outcomes, wall, cpu = result
-        self._transfer = _transfer_cost(self._as_args(first)[0], _value(outcomes[0]))
+        self._transfer = _transfer_cost(self._cursor.as_args(first)[0], _value(outcomes[0]))
         # Time more items inline, where a small item's cost is seen exactly.
         items, spent_wall, spent_cpu = 1, wall, cpu
         deadline = time.perf_counter() + INLINE_PROBE_S
         while time.perf_counter() < deadline:
-            chunk = self._take_items(max(1, items))
+            chunk = self._cursor.take(max(1, items))
             if not chunk:
                 break
             done, taken = self._run_inline(chunk)
             _, w, c = done.result()
-            self._inflight.append((done, taken, "inline"))
+            self._inflight.add(done, taken, "inline")
             items += taken
             spent_wall += w
             spent_cpu += c
@@ -686,10 +657,11 @@ class AutoMap(Iterator[Any]):
 
     def _left(self) -> int | None:
         """Items not yet finished: known, or None for input of unknown length."""
-        running = sum(n for f, n, _ in self._inflight if not f.done())
-        if not self._has_input():
+        running = self._inflight.running_items()
+        if not self._cursor.has_input():
             return running
-        return None if self._remaining is None else self._remaining + running
+        remaining = self._cursor.remaining
+        return None if remaining is None else remaining + running
 
     def _sized(self, decision: Decision) -> Decision:
         """The decision with the caller's worker count and chunk size, if given."""
@@ -725,34 +697,25 @@ class AutoMap(Iterator[Any]):
     def _fill(self) -> None:
         d = self.decision
         assert d is not None
-        while self._has_input() and self._pending_count() < self._limit():
+        while self._cursor.has_input() and self._inflight.pending() < self._limit():
             size = d.chunksize or self._default_chunk(d)
-            if d.backend == "inline" and self._inflight_pending():
+            if d.backend == "inline" and self._inflight.pending(skip_tag="inline"):
                 return  # let pool work drain before running inline in this thread
-            chunk = self._take_items(size)
+            chunk = self._cursor.take(size)
             if not chunk:
                 return
             if d.backend == "inline":
                 done, taken = self._run_inline(chunk)
-                self._inflight.append((done, taken, "inline"))
+                self._inflight.add(done, taken, "inline")
                 _, wall, cpu = done.result()
                 self._observe(taken, wall, cpu, "inline")  # now: the next chunk may differ
                 return
-            self._inflight.append((self._run(d.backend, chunk), len(chunk), d.backend))
+            self._inflight.add(self._run(d.backend, chunk), len(chunk), d.backend)
 
     def _default_chunk(self, d: Decision) -> int:
         if self._stats is None:
             return 1
         return _chunk(self._stats, self._left() or 1_000_000, d.backend)
-
-    def _pending_count(self) -> int:
-        return sum(1 for f, _, _ in self._inflight if not f.done())
-
-    def _inflight_pending(self) -> bool:
-        return any(not f.done() for f, _, backend in self._inflight if backend != "inline")
-
-    def _as_args(self, chunk: list[Any]) -> list[tuple[Any, ...]]:
-        return [(x,) for x in chunk] if self._single else chunk
 
     def _run_inline(self, chunk: list[Any]) -> tuple[_Done, int]:
         """Run a chunk here; return its future and how many items it took.
@@ -773,61 +736,34 @@ class AutoMap(Iterator[Any]):
         except Exception as exc:
             outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
             outcomes.append((_task.RAISED, exc))
-            self._push_back(chunk[len(outcomes) :])
+            self._cursor.push_back(chunk[len(outcomes) :])
             spent = (time.perf_counter() - wall0, time.thread_time() - cpu0)
             return _Done((outcomes, *spent)), len(outcomes)
         finally:
             self._watchdog.disarm()
-        self._push_back(chunk[len(values) :])
+        self._cursor.push_back(chunk[len(values) :])
         return _Done((values, time.perf_counter() - wall0, time.thread_time() - cpu0)), len(values)
-
-    def _push_back(self, items: list[Any]) -> None:
-        if items:
-            self._pushed[:0] = items
-            if self._remaining is not None:
-                self._remaining += len(items)
-
-    def _has_input(self) -> bool:
-        return bool(self._pushed) or self._source is not None or self._seq is not None
 
     def _run(self, backend: str, chunk: list[Any]) -> Future[ChunkResult]:
         options = self._options.for_chunk(len(chunk))
-        items = self._as_args(chunk)
+        items = self._cursor.as_args(chunk)
         if backend == "thread":
-            return self._thread_pool()._submit_chunk(self._fn, items, None, options)
+            return self._thread_pool().submit_chunk(self._fn, items, None, options)
         processes = self._process_pool()
         if self._fn_blob is None:
-            self._fn_blob = processes._prepare_fn(self._fn)
-        return processes._submit_chunk(self._fn, items, self._fn_blob, options)
+            self._fn_blob = processes.prepare_fn(self._fn)
+        return processes.submit_chunk(self._fn, items, self._fn_blob, options)
 
     def _time_left(self) -> float | None:
         return None if self._end_time is None else max(0.0, self._end_time - time.monotonic())
 
     def _collect(self) -> None:
-        if self._ordered:
-            future, count, backend = self._inflight[0]
-            wait([future], timeout=self._time_left())
-            if not future.done():
-                self.close()
-                raise FuturesTimeout()
-            self._inflight.popleft()
-            self._take(future, count, backend)
-            return
-        done, _ = wait(
-            [f for f, _, _ in self._inflight],
-            timeout=self._time_left(),
-            return_when=FIRST_COMPLETED,
-        )
-        if not done:
+        taken = self._inflight.collect(self._ordered, self._time_left())
+        if taken is None:
             self.close()
             raise FuturesTimeout()
-        keep: deque[tuple[Future[ChunkResult], int, str]] = deque()
-        for item in self._inflight:
-            if item[0] in done:
-                self._take(*item)
-            else:
-                keep.append(item)
-        self._inflight = keep
+        for future, count, backend in taken:
+            self._take(future, count, backend)
 
     def _take(self, future: Future[ChunkResult], count: int, backend: str) -> None:
         try:
@@ -890,7 +826,7 @@ class AutoMap(Iterator[Any]):
             warm=self._processes is not None,
         )
         self._stats = m
-        if self._forced is not None or not self._has_input():
+        if self._forced is not None or not self._cursor.has_input():
             # The backend stays as given, or every item left is already placed:
             # a new verdict could move nothing (and near the end the estimates
             # converge, so it would only mislabel the run).
@@ -926,19 +862,14 @@ class AutoMap(Iterator[Any]):
 
     def close(self, abort: bool = False) -> None:
         """Stop reading input, cancel what has not started, and stop the pools."""
-        self._source = None
-        self._seq = None
-        self._pushed = []
-        settled = all(future.done() for future, _, _ in self._inflight)
-        for future, _, _ in self._inflight:
-            if abort or not future.running():
-                future.cancel()
-        self._inflight.clear()
+        self._cursor.close()
+        settled = self._inflight.all_done()
+        self._inflight.cancel(running_too=abort)
         for pool in (self._threads, self._processes):
             if pool is None:
                 continue
             if abort:
-                pool._abort()
+                pool.abort()
             else:
                 # Idle threads need no waiting for: told to exit, they are gone
                 # within a moment, and joining them would add a context switch
@@ -1058,10 +989,10 @@ class AutoPool(_pool_base.PoolBase):
             return outer
         if backend == "process":
             pool: ThreadPool | ProcessPool = self._process_pool()
-            blob = pool._prepare_fn(call)
+            blob = pool.prepare_fn(call)
         else:
             pool, blob = self._threads, None
-        inner = pool._submit_chunk(call, [args], blob, options)
+        inner = pool.submit_chunk(call, [args], blob, options)
 
         def finished(done: Future[ChunkResult]) -> None:
             if outer.cancelled():
@@ -1124,14 +1055,14 @@ class AutoPool(_pool_base.PoolBase):
                 self._processes = ProcessPool(self._max_workers)
             return self._processes
 
-    def _submit_chunk(
+    def submit_chunk(
         self,
         fn: Callable[..., Any],
         items: list[tuple[Any, ...]],
         fn_blob: bytes | None,
         options: TaskOptions,
     ) -> Future[ChunkResult]:
-        return self._threads._submit_chunk(fn, items, fn_blob, options)
+        return self._threads.submit_chunk(fn, items, fn_blob, options)
 
     def map(
         self,
@@ -1181,10 +1112,10 @@ class AutoPool(_pool_base.PoolBase):
         if self._processes is not None:
             self._processes.shutdown(wait, cancel_futures=cancel_futures)
 
-    def _abort(self) -> None:
-        self._threads._abort()
+    def abort(self) -> None:
+        self._threads.abort()
         if self._processes is not None:
-            self._processes._abort()
+            self._processes.abort()
 
 
 def _fixed_chunksize(chunksize: Any) -> int | None:

@@ -10,6 +10,7 @@ from typing import IO, Any, cast
 import click
 
 from . import __version__
+from ._backends import BACKENDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,7 +166,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-BACKEND_CHOICE = click.Choice(["auto", "process", "thread", "inline", "dask"])
+BACKEND_CHOICE = click.Choice(list(BACKENDS))
 
 
 @cli.command("map")

@@ -198,7 +198,7 @@ class DaskPool(_pool.PoolBase):
     ) -> Future[Any]:
         return self._submit(options, _call, (fn, args, kwargs), _task.describe(fn), False)
 
-    def _submit_chunk(
+    def submit_chunk(
         self,
         fn: Callable[..., Any],
         items: list[tuple[Any, ...]],
@@ -295,5 +295,5 @@ class DaskPool(_pool.PoolBase):
         if cluster is not None:
             cluster.close()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         self.shutdown(wait=False, cancel_futures=True)

@@ -271,10 +271,10 @@ class ProcessPool(_pool.PoolBase):
             state.wake()  # start a worker, or wait for the new deadline
         return future
 
-    def _prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
+    def prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         return _task.serialize_callable(fn)
 
-    def _submit_chunk(
+    def submit_chunk(
         self,
         fn: Callable[..., Any],
         items: list[tuple[Any, ...]],
@@ -292,7 +292,7 @@ class ProcessPool(_pool.PoolBase):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         _shutdown(self._state, wait, cancel_futures)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         _shutdown(self._state, wait=True, cancel_futures=True, kill=True)
 
 

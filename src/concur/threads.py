@@ -196,7 +196,7 @@ class ThreadPool(_pool.PoolBase):
             self._adjust()
             return future
 
-    def _submit_chunk(
+    def submit_chunk(
         self,
         fn: Callable[..., Any],
         items: list[tuple[Any, ...]],
@@ -219,7 +219,7 @@ class ThreadPool(_pool.PoolBase):
                 if not slot.abandoned:
                     slot.thread.join()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         self.shutdown(wait=False, cancel_futures=True)
 
     @property
