@@ -383,6 +383,298 @@ class _Done(Future[ChunkResult]):
         self.set_result(result)
 
 
+class _Probe:
+    """How a run starts: item 0 runs on a thread while this thread watches.
+
+    Done within PROBE_WAIT_S: a small item, timed further inline (``tiny``).
+    Still running: waiting or computing is told from the probe thread's own
+    CPU clock and state, and whether it holds the GIL from a short spin
+    beside it (``long``). Either way the run adopts its first Decision.
+    """
+
+    def __init__(self, stream: AutoMap) -> None:
+        self.stream = stream
+        self.judge = stream._judge
+
+    def note_transfer(self, first: list[Any], result: Any) -> None:
+        self.judge.transfer = _transfer_cost(self.stream._cursor.as_args(first)[0], result)
+
+    def run(self) -> None:
+        first = self.stream._cursor.take(1)
+        if not first:
+            self.judge.adopt(Decision("inline", 1, 1, "no items"))
+            return
+        threads = self.stream._thread_pool()
+        # A computing probe holds the GIL against this thread (which must look
+        # at it on time) and against a process pool starting up: shorten the
+        # switch interval until the probe items end (see _gil).
+        fast = _gil.Hold()
+        wall0 = time.perf_counter()
+        clock = _ThreadClock()
+        probe = threads.submit(
+            clock.run, _task.run_chunk, self.stream._fn, self.stream._cursor.as_args(first), False
+        )
+        self.stream._inflight.add(probe, 1, "probe")
+        done, _ = wait([probe], timeout=PROBE_WAIT_S)
+        if done:
+            fast.release()
+            self.tiny(first, probe.result())
+            return
+        computing = True
+        try:
+            computing = self.long(first, probe, clock, wall0)
+        finally:
+            if computing:
+                probe.add_done_callback(lambda _: fast.release())
+            else:
+                fast.release()
+
+    def long(
+        self,
+        first: list[Any],
+        probe: Future[Any],
+        clock: _ThreadClock,
+        wall0: float,
+    ) -> bool:
+        """Item 0 is still running after PROBE_WAIT_S: waiting or computing?
+        Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
+        self.note_transfer(first, None)
+        window = PROBE_WAIT_S
+        states_seen: set[bool] = set()  # blocked (True) or runnable (False) at a look
+        gil_tests = 0
+        while True:
+            elapsed = time.perf_counter() - wall0
+            used = clock.used()  # the probe thread's own CPU time: others' load is not in it
+            busy = used / max(elapsed, 1e-9)
+            blocked = clock.sleeping()
+            if blocked is not None:
+                states_seen.add(blocked)
+            if busy < WAITING and blocked is not False:
+                # Waiting, for an unknown time yet: the ratio measured so far is
+                # only a lower bound, so start as many threads as allowed.
+                m = self.judge.measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
+                self.judge.adopt(choose(m, self.stream._left()))
+                return False
+            left = self.stream._left()
+            work_left = elapsed * (1_000_000 if left is None else left)
+            # Computing, or ready to compute on a host too busy to run it
+            if (busy >= WAITING or blocked is False) and work_left >= PROCESS_START_S:
+                # Computing, and enough of it for parallel work to matter.
+                if self.judge.utilization is None and gil_tests < 2:  # each costs the probe CPU
+                    gil_tests += 1
+                    self.judge.utilization = _gil_test(probe, clock)
+                # Only a lower bound so far: act on it when even that pays for
+                # processes, or for threads because the GIL is released. Any
+                # other verdict waits for the finished item (a bound measured
+                # beside the spinner understates the CPU share).
+                m = self.judge.measure(elapsed, used, 1)
+                verdict = choose(m, left)
+                known = self.judge.utilization is not None  # else: maybe test at the next look
+                if known and (verdict.backend == "process" or _gil_free(m)):
+                    self.judge.adopt(verdict)
+                    return True
+            window *= 2
+            if wait([probe], timeout=window)[0]:
+                outcomes, wall, cpu = probe.result()
+                if states_seen == {False}:
+                    # Runnable at every look, never blocked: the time it did
+                    # not run was the host's (other work on the cores), not
+                    # waiting; an estimate must not count it as waiting.
+                    cpu = wall
+                elif cpu < WAITING * wall:
+                    # It finished without being seen to wait: one item on a
+                    # busy machine proves nothing; time a few more inline.
+                    self.tiny(first, (outcomes, wall, cpu))
+                    return False
+                self.note_transfer(first, _value(outcomes[0]))
+                self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream._left()))
+                return False
+
+    def tiny(self, first: list[Any], result: ChunkResult) -> None:
+        outcomes, wall, cpu = result
+        self.note_transfer(first, _value(outcomes[0]))
+        # Time more items inline, where a small item's cost is seen exactly.
+        items, spent_wall, spent_cpu = 1, wall, cpu
+        deadline = time.perf_counter() + INLINE_PROBE_S
+        while time.perf_counter() < deadline:
+            chunk = self.stream._cursor.take(max(1, items))
+            if not chunk:
+                break
+            done, taken = self.stream._run_inline(chunk)
+            _, w, c = done.result()
+            self.stream._inflight.add(done, taken, "inline")
+            items += taken
+            spent_wall += w
+            spent_cpu += c
+            self.judge.measure(spent_wall, spent_cpu, items)  # later chunks run at this pace
+        self.judge.adopt(
+            choose(self.judge.measure(spent_wall, spent_cpu, items), self.stream._left())
+        )
+
+
+def _gil_test(probe: Future[Any], clock: _ThreadClock) -> float | None:
+    """CPU seconds per wall second of this thread and the probe's together,
+    while this thread computes in Python beside the running probe for up to
+    PROBE_WAIT_S; None if the probe ended too soon to tell.
+
+    Well over one CPU means the item ran while this thread held the GIL:
+    it releases the GIL. Each thread's own CPU clock is read, not the
+    process's: Linux updates the process clock for a thread running on
+    another core only at the next tick, which a 2 ms window can miss.
+    (This thread spins, not a second item on a thread: an item that holds
+    the GIL would run here long after processes took the rest.)
+    """
+    now_wall, own_cpu = time.perf_counter, time.thread_time
+    wall0, mine0, probe0 = now_wall(), own_cpu(), clock.used()
+    now, deadline = wall0, wall0 + PROBE_WAIT_S
+    while now < deadline and not probe.done():
+        now = now_wall()
+    span, mine, theirs = now - wall0, own_cpu() - mine0, clock.used() - probe0
+    if span < PROBE_WAIT_S / 2 or clock.clock is None:
+        return None
+    least = min(mine, theirs) / span
+    # Sharing the GIL, each thread gets about half the window; without it,
+    # both run through it. Only both running through proves the GIL free
+    # (one clock read late cannot); one that hardly ran (the probe ending
+    # and waiting for the GIL to return, a thread not scheduled on a busy
+    # host) tells nothing.
+    if least >= 0.75:
+        return (mine + theirs) / span
+    if least >= 0.25:
+        return min(1.0, (mine + theirs) / span)
+    return None
+
+
+class _Judge:
+    """What a run has measured and what it decided from that.
+
+    ``stats`` are the Measurements so far; ``decisions`` every Decision in
+    order (the last is current). A change of backend takes two verdicts in a
+    row (``pending_switch``): one odd chunk does not move the work. The
+    caller's worker count and chunk size, if given, apply to every decision.
+    """
+
+    def __init__(self, workers: int | None, chunksize: int | None, forced: str | None) -> None:
+        self.workers = workers
+        self.chunksize = chunksize  # every chunk this size (workers and threads), if given
+        self.forced = forced  # a backend given by the caller or CONCUR_BACKEND
+        self.cores = cpu_count()
+        self.gil = gil_enabled()
+        self.stats: Measurements | None = None
+        self.decisions: list[Decision] = []
+        self.pending_switch: str | None = None
+        self.utilization: float | None = None
+        self.transfer = 0.0
+        self.clock = (time.perf_counter(), time.process_time())
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.decisions[-1] if self.decisions else None
+
+    def measure(self, wall: float, cpu: float, items: int) -> Measurements:
+        m = Measurements(
+            items=items,
+            wall=wall / items,
+            cpu=cpu / items,
+            transfer=self.transfer,
+            utilization=self.utilization,
+            cores=self.cores,
+            gil=self.gil,
+        )
+        self.stats = m
+        return m
+
+    def sized(self, decision: Decision) -> Decision:
+        """The decision with the caller's worker count and chunk size, if given."""
+        if decision.backend == "inline":
+            return decision
+        if self.forced is None and self.workers is not None:
+            decision = replace(decision, workers=self.workers)
+        if self.chunksize is not None:
+            decision = replace(decision, chunksize=self.chunksize)
+        return decision
+
+    def adopt(self, decision: Decision) -> None:
+        decision = self.sized(decision)
+        previous = self.decision
+        self.decisions.append(decision)
+        if previous is None:
+            log.info("concur auto: %s", decision)
+        elif previous.backend != decision.backend:
+            log.info("concur auto: the work changed; now %s", decision)
+
+    def process_utilization(self) -> float | None:
+        """Process CPU seconds per wall second since the last reading, once
+        at least 50 ms have passed (shorter windows are noise)."""
+        now = (time.perf_counter(), time.process_time())
+        span = now[0] - self.clock[0]
+        if span < 0.05:
+            return None
+        used = now[1] - self.clock[1]
+        self.clock = now
+        return used / span
+
+    def observe(
+        self,
+        count: int,
+        wall: float,
+        cpu: float,
+        backend: str,
+        left: int | None,
+        more_input: bool,
+        warm: bool,
+    ) -> None:
+        """Fold a finished chunk into the averages; switch backend if the work changed."""
+        if count == 0:
+            return
+        per_wall, per_cpu = wall / count, cpu / count
+        if backend == "thread":
+            # Busy threads share the GIL, so each one's wall time overstates
+            # waiting. The whole process's CPU rate tells the truth: near one
+            # core means the work computes; above 1.3 means the GIL is released.
+            rate = self.process_utilization()
+            if rate is not None and rate > GIL_FREE_UTILIZATION:
+                self.utilization = rate
+            # Near one busy core, and items that do compute (sleepers use
+            # ~0.01% CPU; items sharing the GIL with up to 100 others, 1% or more).
+            if rate is not None and rate > 0.8 and per_cpu > 0.01 * per_wall:
+                per_wall = per_cpu
+        old = self.stats or Measurements(cores=self.cores, gil=self.gil, transfer=self.transfer)
+        # Each chunk is a few milliseconds of work: weigh chunks, not items, so
+        # a change shows within a couple of chunks however many items came before.
+        weight = 0.5 if old.items else 1.0
+        m = replace(
+            old,
+            items=old.items + count,
+            wall=(1 - weight) * old.wall + weight * per_wall,
+            cpu=(1 - weight) * old.cpu + weight * per_cpu,
+            utilization=self.utilization,
+            warm=warm,
+        )
+        self.stats = m
+        if self.forced is not None or not more_input:
+            # The backend stays as given, or every item left is already placed:
+            # a new verdict could move nothing (and near the end the estimates
+            # converge, so it would only mislabel the run).
+            return
+        self.redecide(choose(m, left))
+
+    def redecide(self, verdict: Decision) -> None:
+        current = self.decision
+        assert current is not None
+        if verdict.backend == current.backend:
+            self.pending_switch = None
+            verdict = self.sized(verdict)
+            if verdict.workers > current.workers or verdict.chunksize != current.chunksize:
+                self.decisions[-1] = verdict  # same backend, better sizing
+            return
+        if self.pending_switch == verdict.backend:
+            self.pending_switch = None
+            self.adopt(verdict)
+        else:
+            self.pending_switch = verdict.backend
+
+
 class AutoMap(Iterator[Any]):
     """The iterator behind ``backend="auto"``: decides, runs, re-decides.
 
@@ -409,12 +701,9 @@ class AutoMap(Iterator[Any]):
         self._call: Callable[[Any], Any] = fn if self._cursor.single else _starred(fn)
         self._ordered = ordered
         self._return_exceptions = return_exceptions
-        self._workers = workers
-        self._chunksize = chunksize  # every chunk this size (workers and threads), if given
         self._max_inflight = max_inflight
         self._options = options or TaskOptions()
         self._end_time = None if timeout is None else time.monotonic() + timeout
-        self._cores = cpu_count()
         self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
         self._fn_blob: bytes | None = None
@@ -422,21 +711,18 @@ class AutoMap(Iterator[Any]):
         self._blocks: deque[_Block] = deque()
         self._index = 0
         self._watchdog = _Watchdog()
-        self._stats: Measurements | None = None
-        self._pending_switch: str | None = None
-        self.decisions: list[Decision] = []
-        self._gil = gil_enabled()
-        self._utilization: float | None = None
-        self._transfer = 0.0
-        self._clock = (time.perf_counter(), time.process_time())
-        self._forced = forced_backend or environment_override()
-        if self._forced is not None:
+        self._judge = _Judge(workers, chunksize, forced_backend or environment_override())
+        if self._judge.forced is not None:
             source = "backend=" if forced_backend else "CONCUR_BACKEND"
-            self._adopt(forced(self._forced, source, workers))
+            self._judge.adopt(forced(self._judge.forced, source, workers))
 
     @property
     def decision(self) -> Decision | None:
-        return self.decisions[-1] if self.decisions else None
+        return self._judge.decision
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return self._judge.decisions
 
     # -- iteration ---------------------------------------------------------
 
@@ -477,7 +763,7 @@ class AutoMap(Iterator[Any]):
         """Get at least one more block ready, or raise StopIteration."""
         try:
             if self.decision is None:
-                self._probe()
+                _Probe(self).run()
                 return
             self._fill()
             if not self._inflight:
@@ -498,163 +784,6 @@ class AutoMap(Iterator[Any]):
         self.close()
         raise exc
 
-    # -- probing -------------------------------------------------------------
-
-    def _probe(self) -> None:
-        first = self._cursor.take(1)
-        if not first:
-            self._adopt(Decision("inline", 1, 1, "no items"))
-            return
-        threads = self._thread_pool()
-        # A computing probe holds the GIL against this thread (which must look
-        # at it on time) and against a process pool starting up: shorten the
-        # switch interval until the probe items end (see _gil).
-        fast = _gil.Hold()
-        wall0 = time.perf_counter()
-        clock = _ThreadClock()
-        probe = threads.submit(
-            clock.run, _task.run_chunk, self._fn, self._cursor.as_args(first), False
-        )
-        self._inflight.add(probe, 1, "probe")
-        done, _ = wait([probe], timeout=PROBE_WAIT_S)
-        if done:
-            fast.release()
-            self._probe_tiny(first, probe.result())
-            return
-        computing = True
-        try:
-            computing = self._probe_long(first, probe, clock, wall0)
-        finally:
-            if computing:
-                probe.add_done_callback(lambda _: fast.release())
-            else:
-                fast.release()
-
-    def _probe_long(
-        self,
-        first: list[Any],
-        probe: Future[Any],
-        clock: _ThreadClock,
-        wall0: float,
-    ) -> bool:
-        """Item 0 is still running after PROBE_WAIT_S: waiting or computing?
-        Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
-        self._transfer = _transfer_cost(self._cursor.as_args(first)[0], None)
-        window = PROBE_WAIT_S
-        states_seen: set[bool] = set()  # blocked (True) or runnable (False) at a look
-        gil_tests = 0
-        while True:
-            elapsed = time.perf_counter() - wall0
-            used = clock.used()  # the probe thread's own CPU time: others' load is not in it
-            busy = used / max(elapsed, 1e-9)
-            blocked = clock.sleeping()
-            if blocked is not None:
-                states_seen.add(blocked)
-            if busy < WAITING and blocked is not False:
-                # Waiting, for an unknown time yet: the ratio measured so far is
-                # only a lower bound, so start as many threads as allowed.
-                m = self._measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
-                self._adopt(choose(m, self._left()))
-                return False
-            left = self._left()
-            work_left = elapsed * (1_000_000 if left is None else left)
-            # Computing, or ready to compute on a host too busy to run it
-            if (busy >= WAITING or blocked is False) and work_left >= PROCESS_START_S:
-                # Computing, and enough of it for parallel work to matter.
-                if self._utilization is None and gil_tests < 2:  # each costs the probe CPU
-                    gil_tests += 1
-                    self._utilization = self._gil_test(probe, clock)
-                # Only a lower bound so far: act on it when even that pays for
-                # processes, or for threads because the GIL is released. Any
-                # other verdict waits for the finished item (a bound measured
-                # beside the spinner understates the CPU share).
-                m = self._measure(elapsed, used, 1)
-                verdict = choose(m, left)
-                known = self._utilization is not None  # else: maybe test at the next look
-                if known and (verdict.backend == "process" or _gil_free(m)):
-                    self._adopt(verdict)
-                    return True
-            window *= 2
-            if wait([probe], timeout=window)[0]:
-                outcomes, wall, cpu = probe.result()
-                if states_seen == {False}:
-                    # Runnable at every look, never blocked: the time it did
-                    # not run was the host's (other work on the cores), not
-                    # waiting; an estimate must not count it as waiting.
-                    cpu = wall
-                elif cpu < WAITING * wall:
-                    # It finished without being seen to wait: one item on a
-                    # busy machine proves nothing; time a few more inline.
-                    self._probe_tiny(first, (outcomes, wall, cpu))
-                    return False
-                self._transfer = _transfer_cost(self._cursor.as_args(first)[0], _value(outcomes[0]))
-                self._adopt(choose(self._measure(wall, cpu, 1), self._left()))
-                return False
-
-    def _gil_test(self, probe: Future[Any], clock: _ThreadClock) -> float | None:
-        """CPU seconds per wall second of this thread and the probe's together,
-        while this thread computes in Python beside the running probe for up to
-        PROBE_WAIT_S; None if the probe ended too soon to tell.
-
-        Well over one CPU means the item ran while this thread held the GIL:
-        it releases the GIL. Each thread's own CPU clock is read, not the
-        process's: Linux updates the process clock for a thread running on
-        another core only at the next tick, which a 2 ms window can miss.
-        (This thread spins, not a second item on a thread: an item that holds
-        the GIL would run here long after processes took the rest.)
-        """
-        now_wall, own_cpu = time.perf_counter, time.thread_time
-        wall0, mine0, probe0 = now_wall(), own_cpu(), clock.used()
-        now, deadline = wall0, wall0 + PROBE_WAIT_S
-        while now < deadline and not probe.done():
-            now = now_wall()
-        span, mine, theirs = now - wall0, own_cpu() - mine0, clock.used() - probe0
-        if span < PROBE_WAIT_S / 2 or clock.clock is None:
-            return None
-        least = min(mine, theirs) / span
-        # Sharing the GIL, each thread gets about half the window; without it,
-        # both run through it. Only both running through proves the GIL free
-        # (one clock read late cannot); one that hardly ran (the probe ending
-        # and waiting for the GIL to return, a thread not scheduled on a busy
-        # host) tells nothing.
-        if least >= 0.75:
-            return (mine + theirs) / span
-        if least >= 0.25:
-            return min(1.0, (mine + theirs) / span)
-        return None
-
-    def _probe_tiny(self, first: list[Any], result: ChunkResult) -> None:
-        outcomes, wall, cpu = result
-        self._transfer = _transfer_cost(self._cursor.as_args(first)[0], _value(outcomes[0]))
-        # Time more items inline, where a small item's cost is seen exactly.
-        items, spent_wall, spent_cpu = 1, wall, cpu
-        deadline = time.perf_counter() + INLINE_PROBE_S
-        while time.perf_counter() < deadline:
-            chunk = self._cursor.take(max(1, items))
-            if not chunk:
-                break
-            done, taken = self._run_inline(chunk)
-            _, w, c = done.result()
-            self._inflight.add(done, taken, "inline")
-            items += taken
-            spent_wall += w
-            spent_cpu += c
-            self._measure(spent_wall, spent_cpu, items)  # later chunks run at this pace
-        self._adopt(choose(self._measure(spent_wall, spent_cpu, items), self._left()))
-
-    def _measure(self, wall: float, cpu: float, items: int) -> Measurements:
-        m = Measurements(
-            items=items,
-            wall=wall / items,
-            cpu=cpu / items,
-            transfer=self._transfer,
-            utilization=self._utilization,
-            cores=self._cores,
-            gil=self._gil,
-        )
-        self._stats = m
-        return m
-
     def _left(self) -> int | None:
         """Items not yet finished: known, or None for input of unknown length."""
         running = self._inflight.running_items()
@@ -662,25 +791,6 @@ class AutoMap(Iterator[Any]):
             return running
         remaining = self._cursor.remaining
         return None if remaining is None else remaining + running
-
-    def _sized(self, decision: Decision) -> Decision:
-        """The decision with the caller's worker count and chunk size, if given."""
-        if decision.backend == "inline":
-            return decision
-        if self._forced is None and self._workers is not None:
-            decision = replace(decision, workers=self._workers)
-        if self._chunksize is not None:
-            decision = replace(decision, chunksize=self._chunksize)
-        return decision
-
-    def _adopt(self, decision: Decision) -> None:
-        decision = self._sized(decision)
-        previous = self.decision
-        self.decisions.append(decision)
-        if previous is None:
-            log.info("concur auto: %s", decision)
-        elif previous.backend != decision.backend:
-            log.info("concur auto: the work changed; now %s", decision)
 
     # -- running -------------------------------------------------------------
 
@@ -713,36 +823,12 @@ class AutoMap(Iterator[Any]):
             self._inflight.add(self._run(d.backend, chunk), len(chunk), d.backend)
 
     def _default_chunk(self, d: Decision) -> int:
-        if self._stats is None:
+        if self._judge.stats is None:
             return 1
-        return _chunk(self._stats, self._left() or 1_000_000, d.backend)
+        return _chunk(self._judge.stats, self._left() or 1_000_000, d.backend)
 
     def _run_inline(self, chunk: list[Any]) -> tuple[_Done, int]:
-        """Run a chunk here; return its future and how many items it took.
-
-        The items run through ``list.extend(map(fn, iterator))``, as fast as a
-        plain loop. A watchdog thread ends the iterator early once the chunk
-        has run 4 × the inline target: work that turns heavy mid-chunk is
-        noticed after one slow item, at no cost per item. Items not run go
-        back to the input. An item that raises ends the chunk too
-        (``extend`` keeps the values before it).
-        """
-        values = _Values()
-        items = iter(chunk)
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
-        self._watchdog.arm(items, len(chunk), wall0 + 4 * CHUNK_TARGET_S["inline"])
-        try:
-            values.extend(map(self._call, items))
-        except Exception as exc:
-            outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
-            outcomes.append((_task.RAISED, exc))
-            self._cursor.push_back(chunk[len(outcomes) :])
-            spent = (time.perf_counter() - wall0, time.thread_time() - cpu0)
-            return _Done((outcomes, *spent)), len(outcomes)
-        finally:
-            self._watchdog.disarm()
-        self._cursor.push_back(chunk[len(values) :])
-        return _Done((values, time.perf_counter() - wall0, time.thread_time() - cpu0)), len(values)
+        return _run_inline(self._call, chunk, self._watchdog, self._cursor)
 
     def _run(self, backend: str, chunk: list[Any]) -> Future[ChunkResult]:
         options = self._options.for_chunk(len(chunk))
@@ -753,6 +839,10 @@ class AutoMap(Iterator[Any]):
         if self._fn_blob is None:
             self._fn_blob = processes.prepare_fn(self._fn)
         return processes.submit_chunk(self._fn, items, self._fn_blob, options)
+
+    def _observe(self, count: int, wall: float, cpu: float, backend: str) -> None:
+        warm = self._processes is not None
+        self._judge.observe(count, wall, cpu, backend, self._left(), self._cursor.has_input(), warm)
 
     def _time_left(self) -> float | None:
         return None if self._end_time is None else max(0.0, self._end_time - time.monotonic())
@@ -785,67 +875,6 @@ class AutoMap(Iterator[Any]):
         if backend not in ("inline", "probe"):
             self._observe(count, wall, cpu, backend)
 
-    def _process_utilization(self) -> float | None:
-        """Process CPU seconds per wall second since the last reading, once
-        at least 50 ms have passed (shorter windows are noise)."""
-        now = (time.perf_counter(), time.process_time())
-        span = now[0] - self._clock[0]
-        if span < 0.05:
-            return None
-        used = now[1] - self._clock[1]
-        self._clock = now
-        return used / span
-
-    def _observe(self, count: int, wall: float, cpu: float, backend: str) -> None:
-        """Fold a finished chunk into the averages; switch backend if the work changed."""
-        if count == 0:
-            return
-        per_wall, per_cpu = wall / count, cpu / count
-        if backend == "thread":
-            # Busy threads share the GIL, so each one's wall time overstates
-            # waiting. The whole process's CPU rate tells the truth: near one
-            # core means the work computes; above 1.3 means the GIL is released.
-            rate = self._process_utilization()
-            if rate is not None and rate > GIL_FREE_UTILIZATION:
-                self._utilization = rate
-            # Near one busy core, and items that do compute (sleepers use
-            # ~0.01% CPU; items sharing the GIL with up to 100 others, 1% or more).
-            if rate is not None and rate > 0.8 and per_cpu > 0.01 * per_wall:
-                per_wall = per_cpu
-        old = self._stats or Measurements(cores=self._cores, gil=self._gil, transfer=self._transfer)
-        left = self._left()
-        # Each chunk is a few milliseconds of work: weigh chunks, not items, so
-        # a change shows within a couple of chunks however many items came before.
-        weight = 0.5 if old.items else 1.0
-        m = replace(
-            old,
-            items=old.items + count,
-            wall=(1 - weight) * old.wall + weight * per_wall,
-            cpu=(1 - weight) * old.cpu + weight * per_cpu,
-            utilization=self._utilization,
-            warm=self._processes is not None,
-        )
-        self._stats = m
-        if self._forced is not None or not self._cursor.has_input():
-            # The backend stays as given, or every item left is already placed:
-            # a new verdict could move nothing (and near the end the estimates
-            # converge, so it would only mislabel the run).
-            return
-        verdict = choose(m, left)
-        current = self.decision
-        assert current is not None
-        if verdict.backend == current.backend:
-            self._pending_switch = None
-            verdict = self._sized(verdict)
-            if verdict.workers > current.workers or verdict.chunksize != current.chunksize:
-                self.decisions[-1] = verdict  # same backend, better sizing
-            return
-        if self._pending_switch == verdict.backend:
-            self._pending_switch = None
-            self._adopt(verdict)
-        else:
-            self._pending_switch = verdict.backend
-
     # -- pools ---------------------------------------------------------------
 
     def _thread_pool(self) -> ThreadPool:
@@ -856,7 +885,7 @@ class AutoMap(Iterator[Any]):
     def _process_pool(self) -> ProcessPool:
         if self._processes is None:
             d = self.decision
-            workers = d.workers if d is not None and d.backend == "process" else self._cores
+            workers = d.workers if d is not None and d.backend == "process" else self._judge.cores
             self._processes = ProcessPool(workers)
         return self._processes
 
@@ -886,6 +915,36 @@ class AutoMap(Iterator[Any]):
             pass
 
 
+def _run_inline(
+    call: Callable[[Any], Any], chunk: list[Any], watchdog: _Watchdog, cursor: Cursor
+) -> tuple[_Done, int]:
+    """Run a chunk here; return its future and how many items it took.
+
+    The items run through ``list.extend(map(fn, iterator))``, as fast as a
+    plain loop. A watchdog thread ends the iterator early once the chunk
+    has run 4 × the inline target: work that turns heavy mid-chunk is
+    noticed after one slow item, at no cost per item. Items not run go
+    back to the input. An item that raises ends the chunk too
+    (``extend`` keeps the values before it).
+    """
+    values = _Values()
+    items = iter(chunk)
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    watchdog.arm(items, len(chunk), wall0 + 4 * CHUNK_TARGET_S["inline"])
+    try:
+        values.extend(map(call, items))
+    except Exception as exc:
+        outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
+        outcomes.append((_task.RAISED, exc))
+        cursor.push_back(chunk[len(outcomes) :])
+        spent = (time.perf_counter() - wall0, time.thread_time() - cpu0)
+        return _Done((outcomes, *spent)), len(outcomes)
+    finally:
+        watchdog.disarm()
+    cursor.push_back(chunk[len(values) :])
+    return _Done((values, time.perf_counter() - wall0, time.thread_time() - cpu0)), len(values)
+
+
 def _value(outcome: _task.Outcome) -> Any:
     return outcome[1] if outcome[0] == _task.OK else None
 
@@ -904,10 +963,11 @@ def advise(fn: Callable[..., Any], sample: Iterable[Any], *more: Iterable[Any]) 
         stream.close()
     decision = stream.decision
     assert decision is not None
-    if stream._stats is None or decision.source != "measured":
+    stats = stream._judge.stats
+    if stats is None or decision.source != "measured":
         return decision
     # Everything the sample taught, applied to a long run of such items.
-    return choose(stream._stats, None)
+    return choose(stats, None)
 
 
 # -- AutoPool: the same choice for submit() --------------------------------------
