@@ -246,6 +246,16 @@ def test_initializer_failure_breaks_the_pool_like_the_stdlib(pool_kind):
     executor.shutdown()
 
 
+def test_initializer_failure_breaks_the_pool_even_when_shut_down_at_once(pool_kind):
+    # The with-block closes the pool before the failing worker has exited.
+    with make_pool(pool_kind, max_workers=1, initializer=_broken_initializer) as executor:
+        futures = [executor.submit(square, i) for i in range(3)]
+    broken = BrokenThreadPool if pool_kind == "thread" else BrokenProcessPool
+    for future in futures:
+        with pytest.raises(broken, match="no database"):
+            future.result(timeout=30)
+
+
 def test_initializer_failure_is_logged_like_the_stdlib(pool_kind, caplog):
     # The stdlib logs it on "concurrent.futures" at CRITICAL; a process
     # pool's worker logs it there too and the record is forwarded here.

@@ -418,14 +418,6 @@ def test_submit_from_an_atexit_handler_prints_the_standard_librarys_error(pool):
 # -- functions sent by value: pickled once, and still what the caller has ----
 
 
-class CountsPickles:
-    pickled = 0
-
-    def __reduce__(self):
-        CountsPickles.pickled += 1
-        return (CountsPickles, ())
-
-
 def _by_value(source: str, **names):
     """A function from a module no worker can import: it travels by value."""
     namespace = {"__name__": "concur_test_unimportable", **names}
@@ -433,14 +425,21 @@ def _by_value(source: str, **names):
     return namespace["f"]
 
 
-def test_a_plain_function_sent_by_value_is_pickled_once():
-    f = _by_value("def f(x):\n    return (x, type(MARK).__name__)\n", MARK=CountsPickles())
-    before = CountsPickles.pickled
+def test_a_plain_function_sent_by_value_is_pickled_once(monkeypatch):
+    import cloudpickle
+
+    pickled = []
+    real = cloudpickle.dumps
+
+    def counting(obj, *args, **kwargs):
+        pickled.append(obj)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(cloudpickle, "dumps", counting)
+    f = _by_value("import math\ndef f(x):\n    return math.floor(x * SCALE)\n", SCALE=2.5)
     with concur.ProcessPool(1) as pool:
-        assert [pool.submit(f, i).result(timeout=10) for i in range(5)] == [
-            (i, "CountsPickles") for i in range(5)
-        ]
-    assert CountsPickles.pickled - before == 1
+        assert [pool.submit(f, i).result(timeout=10) for i in range(5)] == [0, 2, 5, 7, 10]
+    assert [obj for obj in pickled if obj is f] == [f]
 
 
 def test_a_function_sent_by_value_sees_a_global_defined_after_its_first_call():
@@ -450,6 +449,26 @@ def test_a_function_sent_by_value_sees_a_global_defined_after_its_first_call():
             pool.submit(f).result(timeout=10)
         f.__globals__["LATER"] = 5
         assert pool.submit(f).result(timeout=10) == 5
+
+
+def test_a_global_read_in_nested_code_and_defined_later_is_sent():
+    f = _by_value("def f():\n    return [LATER for _ in range(1)]\n")
+    with concur.ProcessPool(1) as pool:
+        with pytest.raises(NameError):
+            pool.submit(f).result(timeout=10)
+        f.__globals__["LATER"] = 5
+        assert pool.submit(f).result(timeout=10) == [5]
+
+
+def test_new_workers_see_the_callers_globals_as_they_are_now():
+    # One task per worker: each call meets a fresh worker, which must get
+    # the values of now, rebound or mutated, as without any caching.
+    f = _by_value("def f():\n    return (SCALE, CONFIG.get('k'))\n", SCALE=1, CONFIG={})
+    with concur.ProcessPool(1, max_tasks_per_child=1) as pool:
+        assert pool.submit(f).result(timeout=10) == (1, None)
+        f.__globals__["SCALE"] = 2
+        f.__globals__["CONFIG"]["k"] = "v"
+        assert pool.submit(f).result(timeout=10) == (2, "v")
 
 
 def test_new_defaults_and_closure_values_reach_the_worker():

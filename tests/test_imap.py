@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
@@ -101,3 +103,20 @@ def test_several_iterables_are_zipped(pool):
 def test_bad_max_inflight_is_refused(pool):
     with pytest.raises(ValueError, match="max_inflight"):
         pool.imap(double, [1], max_inflight=0)
+
+
+def test_input_that_is_not_iterable_fails_cleanly():
+    script = (
+        "import gc, concur\n"
+        "with concur.ThreadPool(1) as pool:\n"
+        "    try:\n"
+        "        pool.imap(abs, 5)\n"
+        "    except TypeError as exc:\n"
+        "        print(exc)\n"
+        "    gc.collect()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip() == "'int' object is not iterable"
+    assert proc.stderr == ""  # no "Exception ignored in ... __del__"

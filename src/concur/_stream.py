@@ -61,7 +61,8 @@ class Cursor:
         self.single = len(iterables) == 1
         self._seq: Any = None
         self._pos = 0
-        if self.single and isinstance(iterables[0], (list, tuple, range)):
+        # Exactly these types: a subclass may define its own iteration.
+        if self.single and type(iterables[0]) in (list, tuple, range):
             self._seq = iterables[0]
         self._source: Iterator[Any] | None = None
         if self._seq is None:
@@ -134,11 +135,11 @@ class InFlight:
         """Take finished chunks: the oldest (ordered), else all that are done
         once one is. None when ``timeout`` passes first."""
         if ordered:
+            # Waited for while still listed, so a Ctrl-C meanwhile cancels it too.
             future = self.entries[0][0]
-            if timeout is not None:
-                wait([future], timeout=timeout)
-                if not future.done():
-                    return None
+            wait([future], timeout=timeout)
+            if not future.done():
+                return None
             return [self.entries.popleft()]
         done, _ = wait(
             [f for f, _, _ in self.entries], timeout=timeout, return_when=FIRST_COMPLETED
@@ -171,12 +172,12 @@ class PoolStream(Iterator[Any]):
         ordered: bool,
         return_exceptions: bool,
     ) -> None:
+        self._cursor = Cursor(iterables)  # first: input that is not iterable raises here
         self._pool = pool
         self._options = options
         self._fn = fn
         self._fn_blob: bytes | None = None
         self._blob_ready = False
-        self._cursor = Cursor(iterables)
         self._sizer = sizer
         self._limit = limit
         self._ordered = ordered
@@ -242,4 +243,5 @@ class PoolStream(Iterator[Any]):
         self._inflight.cancel(running_too)
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "_inflight"):  # not when the input was refused in __init__
+            self.close()

@@ -222,7 +222,11 @@ class PoolState:
             if worker in self.idle:
                 self.idle.remove(worker)
             task, worker.task = worker.task, None
-            early = not (worker.ready or worker.stopping or self.closing or self.broken)
+            # A failed initializer breaks the pool however the worker ended
+            # (even a pool closing, or a worker stopped for its task).
+            early = worker.failure is not None or not (
+                worker.ready or worker.stopping or self.closing or self.broken
+            )
             if task is None or task.future.done():
                 return None, early
             if early:

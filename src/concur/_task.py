@@ -11,13 +11,14 @@ binary header and then a pickle. The header carries what the supervisor must
 know even when the pickle cannot be read (which task, whether the worker is
 retiring), so a bad payload costs its own task and nothing else.
 
-A plain function (no closure, no attributes) is pickled once and its bytes
-reused for every call (``function_blob``); the worker keeps the functions it
-loaded by those bytes, so a function from ``__main__``, which travels by
-value, is neither pickled nor rebuilt per call. That changes nothing a task
-sees: a worker's namespace keeps the globals it has (see ``_namespace``),
-and the bytes are made again when the function's code, defaults or the set
-of globals it names that exist change.
+A plain function whose pickle cannot change unseen (no closure or
+attributes; defaults and the globals it names are immutable scalars,
+modules or importable functions) is pickled once and its bytes reused
+while its code, defaults and those globals stay the same objects
+(``function_blob``); the worker keeps the functions it loaded by those
+bytes, so such a function from ``__main__``, which travels by value, is
+neither pickled nor rebuilt per call. Any other callable is pickled with
+each call.
 
     caller → worker   TASK_HEAD (kind, task_id) + body
                       CALL   body: (fn or fn_blob, args, kwargs)
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import sys
 import threading
 import time
 import traceback
@@ -120,36 +122,91 @@ def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
 
 # Functions pickled bigger are pickled per call, and kept by neither side.
 KEEP_BLOB_BYTES = 1 << 20
-_blobs: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = weakref.WeakKeyDictionary()
+_MISSING = object()
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+
+
+class _Kept:
+    """A function's bytes and what they were made from."""
+
+    __slots__ = ("blob", "code", "defaults", "kwdefaults", "names", "values")
+
+    def __init__(self, fn: types.FunctionType, names: tuple[str, ...], blob: bytes) -> None:
+        self.code, self.defaults, self.kwdefaults = fn.__code__, fn.__defaults__, fn.__kwdefaults__
+        self.names = names
+        self.values = _values(fn, names)
+        self.blob = blob
+
+    def still(self, fn: types.FunctionType) -> bool:
+        """Whether ``fn`` would pickle to the same bytes: the same code and
+        defaults, and every global it names bound to the same object."""
+        if not (
+            fn.__code__ is self.code
+            and fn.__defaults__ is self.defaults
+            and fn.__kwdefaults__ is self.kwdefaults
+        ):
+            return False
+        now = _values(fn, self.names)
+        return all(a is b for a, b in zip(now, self.values, strict=True))
+
+
+_blobs: weakref.WeakKeyDictionary[Any, _Kept] = weakref.WeakKeyDictionary()
 _blobs_lock = threading.Lock()
 
 
-def _blob_key(fn: types.FunctionType) -> tuple[Any, ...]:
-    names = fn.__globals__
-    present = tuple(name in names for name in fn.__code__.co_names)
-    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, present)
+def _names(code: types.CodeType) -> tuple[str, ...]:
+    """Every name the code (and code nested in it) may read as a global."""
+    found = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found.extend(_names(const))
+    return tuple(dict.fromkeys(found))
 
 
-def _same_key(kept: tuple[Any, ...], key: tuple[Any, ...]) -> bool:
-    # The same objects (never ==: a default's __eq__ is the user's), and the
-    # same globals present.
-    return all(a is b for a, b in zip(kept[:3], key[:3], strict=True)) and kept[3] == key[3]
+def _values(fn: types.FunctionType, names: tuple[str, ...]) -> tuple[Any, ...]:
+    namespace = fn.__globals__
+    return tuple(namespace.get(name, _MISSING) for name in names)
+
+
+def _unchanging(value: Any) -> bool:
+    """A value whose pickle cannot change while it stays the same object: an
+    immutable scalar or tuple of them, a module, or a function or class the
+    worker imports by name."""
+    if value is _MISSING or isinstance(value, (*_SCALARS, types.ModuleType)):
+        return True
+    if isinstance(value, tuple):
+        return all(_unchanging(item) for item in value)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        module = sys.modules.get(getattr(value, "__module__", None) or "")
+        name = getattr(value, "__qualname__", "")
+        return (
+            module is not None
+            and module.__name__ != "__main__"
+            and getattr(module, name, None) is value
+        )
+    return False
 
 
 def function_blob(fn: object) -> bytes | None:
-    """``dumps(fn)``, made once per plain function and kept while it lives;
-    None for any other callable (a closure, a bound method, a class ...)."""
+    """``dumps(fn)``, made once and kept while ``fn`` lives, for a plain
+    function whose pickle cannot change unseen: no closure, no attributes,
+    and defaults and globals that are immutable scalars, modules or
+    importable functions (checked, by identity, at each call). None for
+    anything else, which is pickled with each call as before."""
     if type(fn) is not types.FunctionType or fn.__closure__ is not None or fn.__dict__:
         return None
-    key = _blob_key(fn)
     with _blobs_lock:
         kept = _blobs.get(fn)
-    if kept is not None and _same_key(kept[0], key):
-        return kept[1]
+    if kept is not None and kept.still(fn):
+        return kept.blob
+    names = _names(fn.__code__)
+    defaults = (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values())
+    if not all(_unchanging(v) for v in (*defaults, *_values(fn, names))):
+        return None
     blob = dumps(fn)
-    if len(blob) <= KEEP_BLOB_BYTES:  # a function that brings a big global along is not kept
+    if len(blob) <= KEEP_BLOB_BYTES:
         with _blobs_lock:
-            _blobs[fn] = (key, blob)
+            _blobs[fn] = _Kept(fn, names, blob)
     return blob
 
 
