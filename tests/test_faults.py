@@ -386,6 +386,31 @@ def test_one_ctrl_c_during_start_up_prints_at_most_one_traceback():
     )
 
 
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_ctrl_c_while_the_exit_waits_for_a_pool_stops_it_quietly(kind):
+    # The program has ended; its pool is finishing a 30 s task at exit. One
+    # Ctrl-C there stops that work: no traceback, no worker left behind.
+    child = run_script("faults_ctrl_c_at_exit.py", kind, start_new_session=True)
+    try:
+        line = child.stdout.readline().split()
+        assert line[:1] == ["exiting"], line
+        worker = int(line[1])
+        time.sleep(0.3)  # into the exit hook's wait
+        started = time.monotonic()
+        os.killpg(child.pid, signal.SIGINT)
+        _, stderr = child.communicate(timeout=15)
+        assert time.monotonic() - started < 5, "the exit went on waiting for the task"
+        assert _prints(stderr) == 0, stderr
+        if kind == "process":
+            assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+        child.stdout.close()
+        child.stderr.close()
+
+
 def test_two_quick_ctrl_c_print_at_most_one_traceback():
     runs = [(delay, ()) for delay in (0.05, 0.10, 0.14, 0.18)]
     runs += [(delay, ("0.03",)) for delay in (0.3, 0.4, 0.5, 0.6)]  # tasks running

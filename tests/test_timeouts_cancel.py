@@ -136,6 +136,28 @@ def test_thread_task_fails_on_time_and_its_slot_stays_busy_until_it_returns():
         assert len(pool.workers()) == 1
 
 
+def test_a_timed_out_thread_tasks_callback_may_shut_the_pool_down():
+    # The callback runs when the watcher fails the late task; it waits for
+    # the other worker, whose timed task ends meanwhile and withdraws its
+    # own limit from the same watcher: that must not wait for the callback.
+    pool = concur.ThreadPool(2, task_timeout=0.3)
+    release = threading.Event()
+    shut = threading.Event()
+
+    def on_timeout(_):
+        release.set()
+        pool.shutdown(wait=True)
+        shut.set()
+
+    late = pool.submit(time.sleep, 1.5)
+    other = pool.submit(release.wait, 10)
+    late.add_done_callback(on_timeout)
+    assert other.result(timeout=10) is True
+    assert shut.wait(10), "shutdown() in the callback did not return"
+    with pytest.raises(concur.TaskTimeout):
+        late.result(timeout=0)
+
+
 def test_workers_carry_a_readable_name_in_ps():
     import psutil
 

@@ -272,8 +272,14 @@ class PoolBase(Executor):
         if dying_of_interrupt():
             with ignoring_ctrl_c():
                 self.abort()
-        else:
+            return
+        try:
             self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            # Ctrl-C while the ending program waits for its pools' work:
+            # stop that work now, quietly; the program is ending either way.
+            with ignoring_ctrl_c():
+                self.abort()
 
     def prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         """Serialize the callable once per map/imap call (processes only)."""

@@ -22,9 +22,7 @@ cannot be interrupted.
 
 from __future__ import annotations
 
-import heapq
 import importlib
-import itertools
 import os
 import threading
 import time
@@ -33,6 +31,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _pool, _task
+from ._deadlines import Deadlines
 from .errors import PoolClosed, TaskTimeout, WorkerCrashed
 
 _LOCAL_ONLY = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1"}
@@ -71,54 +70,19 @@ class _DaskFuture(Future[Any]):
         return True
 
 
-class _Deadlines:
-    """One watcher thread for the pool's time limits (a heap of deadlines)."""
+def _expire(future: Future[Any], label: str, timeout: float) -> Callable[[], None] | None:
+    """The task overran its limit: fail the future, release the Dask task
+    (its worker thread runs on; Dask cannot stop it)."""
+    if future.done():
+        return None
 
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.heap: list[tuple[float, int, Future[Any], str, float]] = []
-        self.counter = itertools.count()
-        self.thread: threading.Thread | None = None
-        self.closed = False
+    def fail() -> None:
+        _pool.settle(future, error=TaskTimeout(label, timeout, None, _RELEASED))
+        remote = getattr(future, "remote", None)
+        if remote is not None:
+            remote.cancel()
 
-    def add(self, future: Future[Any], timeout: float, label: str) -> None:
-        with self.cond:
-            entry = (time.monotonic() + timeout, next(self.counter), future, label, timeout)
-            heapq.heappush(self.heap, entry)
-            if self.thread is None:
-                self.thread = threading.Thread(
-                    target=self.watch, name="concur-dask-deadlines", daemon=True
-                )
-                self.thread.start()
-            self.cond.notify()
-
-    def watch(self) -> None:
-        while True:
-            with self.cond:
-                while self.heap and self.heap[0][2].done():
-                    heapq.heappop(self.heap)
-                if not self.heap or self.closed:
-                    self.thread = None
-                    return
-                due, _, future, label, timeout = self.heap[0]
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self.cond.wait(min(wait, 0.5))
-                    continue
-                heapq.heappop(self.heap)
-            late = TaskTimeout(label, timeout, None, _RELEASED)
-            _pool.settle(future, error=late)
-            remote = getattr(future, "remote", None)
-            if remote is not None:
-                remote.cancel()  # release it; its worker thread runs on
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify()
-            thread = self.thread
-        if thread is not None:
-            thread.join()
+    return fail
 
 
 class DaskPool(_pool.PoolBase):
@@ -172,7 +136,7 @@ class DaskPool(_pool.PoolBase):
         self._closed = False
         self._lock = threading.Lock()
         self._live: set[_DaskFuture] = set()
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines("concur-dask-deadlines")
 
     @property
     def client(self) -> Any:
@@ -224,7 +188,10 @@ class DaskPool(_pool.PoolBase):
             self._live.add(future)
         remote.add_done_callback(lambda done: self._settle(future, done, label, chunk))
         if options.timeout is not None:
-            self._deadlines.add(future, options.timeout, label)
+            timeout = options.timeout
+            due = time.monotonic() + timeout
+            self._deadlines.add(future, due, lambda: _expire(future, label, timeout))
+            future.add_done_callback(self._deadlines.remove)
         return future
 
     def _settle(self, future: Future[Any], remote: Any, label: str, chunk: bool) -> None:

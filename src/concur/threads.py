@@ -32,6 +32,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _pool, _task
+from ._deadlines import Deadlines
 from ._exit import register_exit_hook
 from .errors import TaskTimeout, ThreadPoolBroken
 from .ps import WorkerInfo
@@ -87,50 +88,14 @@ class _Slot:
         self.abandoned = False
 
 
-class _Deadlines:
-    """One watcher thread that fails futures whose task overran its time limit.
-
-    It runs only while timed tasks are running (at most ``max_workers``), so a
-    scan of them per wake-up is cheap, and it exits when none is left.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.cond = threading.Condition()
-        self.active: dict[_Slot, float] = {}
-        self.thread: threading.Thread | None = None
-
-    def add(self, slot: _Slot, deadline: float) -> None:
-        with self.cond:
-            self.active[slot] = deadline
-            if self.thread is None:
-                self.thread = threading.Thread(target=self.watch, name=self.name, daemon=True)
-                self.thread.start()
-            self.cond.notify()
-
-    def remove(self, slot: _Slot) -> None:
-        with self.cond:
-            if self.active.pop(slot, None) is not None:
-                self.cond.notify()
-
-    def watch(self) -> None:
-        while True:
-            with self.cond:
-                if not self.active:
-                    self.thread = None
-                    return
-                now = time.monotonic()
-                expired = [slot for slot, due in self.active.items() if due <= now]
-                for slot in expired:
-                    del self.active[slot]
-                    slot.abandoned = True
-                if not expired:
-                    self.cond.wait(min(self.active.values()) - now)
-                    continue
-            for slot in expired:
-                item = slot.item
-                if item is not None and item.timeout is not None:
-                    _pool.settle(item.future, error=TaskTimeout(item.label, item.timeout))
+def _expire(slot: _Slot, item: _WorkItem) -> Callable[[], None] | None:
+    """The item overran its time limit (the deadline watcher's lock held):
+    abandon its thread and, once the lock is released, fail its future."""
+    if slot.item is not item or item.timeout is None:
+        return None
+    slot.abandoned = True
+    error = TaskTimeout(item.label, item.timeout)
+    return lambda: _pool.settle(item.future, error=error)
 
 
 class ThreadPool(_pool.PoolBase):
@@ -167,7 +132,7 @@ class ThreadPool(_pool.PoolBase):
         self._queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._slots: dict[threading.Thread, _Slot] = {}
-        self._deadlines = _Deadlines(f"{self._prefix}-deadlines")
+        self._deadlines = Deadlines(f"{self._prefix}-deadlines")
         self._lock = threading.Lock()
         self._closed = False
         self._broken: str | None = None
@@ -274,7 +239,7 @@ class ThreadPool(_pool.PoolBase):
             return
         slot.item, slot.started = item, time.monotonic()
         if item.timeout is not None:
-            self._deadlines.add(slot, slot.started + item.timeout)
+            self._deadlines.add(slot, slot.started + item.timeout, lambda: _expire(slot, item))
         try:
             item.run()
         finally:
