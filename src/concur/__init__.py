@@ -76,6 +76,11 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'concur' has no attribute {name!r}")
     import importlib
 
+    if where not in (".errors", ".ps"):
+        # What runs work imports much (multiprocessing, cloudpickle): put the
+        # Ctrl-C-at-exit handling in place first, so a press during those
+        # imports prints one traceback (see _exit).
+        importlib.import_module("._exit", __name__)
     value = getattr(importlib.import_module(where, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
