@@ -442,22 +442,21 @@ def test_a_plain_function_sent_by_value_is_pickled_once(monkeypatch):
     assert [obj for obj in pickled if obj is f] == [f]
 
 
-def test_a_function_sent_by_value_sees_a_global_defined_after_its_first_call():
-    f = _by_value("def f():\n    return LATER\n")
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def f():\n    return LATER\n", 5),
+        # read in nested code (a comprehension's own code object)
+        ("def f():\n    return [LATER for _ in range(1)]\n", [5]),
+    ],
+)
+def test_a_function_sent_by_value_sees_a_global_defined_after_its_first_call(source, expected):
+    f = _by_value(source)
     with concur.ProcessPool(1) as pool:
         with pytest.raises(NameError):
             pool.submit(f).result(timeout=10)
         f.__globals__["LATER"] = 5
-        assert pool.submit(f).result(timeout=10) == 5
-
-
-def test_a_global_read_in_nested_code_and_defined_later_is_sent():
-    f = _by_value("def f():\n    return [LATER for _ in range(1)]\n")
-    with concur.ProcessPool(1) as pool:
-        with pytest.raises(NameError):
-            pool.submit(f).result(timeout=10)
-        f.__globals__["LATER"] = 5
-        assert pool.submit(f).result(timeout=10) == [5]
+        assert pool.submit(f).result(timeout=10) == expected
 
 
 def test_new_workers_see_the_callers_globals_as_they_are_now():

@@ -345,6 +345,20 @@ def test_a_grandchild_does_not_hide_its_workers_death(method, tmp_path):
 # -- 14. Ctrl-C while the pool starts ----------------------------------------
 
 
+def _end_session(child: subprocess.Popen) -> None:
+    """Kill what is left of a script started in a session of its own (it, a
+    fork server, a worker) and close its pipes."""
+    if child.poll() is None:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(10)
+    child.stdout.close()
+    child.stderr.close()
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _press_ctrl_c(delay: float, twice: bool, *args: str) -> tuple[int | None, str]:
     child = run_script("faults_ctrl_c_startup.py", *args, start_new_session=True)
     try:
@@ -359,15 +373,7 @@ def _press_ctrl_c(delay: float, twice: bool, *args: str) -> tuple[int | None, st
         _, stderr = child.communicate(timeout=15)
         return child.returncode, stderr
     finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(10)
-        child.stdout.close()
-        child.stderr.close()
-        try:  # anything left in the group (a fork server, a worker)
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _end_session(child)
 
 
 def test_one_ctrl_c_during_start_up_prints_at_most_one_traceback():
@@ -404,11 +410,7 @@ def test_ctrl_c_while_the_exit_waits_for_a_pool_stops_it_quietly(kind):
         if kind == "process":
             assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
     finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(10)
-        child.stdout.close()
-        child.stderr.close()
+        _end_session(child)
 
 
 def test_two_quick_ctrl_c_print_at_most_one_traceback():

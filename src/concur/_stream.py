@@ -11,7 +11,7 @@
 
 ``concur.map``/``imap`` (``auto.AutoMap``) drive the same Cursor and InFlight
 and decide, between chunks, where the next one runs. A failed item's outcome
-becomes its exception through ``_task.outcome_error`` in both.
+becomes what the stream yields through ``deliver`` in both.
 """
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ def cancel_all(futures: Iterable[Future[Any]], running_too: bool) -> None:
     for future in futures:
         if running_too or not future.running():
             future.cancel()
+
+
+def deliver(outcome: _task.Outcome, return_exceptions: bool, close: Callable[[], None]) -> Any:
+    """What a stream yields for one item's outcome: its value, or its
+    exception, returned with ``return_exceptions``, else raised once
+    ``close()`` has stopped the rest."""
+    exc = _task.outcome_error(outcome)
+    if exc is None:
+        return outcome[1]
+    if return_exceptions:
+        return exc
+    close()
+    raise exc
 
 
 class Cursor:
@@ -201,14 +214,7 @@ class PoolStream(Iterator[Any]):
                 with ignoring_ctrl_c():
                     self.close(running_too=True)
                 raise
-        outcome = self._ready.popleft()
-        exc = _task.outcome_error(outcome)
-        if exc is None:
-            return outcome[1]
-        if self._return_exceptions:
-            return exc
-        self.close()
-        raise exc
+        return deliver(self._ready.popleft(), self._return_exceptions, self.close)
 
     def _fill(self) -> None:
         cursor = self._cursor

@@ -43,7 +43,7 @@ from . import _pool as _pool_base
 from ._backends import LOCAL_BACKENDS
 from ._exit import ignoring_ctrl_c
 from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
-from ._stream import Cursor, InFlight
+from ._stream import Cursor, InFlight, deliver
 from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
 
@@ -776,13 +776,7 @@ class AutoMap(Iterator[Any]):
             raise
 
     def _resolve(self, outcome: _task.Outcome) -> Any:
-        exc = _task.outcome_error(outcome)
-        if exc is None:
-            return outcome[1]
-        if self._return_exceptions:
-            return exc
-        self.close()
-        raise exc
+        return deliver(outcome, self._return_exceptions, self.close)
 
     def _left(self) -> int | None:
         """Items not yet finished: known, or None for input of unknown length."""
