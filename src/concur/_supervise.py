@@ -35,7 +35,13 @@ Child side (``child_setup``, first thing in a worker)
     * a worker forked from the fork server drops its copy of the server's
       "alive" pipe, which the server watches to know that concur's process
       lives: a worker holding it would keep the server, and so itself
-      (through ``PR_SET_PDEATHSIG``), alive after the parent's death.
+      (through ``PR_SET_PDEATHSIG``), alive after the parent's death;
+    * the child's ``sys.stderr`` writes whole lines: Python writes each
+      ``print`` to a non-terminal stderr as two calls (text, then newline),
+      so a line of the parent's (a forwarded log record) or of a sibling's
+      could land in between. Line buffering, what a terminal gets, makes
+      each line one write; a partial line is flushed at exit, at
+      ``flush()``, and at a carriage return (progress bars).
 
 Starting without the main module
     Under spawn and forkserver, multiprocessing re-runs the parent's main
@@ -51,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import signal
 import sys
@@ -128,6 +135,7 @@ def child_setup(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _drop_fork_server_link()
+    _write_whole_lines(sys.stderr)
     if own_group:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
@@ -141,6 +149,12 @@ def child_setup(
         target=_watch_lifeline, args=(lifeline,), name="concur-lifeline", daemon=True
     )
     watcher.start()
+
+
+def _write_whole_lines(stream: Any) -> None:
+    if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:
+        with contextlib.suppress(ValueError, OSError):
+            stream.reconfigure(line_buffering=True, write_through=False)
 
 
 _kept: list[int] = []  # descriptors that must stay open for the kernel to watch
