@@ -90,16 +90,39 @@ class RunningFuture(Future[Any]):
     (kills its worker process) and returns True if it did; it is dropped
     once the future is done, with everything it held.
 
-    Done-callbacks run in the pool's own threads. One that raises, even
-    ``SystemExit``, is logged on the ``concurrent.futures`` logger, as the
-    standard library logs an ``Exception``, and costs nothing else: the
-    thread that settled the future goes on serving the pool.
+    A process pool also sets ``_wait``: a callable that, given a time
+    limit, lets the thread calling ``result()`` or ``exception()`` read the
+    reply itself (see ``_replies``); it returns early when it cannot, and
+    the wait goes on as for any future.
+
+    Done-callbacks run in the thread that settles the future: the pool's
+    own, or the one that read its reply in ``result()``. One that raises,
+    even ``SystemExit``, is logged on the ``concurrent.futures`` logger, as
+    the standard library logs an ``Exception``, and costs nothing else: the
+    thread that settled the future goes on.
     """
 
     _stop: Callable[[], bool] | None = None
+    _wait: Callable[[float | None], None] | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._wait_here(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._wait_here(timeout))
+
+    def _wait_here(self, timeout: float | None) -> float | None:
+        """Read the reply in this thread if the pool allows; the time left."""
+        wait = self._wait
+        if wait is None or self.done():
+            return timeout
+        started = time.monotonic()
+        wait(timeout)
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
     def _invoke_callbacks(self) -> None:
         self._stop = None
+        self._wait = None
         for callback in self._done_callbacks:  # type: ignore[attr-defined]
             try:
                 callback(self)

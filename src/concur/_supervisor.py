@@ -4,9 +4,10 @@ and the supervisor thread that starts, watches, answers and reaps workers.
     caller threads ── PoolState (one lock) ── Supervisor thread
       submit: idle worker? send                 select() on every worker's reply
               else queue in pending             pipe, its exit (pidfd) and a
-      cancel: kill the worker holding it        wake-up pipe; then deadlines
-      shutdown: closing, wake                   READY / DONE / LOG / INIT_FAILED
-                                                exit: reap, fail its task only
+      result: read the worker's reply           wake-up pipe; then deadlines
+              here (_replies)                   READY / DONE / LOG / INIT_FAILED
+      cancel: kill the worker holding it        (_replies.take, either reader)
+      shutdown: closing, wake                   exit: reap, fail its task only
 
 Invariants the supervisor keeps:
 
@@ -32,25 +33,24 @@ import itertools
 import logging
 import multiprocessing.context
 import os
-import selectors
 import signal
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from . import _gil, _logs, _pool, _supervise, _task, _worker, _workerproc
+from . import _gil, _logs, _pool, _replies, _supervise, _task, _worker, _workerproc
+from ._replies import send
 from ._workerproc import WorkerProcess
 from .errors import (
     ProcessPoolBroken,
-    SerializationError,
     TaskTimeout,
     WorkerCrashed,
     exit_description,
 )
 
 # How long a worker asked to exit gets before it is terminated, then killed.
-EXIT_GRACE_S = 2.0
+EXIT_GRACE_S = _replies.EXIT_GRACE_S
 # How long a timed-out worker gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 0.2
 FAST_START_S = 0.5  # longest the switch interval stays short for a worker start
@@ -68,7 +68,17 @@ class Task:
     holds on to nothing the caller passed in.
     """
 
-    __slots__ = ("deadline", "future", "id", "items", "label", "payload", "retries", "timeout")
+    __slots__ = (
+        "deadline",
+        "future",
+        "id",
+        "items",
+        "label",
+        "payload",
+        "retries",
+        "timeout",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -87,6 +97,7 @@ class Task:
         self.timeout = options.timeout
         self.retries = options.retries
         self.deadline: float | None = None
+        self.worker: WorkerProcess | None = None  # the last worker it was given to
 
 
 class PoolState:
@@ -118,6 +129,7 @@ class PoolState:
         self.broken: BaseException | None = None  # why the pool cannot run tasks
         self.owner = os.getpid()  # the process that may use the pool
         self.thread: threading.Thread | None = None  # the supervisor's, once started
+        self.watch: _replies.Watch | None = None  # the supervisor's poll, once it runs
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
 
@@ -151,6 +163,7 @@ class PoolState:
         """Give ``task`` to ``worker`` (lock held); its clock starts now."""
         now = time.monotonic()
         worker.task = task
+        task.worker = worker
         worker.task_started = now
         task.deadline = None if task.timeout is None else now + task.timeout
 
@@ -252,13 +265,6 @@ class PoolState:
         self.wake()
 
 
-def send(worker: WorkerProcess, task: Task) -> None:
-    try:
-        worker.tx.send_bytes(task.payload)
-    except OSError:
-        pass  # the worker died; the supervisor sees its exit and fails the task
-
-
 class Supervisor:
     """The thread that runs a pool's workers; one per pool, started on demand.
 
@@ -268,8 +274,9 @@ class Supervisor:
 
     def __init__(self, state: PoolState) -> None:
         self.state = state
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(state.wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self.watch = _replies.Watch()
+        self.watch.register(state.wake_r, (_WAKE, None))
+        state.watch = self.watch
         self.worker_ids = itertools.count()
         self.fast: _gil.Hold | None = None  # a shorter switch interval, while starting
         self.first_due: set[int] = set()  # new workers whose first reply has not come
@@ -285,7 +292,7 @@ class Supervisor:
         try:
             while not self.finished():
                 self.grow()
-                self.round(self.selector.select(self.next_timeout()))
+                self.round(self.watch.select(self.next_timeout()))
                 self.enforce_deadlines()
         except BaseException as exc:  # a bug in concur: fail loudly, leave no child
             self.state.break_pool(
@@ -298,10 +305,10 @@ class Supervisor:
             self.stop_workers()
             self.close()
 
-    def round(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
-        replies, exits = [], []
-        for key, _ in ready:
-            tag, worker = key.data
+    def round(self, ready: list[tuple[int, Any]]) -> None:
+        replies: list[WorkerProcess] = []
+        exits: list[WorkerProcess] = []
+        for tag, worker in ready:
             if tag == _WAKE:
                 self.state.drain_wake()
             elif tag == _REPLY:
@@ -408,87 +415,60 @@ class Supervisor:
             None if settings.log_levels is None else _logs.levels(),
         )
         worker = _workerproc.start(state.ctx, name, settings, state.initializer)
-        self.selector.register(worker.rx.fileno(), selectors.EVENT_READ, (_REPLY, worker))
-        self.selector.register(worker.exit_fd, selectors.EVENT_READ, (_EXIT, worker))
+        self.watch.register(worker.rx.fileno(), (_REPLY, worker))
+        self.watch.register(worker.exit_fd, (_EXIT, worker))
+        worker.watched = True
         return worker
 
     # -- messages from a worker ------------------------------------------------
 
     def on_reply(self, worker: WorkerProcess) -> None:
+        if not worker.reader.acquire(blocking=False):
+            return  # a caller reads this pipe (and muted it)
+        try:
+            # The poll may have reported a reply a caller read meanwhile.
+            settle = self.read_one(worker) if _readable(worker.rx) else None
+        finally:
+            worker.reader.release()
+        if settle is not None:
+            settle()
+
+    def read_one(self, worker: WorkerProcess) -> _replies.Settle | None:
+        """Read and apply one reply (``worker.reader`` held)."""
         try:
             data = worker.rx.recv_bytes()
         except (EOFError, OSError):
-            self.unregister(worker.rx.fileno())
-            return  # it died mid-reply; its exit reports the death
-        kind, flags, task_id, wall, cpu = _task.REPLY_HEAD.unpack_from(data)
-        body = memoryview(data)[_task.REPLY_HEAD.size :]
-        if kind == _task.DONE:
-            self.on_done(worker, task_id, bool(flags & _task.RETIRING), body, (wall, cpu))
-        elif kind == _task.READY:
-            self.on_ready(worker)
-        elif kind == _task.LOG:
-            try:
-                _logs.handle(body)
-            except Exception:
-                _log.exception("a log record from worker %s could not be handled", worker.pid)
-        elif kind == _task.INIT_FAILED:
-            failure = _task.outcome_error(_unpickled(body))
-            with self.state.lock:  # the pool breaks when the worker is gone (on_exit)
-                worker.failure = ProcessPoolBroken(
-                    f"a worker's initializer failed ({type(failure).__name__}: "
-                    f"{_task.safe_str(failure)}); the pool cannot run tasks. "
-                    "Fix the initializer and create a new pool."
-                )
-                worker.kill_at = time.monotonic() + EXIT_GRACE_S
-
-    def on_ready(self, worker: WorkerProcess) -> None:
-        task = self.state.worker_ready(worker)
-        if task is not None:
-            send(worker, task)
-
-    def on_done(
-        self,
-        worker: WorkerProcess,
-        task_id: int,
-        retiring: bool,
-        body: memoryview,
-        times: tuple[float, float],
-    ) -> None:
-        task, following = self.state.task_done(worker, task_id, retiring)
-        if task is None:
-            _log.warning("worker %s answered task %s, not its own", worker.pid, task_id)
-            return
-        if following is not None:
-            send(worker, following)
-        outcome = _unpickled(body)
-        if outcome[0] == _task.CHUNK_DONE:
-            _pool.settle(task.future, (outcome[1], *times))
-        else:
-            _pool.settle_outcome(task.future, outcome)
+            self.unwatch(worker, worker.rx.fileno())
+            return None  # it died mid-reply; its exit reports the death
+        return _replies.take(self.state, worker, data)
 
     def on_exit(self, worker: WorkerProcess) -> None:
         state = self.state
         if worker.pid not in state.workers:
             return
-        while not worker.rx.closed and worker.rx.fileno() in self.selector.get_map():
-            if not _readable(worker.rx):
-                break
-            self.on_reply(worker)  # a last reply that raced with the exit
-        self.unregister(worker.rx.fileno())
-        self.unregister(worker.exit_fd)
-        pid = worker.pid
-        exitcode = worker.reap()
+        settles = []
+        with worker.reader:  # a caller reading the pipe lets go once it sees the exit
+            while not worker.rx.closed and self.watch.watching(worker.rx.fileno()):
+                if not _readable(worker.rx):
+                    break
+                settles.append(self.read_one(worker))  # a last reply that raced with the exit
+            self.unwatch(worker, worker.rx.fileno(), worker.exit_fd)
+            pid = worker.pid
+            exitcode = worker.reap()
+        for settle in settles:
+            if settle is not None:
+                settle()
         crash, early = state.worker_gone(worker)
         if early:
             state.break_pool(worker.failure or _start_failure(state, pid, exitcode))
         elif crash is not None:
             _pool.settle(crash.future, error=WorkerCrashed(pid, exitcode, crash.label))
 
-    def unregister(self, fd: int) -> None:
-        try:
-            self.selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+    def unwatch(self, worker: WorkerProcess, *fds: int) -> None:
+        with self.state.lock:
+            worker.watched = False
+        for fd in fds:
+            self.watch.unregister(fd)
 
     def stop_workers(self) -> None:
         state = self.state
@@ -497,12 +477,12 @@ class Supervisor:
             state.workers.clear()
             state.idle.clear()
         for worker in workers:
-            self.unregister(worker.rx.fileno())
-            self.unregister(worker.exit_fd)
+            with worker.reader:  # no caller reads a pipe about to close
+                self.unwatch(worker, worker.rx.fileno(), worker.exit_fd)
         _workerproc.stop_all(workers, EXIT_MESSAGE, EXIT_GRACE_S)
 
     def close(self) -> None:
-        self.selector.close()
+        self.watch.close()
         self.state.close_wake()
 
 
@@ -529,21 +509,6 @@ def _start_timeout(state: PoolState, limit: float) -> ProcessPoolBroken:
         f"a worker was not ready within its task's {limit:g} s time limit: {what}. "
         "Make the initializer finish, or raise the time limit, and create a new pool."
     )
-
-
-def _unpickled(body: memoryview) -> Any:
-    """A reply's body; one that cannot be unpickled here becomes the task's error."""
-    try:
-        return _task.loads(body)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        error = SerializationError(
-            f"the task's result could not be unpickled here: {type(exc).__name__}: "
-            f"{_task.safe_str(exc)}",
-            what="result",
-        )
-        return (_task.RAISED, error)
 
 
 def _readable(conn: Any) -> bool:

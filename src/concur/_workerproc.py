@@ -18,6 +18,7 @@ import multiprocessing.context
 import os
 import select
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -34,6 +35,8 @@ class WorkerProcess:
     ``kill_at`` is when a SIGTERM becomes a SIGKILL (or when a worker whose
     initializer failed is killed if it has not exited); ``failure`` is the
     error its initializer's failure breaks the pool with once it is gone.
+    ``reader`` is held by whoever reads ``rx`` (see ``_replies``);
+    ``watched`` while the supervisor polls its pipes.
     """
 
     __slots__ = (
@@ -44,6 +47,7 @@ class WorkerProcess:
         "pid",
         "pidfd",
         "process",
+        "reader",
         "ready",
         "retiring",
         "rx",
@@ -52,6 +56,7 @@ class WorkerProcess:
         "task_started",
         "tasks_done",
         "tx",
+        "watched",
     )
 
     def __init__(self, process: Any, tx: Connection, rx: Connection, name: str) -> None:
@@ -70,6 +75,8 @@ class WorkerProcess:
         self.stopping = False
         self.kill_at: float | None = None
         self.failure: BaseException | None = None
+        self.reader = threading.Lock()
+        self.watched = False
 
     @property
     def state(self) -> str:

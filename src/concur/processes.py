@@ -46,9 +46,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
-from . import _pool, _supervise, _task, _worker
+from . import _pool, _replies, _supervise, _task, _worker
 from ._exit import register_exit_hook
-from ._supervisor import PoolState, Supervisor, Task, send
+from ._replies import send
+from ._supervisor import PoolState, Supervisor, Task
 from .errors import PoolInherited, SerializationError
 from .ps import WorkerInfo, parse_size, rss
 
@@ -253,6 +254,7 @@ class ProcessPool(_pool.PoolBase):
         )
         state = self._state
         future._stop = lambda: _stop_task(state, task)
+        future._wait = lambda timeout: _replies.wait_in_caller(state, task, timeout)
         with state.lock:
             self._check_open()
             if state.thread is None:
