@@ -57,7 +57,7 @@ def test_imap_auto_chunks_an_endless_iterator(pool):
 def test_auto_chunk_size_grows_for_tiny_items(pool):
     results = pool.imap(double, range(20000))
     assert sum(1 for _ in results) == 20000
-    assert results._sizer.next_size(None) > 1
+    assert results.placement.sizer.next_size(None) > 1
 
 
 def sleepy(x):

@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from . import _task
 from ._exit import dying_of_interrupt, exiting, ignoring_ctrl_c
-from ._stream import PoolStream, cancel_all
+from ._stream import PoolPlacement, Stream, cancel_all
 from .errors import PoolClosed, PoolInherited
 
 FUTURES_LOG = logging.getLogger("concurrent.futures")
@@ -396,7 +396,8 @@ class PoolBase(Executor):
         limit = max_inflight if max_inflight is not None else 2 * self._max_workers
         if limit < 1:
             raise ValueError(f"max_inflight must be >= 1, not {limit!r}")
-        return PoolStream(self, options, fn, iterables, sizer, limit, ordered, return_exceptions)
+        placement = PoolPlacement(self, options, fn, sizer, limit)
+        return Stream(iterables, placement, ordered=ordered, return_exceptions=return_exceptions)
 
 
 class PoolView:

@@ -7,20 +7,26 @@
     InFlight    the chunks submitted and not yet collected, each with its
                 item count and a tag: collected in order, or as they finish,
                 within an optional time limit; cancelled together
-    PoolStream  ``pool.imap``: a Cursor and an InFlight driving one pool
+    Stream      the engine: a Cursor and an InFlight, results in order or
+                as they finish, within a time limit; it asks a Placement
+                where each chunk runs and tells it what each one cost
+    Placement   the interface the engine drives: PoolPlacement (one pool,
+                for ``pool.imap``) and ``auto.AutoMap`` (inline, threads or
+                processes, chosen between chunks, for ``concur.map``/``imap``)
 
-``concur.map``/``imap`` (``auto.AutoMap``) drive the same Cursor and InFlight
-and decide, between chunks, where the next one runs. A failed item's outcome
-becomes what the stream yields through ``deliver`` in both.
+A failed item's outcome becomes what the stream yields through ``deliver``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _task
 from ._exit import ignoring_ctrl_c
@@ -171,83 +177,228 @@ class InFlight:
         self.entries.clear()
 
 
-class PoolStream(Iterator[Any]):
-    """The iterator ``pool.imap`` returns: reads input, submits chunks, yields results."""
+class Values(list[Any]):
+    """Results of a chunk that all succeeded: plain values, not outcomes."""
+
+
+class Placement(Protocol):
+    """Where a stream's chunks run: what the engine asks, between chunks.
+
+    ``PoolPlacement`` is one pool's; ``auto.AutoMap`` decides per chunk
+    between inline, threads and processes.
+    """
+
+    def start(self, stream: Stream) -> None:
+        """Once, before the first chunk (auto runs its probe here)."""
+
+    def limit(self) -> int:
+        """How many chunks may be in flight, collected or not."""
+        ...
+
+    def chunk_size(self, stream: Stream) -> int | None:
+        """Items in the next chunk; None to place nothing more this round."""
+        ...
+
+    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+        """Run ``chunk``: its future, the items it took, a tag for ``observe``.
+        A future that is already done (the chunk ran here) ends the round."""
+        ...
+
+    def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
+        """What a collected chunk of ``count`` items cost where it ran."""
+
+    def release(self, abort: bool, settled: bool) -> None:
+        """The stream ended (``abort``: by Ctrl-C); ``settled``: nothing ran."""
+
+
+class _Block:
+    __slots__ = ("items", "raw")
+
+    def __init__(self, items: list[Any], raw: bool) -> None:
+        self.items = items  # plain values (raw) or outcomes
+        self.raw = raw
+
+
+class Stream(Iterator[Any]):
+    """The streaming engine: reads the input, keeps work in flight within the
+    placement's limit, collects chunks in order or as they finish (within an
+    optional time limit), and yields results; the placement decides where
+    each chunk runs. Leaving early (``close``) cancels what has not started;
+    Ctrl-C stops what runs too."""
+
+    def __init__(
+        self,
+        iterables: tuple[Iterable[Any], ...],
+        placement: Placement,
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.cursor = Cursor(iterables)  # first: input that is not iterable raises here
+        self.inflight = InFlight()
+        self.placement = placement
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._end_time = None if timeout is None else time.monotonic() + timeout
+        self._blocks: deque[_Block] = deque()
+        self._index = 0
+        self._started = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        while not self._blocks or self._index >= len(self._blocks[0].items):
+            if self._blocks:
+                self._blocks.popleft()
+                self._index = 0
+                continue
+            self._advance()
+        block = self._blocks[0]
+        item = block.items[self._index]
+        self._index += 1
+        return item if block.raw else self._resolve(item)
+
+    def to_list(self, out: list[Any] | None = None) -> list[Any]:
+        """Every result, in order, appended to ``out`` (a new list by default):
+        ``list(self)`` without a call per item."""
+        out = [] if out is None else out
+        while True:
+            while self._blocks:
+                block = self._blocks.popleft()
+                rest = block.items[self._index :] if self._index else block.items
+                self._index = 0
+                if block.raw:
+                    out.extend(rest)
+                else:
+                    out.extend(self._resolve(item) for item in rest)
+            try:
+                self._advance()
+            except StopIteration:
+                return out
+
+    def left(self) -> int | None:
+        """Items not yet finished: known, or None for input of unknown length."""
+        running = self.inflight.running_items()
+        if not self.cursor.has_input():
+            return running
+        remaining = self.cursor.remaining
+        return None if remaining is None else remaining + running
+
+    def _advance(self) -> None:
+        """Get at least one more block ready, or raise StopIteration."""
+        try:
+            if not self._started:
+                self._started = True
+                self.placement.start(self)
+                return
+            self._fill()
+            if not self.inflight:
+                self.close()
+                raise StopIteration
+            self._collect()
+        except KeyboardInterrupt:
+            with ignoring_ctrl_c():
+                self.close(abort=True)
+            raise
+
+    def _fill(self) -> None:
+        cursor, placement = self.cursor, self.placement
+        while cursor.has_input() and len(self.inflight) < placement.limit():
+            size = placement.chunk_size(self)
+            if size is None:
+                return
+            chunk = cursor.take(size)
+            if not chunk:
+                return
+            future, count, tag = placement.place(chunk, self)
+            self.inflight.add(future, count, tag)
+            if future.done():
+                return  # it ran here: its results go out before more is read
+
+    def _collect(self) -> None:
+        limit = None if self._end_time is None else max(0.0, self._end_time - time.monotonic())
+        taken = self.inflight.collect(self._ordered, limit)
+        if taken is None:
+            self.close()
+            raise FuturesTimeout()
+        for future, count, tag in taken:
+            self._take(future, count, tag)
+
+    def _take(self, future: Future[ChunkResult], count: int, tag: str) -> None:
+        try:
+            outcomes, wall, cpu = future.result()
+        except Exception as exc:  # the whole chunk failed: its worker died, a time limit
+            if not self._return_exceptions:
+                self.close()
+                raise
+            self._blocks.append(_Block([(_task.RAISED, exc)] * count, raw=False))
+            return
+        if isinstance(outcomes, Values):
+            self._blocks.append(_Block(outcomes, raw=True))
+        elif all(status == _task.OK for status, _ in outcomes):
+            self._blocks.append(_Block([value for _, value in outcomes], raw=True))
+        else:
+            self._blocks.append(_Block(outcomes, raw=False))
+        self.placement.observe(count, wall, cpu, tag, self)
+
+    def _resolve(self, outcome: _task.Outcome) -> Any:
+        return deliver(outcome, self._return_exceptions, self.close)
+
+    def close(self, abort: bool = False) -> None:
+        """Stop reading input, cancel what has not started (``abort``: what
+        runs too), and release the placement."""
+        self.cursor.close()
+        settled = self.inflight.all_done()
+        self.inflight.cancel(running_too=abort)
+        self.placement.release(abort, settled)
+
+    def __del__(self) -> None:
+        if hasattr(self, "placement"):  # not when the input was refused in __init__
+            with contextlib.suppress(Exception):
+                self.close()
+
+
+class PoolPlacement:
+    """``pool.imap``'s placement: every chunk goes to one pool, sized by a
+    ChunkSizer from the time per item measured so far."""
 
     def __init__(
         self,
         pool: PoolBase,
         options: TaskOptions,
         fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
         sizer: ChunkSizer,
         limit: int,
-        ordered: bool,
-        return_exceptions: bool,
     ) -> None:
-        self._cursor = Cursor(iterables)  # first: input that is not iterable raises here
         self._pool = pool
         self._options = options
         self._fn = fn
         self._fn_blob: bytes | None = None
         self._blob_ready = False
-        self._sizer = sizer
+        self.sizer = sizer
         self._limit = limit
-        self._ordered = ordered
-        self._return_exceptions = return_exceptions
-        self._inflight = InFlight()
-        self._ready: deque[_task.Outcome] = deque()
 
-    def __iter__(self) -> PoolStream:
-        return self
+    def start(self, stream: Stream) -> None:
+        pass
 
-    def __next__(self) -> Any:
-        while not self._ready:
-            self._fill()
-            if not self._inflight:
-                self.close()
-                raise StopIteration
-            try:
-                for future, count, _ in self._inflight.collect(self._ordered) or ():
-                    self._take(future, count)
-            except KeyboardInterrupt:
-                with ignoring_ctrl_c():
-                    self.close(running_too=True)
-                raise
-        return deliver(self._ready.popleft(), self._return_exceptions, self.close)
+    def limit(self) -> int:
+        return self._limit
 
-    def _fill(self) -> None:
-        cursor = self._cursor
-        while cursor.has_input() and len(self._inflight) < self._limit:
-            chunk = cursor.take(self._sizer.next_size(cursor.remaining))
-            if not chunk:
-                return
-            if not self._blob_ready:
-                self._fn_blob = self._pool.prepare_fn(self._fn)
-                self._blob_ready = True
-            options = self._options.for_chunk(len(chunk))
-            args = cursor.as_args(chunk)
-            future = self._pool.submit_chunk(self._fn, args, self._fn_blob, options)
-            self._inflight.add(future, len(chunk))
+    def chunk_size(self, stream: Stream) -> int | None:
+        return self.sizer.next_size(stream.cursor.remaining)
 
-    def _take(self, future: Future[ChunkResult], count: int) -> None:
-        try:
-            outcomes, wall, _ = future.result()
-        except Exception as exc:
-            # The whole chunk failed (its worker died, say): every item gets the error.
-            if not self._return_exceptions:
-                self.close()
-                raise
-            self._ready.extend((_task.RAISED, exc) for _ in range(count))
-            return
-        self._sizer.observe(count, wall)
-        self._ready.extend(outcomes)
+    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+        if not self._blob_ready:
+            self._fn_blob = self._pool.prepare_fn(self._fn)
+            self._blob_ready = True
+        options = self._options.for_chunk(len(chunk))
+        args = stream.cursor.as_args(chunk)
+        return self._pool.submit_chunk(self._fn, args, self._fn_blob, options), len(chunk), ""
 
-    def close(self, running_too: bool = False) -> None:
-        """Stop reading input and cancel chunks that have not started."""
-        self._cursor.close()
-        self._inflight.cancel(running_too)
+    def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
+        self.sizer.observe(count, wall)
 
-    def __del__(self) -> None:
-        if hasattr(self, "_inflight"):  # not when the input was refused in __init__
-            self.close()
+    def release(self, abort: bool, settled: bool) -> None:
+        pass  # the pool is the caller's

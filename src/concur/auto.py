@@ -31,19 +31,16 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, wait
-from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _gil, _task
 from . import _pool as _pool_base
 from ._backends import LOCAL_BACKENDS
-from ._exit import ignoring_ctrl_c
 from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
-from ._stream import Cursor, InFlight, deliver
+from ._stream import Cursor, Stream, Values
 from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
 
@@ -247,18 +244,6 @@ def _transfer_cost(args: tuple[Any, ...], result: Any) -> float:
 # -- the streaming engine ------------------------------------------------------
 
 
-class _Values(list[Any]):
-    """Results of a chunk that all succeeded: plain values, not outcomes."""
-
-
-class _Block:
-    __slots__ = ("items", "raw")
-
-    def __init__(self, items: list[Any], raw: bool) -> None:
-        self.items = items
-        self.raw = raw
-
-
 def _starred(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
     def call(args: tuple[Any, ...]) -> Any:
         return fn(*args)
@@ -392,19 +377,20 @@ class _Probe:
     beside it (``long``). Either way the run adopts its first Decision.
     """
 
-    def __init__(self, stream: AutoMap) -> None:
+    def __init__(self, stream: Stream, placement: _AutoPlacement) -> None:
         self.stream = stream
-        self.judge = stream._judge
+        self.placement = placement
+        self.judge = placement.judge
 
     def note_transfer(self, first: list[Any], result: Any) -> None:
-        self.judge.transfer = _transfer_cost(self.stream._cursor.as_args(first)[0], result)
+        self.judge.transfer = _transfer_cost(self.stream.cursor.as_args(first)[0], result)
 
     def run(self) -> None:
-        first = self.stream._cursor.take(1)
+        first = self.stream.cursor.take(1)
         if not first:
             self.judge.adopt(Decision("inline", 1, 1, "no items"))
             return
-        threads = self.stream._thread_pool()
+        threads = self.placement.thread_pool()
         # A computing probe holds the GIL against this thread (which must look
         # at it on time) and against a process pool starting up: shorten the
         # switch interval until the probe items end (see _gil).
@@ -412,9 +398,9 @@ class _Probe:
         wall0 = time.perf_counter()
         clock = _ThreadClock()
         probe = threads.submit(
-            clock.run, _task.run_chunk, self.stream._fn, self.stream._cursor.as_args(first), False
+            clock.run, _task.run_chunk, self.placement.fn, self.stream.cursor.as_args(first), False
         )
-        self.stream._inflight.add(probe, 1, "probe")
+        self.stream.inflight.add(probe, 1, "probe")
         done, _ = wait([probe], timeout=PROBE_WAIT_S)
         if done:
             fast.release()
@@ -453,9 +439,9 @@ class _Probe:
                 # Waiting, for an unknown time yet: the ratio measured so far is
                 # only a lower bound, so start as many threads as allowed.
                 m = self.judge.measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
-                self.judge.adopt(choose(m, self.stream._left()))
+                self.judge.adopt(choose(m, self.stream.left()))
                 return False
-            left = self.stream._left()
+            left = self.stream.left()
             work_left = elapsed * (1_000_000 if left is None else left)
             # Computing, or ready to compute on a host too busy to run it
             if (busy >= WAITING or blocked is False) and work_left >= PROCESS_START_S:
@@ -487,7 +473,7 @@ class _Probe:
                     self.tiny(first, (outcomes, wall, cpu))
                     return False
                 self.note_transfer(first, _value(outcomes[0]))
-                self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream._left()))
+                self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream.left()))
                 return False
 
     def tiny(self, first: list[Any], result: ChunkResult) -> None:
@@ -497,18 +483,18 @@ class _Probe:
         items, spent_wall, spent_cpu = 1, wall, cpu
         deadline = time.perf_counter() + INLINE_PROBE_S
         while time.perf_counter() < deadline:
-            chunk = self.stream._cursor.take(max(1, items))
+            chunk = self.stream.cursor.take(max(1, items))
             if not chunk:
                 break
-            done, taken = self.stream._run_inline(chunk)
+            done, taken = self.placement.run_inline(chunk, self.stream)
             _, w, c = done.result()
-            self.stream._inflight.add(done, taken, "inline")
+            self.stream.inflight.add(done, taken, "inline")
             items += taken
             spent_wall += w
             spent_cpu += c
             self.judge.measure(spent_wall, spent_cpu, items)  # later chunks run at this pace
         self.judge.adopt(
-            choose(self.judge.measure(spent_wall, spent_cpu, items), self.stream._left())
+            choose(self.judge.measure(spent_wall, spent_cpu, items), self.stream.left())
         )
 
 
@@ -675,11 +661,14 @@ class _Judge:
             self.pending_switch = verdict.backend
 
 
-class AutoMap(Iterator[Any]):
-    """The iterator behind ``backend="auto"``: decides, runs, re-decides.
+class AutoMap(Stream):
+    """The stream behind ``backend="auto"``: the engine, driven by an
+    ``_AutoPlacement`` that decides, runs and re-decides.
 
     ``decision`` is the current Decision; ``decisions`` every one in order.
     """
+
+    placement: _AutoPlacement
 
     def __init__(
         self,
@@ -695,101 +684,58 @@ class AutoMap(Iterator[Any]):
         chunksize: int | None = None,
         max_inflight: int | None = None,
     ) -> None:
-        self._fn = fn
+        placement = _AutoPlacement(fn, workers, forced_backend, options, chunksize, max_inflight)
+        super().__init__(
+            iterables,
+            placement,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+        )
         # One iterable: items stay as they are, so inline calls are plain fn(x).
-        self._cursor = Cursor(iterables)
-        self._call: Callable[[Any], Any] = fn if self._cursor.single else _starred(fn)
-        self._ordered = ordered
-        self._return_exceptions = return_exceptions
-        self._max_inflight = max_inflight
-        self._options = options or TaskOptions()
-        self._end_time = None if timeout is None else time.monotonic() + timeout
-        self._threads: ThreadPool | None = None
-        self._processes: ProcessPool | None = None
-        self._fn_blob: bytes | None = None
-        self._inflight = InFlight()  # tags: "probe", "inline", "thread", "process"
-        self._blocks: deque[_Block] = deque()
-        self._index = 0
-        self._watchdog = _Watchdog()
-        self._judge = _Judge(workers, chunksize, forced_backend or environment_override())
-        if self._judge.forced is not None:
-            source = "backend=" if forced_backend else "CONCUR_BACKEND"
-            self._judge.adopt(forced(self._judge.forced, source, workers))
+        placement.call = fn if self.cursor.single else _starred(fn)
 
     @property
     def decision(self) -> Decision | None:
-        return self._judge.decision
+        return self.placement.judge.decision
 
     @property
     def decisions(self) -> list[Decision]:
-        return self._judge.decisions
+        return self.placement.judge.decisions
 
-    # -- iteration ---------------------------------------------------------
 
-    def __iter__(self) -> AutoMap:
-        return self
+class _AutoPlacement:
+    """Where auto runs each chunk: the probe first, then what the judge
+    decided (inline here, threads or processes), re-decided after each chunk."""
 
-    def __next__(self) -> Any:
-        while not self._blocks or self._index >= len(self._blocks[0].items):
-            if self._blocks:
-                self._blocks.popleft()
-                self._index = 0
-                continue
-            self._advance()
-        block = self._blocks[0]
-        item = block.items[self._index]
-        self._index += 1
-        return item if block.raw else self._resolve(item)
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        workers: int | None,
+        forced_backend: str | None,
+        options: TaskOptions | None,
+        chunksize: int | None,
+        max_inflight: int | None,
+    ) -> None:
+        self.fn = fn
+        self.call: Callable[[Any], Any] = fn
+        self._max_inflight = max_inflight
+        self._options = options or TaskOptions()
+        self._threads: ThreadPool | None = None
+        self._processes: ProcessPool | None = None
+        self._fn_blob: bytes | None = None
+        self._watchdog = _Watchdog()
+        self.judge = _Judge(workers, chunksize, forced_backend or environment_override())
+        if self.judge.forced is not None:
+            source = "backend=" if forced_backend else "CONCUR_BACKEND"
+            self.judge.adopt(forced(self.judge.forced, source, workers))
 
-    def to_list(self, out: list[Any] | None = None) -> list[Any]:
-        """Every result, in order, appended to ``out`` (a new list by default):
-        ``list(self)`` without a call per item."""
-        out = [] if out is None else out
-        while True:
-            while self._blocks:
-                block = self._blocks.popleft()
-                rest = block.items[self._index :] if self._index else block.items
-                self._index = 0
-                if block.raw:
-                    out.extend(rest)
-                else:
-                    out.extend(self._resolve(item) for item in rest)
-            try:
-                self._advance()
-            except StopIteration:
-                return out
+    def start(self, stream: Stream) -> None:
+        if self.judge.decision is None:
+            _Probe(stream, self).run()
 
-    def _advance(self) -> None:
-        """Get at least one more block ready, or raise StopIteration."""
-        try:
-            if self.decision is None:
-                _Probe(self).run()
-                return
-            self._fill()
-            if not self._inflight:
-                self.close()
-                raise StopIteration
-            self._collect()
-        except KeyboardInterrupt:
-            with ignoring_ctrl_c():
-                self.close(abort=True)
-            raise
-
-    def _resolve(self, outcome: _task.Outcome) -> Any:
-        return deliver(outcome, self._return_exceptions, self.close)
-
-    def _left(self) -> int | None:
-        """Items not yet finished: known, or None for input of unknown length."""
-        running = self._inflight.running_items()
-        if not self._cursor.has_input():
-            return running
-        remaining = self._cursor.remaining
-        return None if remaining is None else remaining + running
-
-    # -- running -------------------------------------------------------------
-
-    def _limit(self) -> int:
-        d = self.decision
+    def limit(self) -> int:
+        d = self.judge.decision
         assert d is not None
         limit = 1
         if d.backend == "process":
@@ -798,96 +744,64 @@ class AutoMap(Iterator[Any]):
             limit = d.workers + 1
         return limit if self._max_inflight is None else min(limit, self._max_inflight)
 
-    def _fill(self) -> None:
-        d = self.decision
+    def chunk_size(self, stream: Stream) -> int | None:
+        d = self.judge.decision
         assert d is not None
-        while self._cursor.has_input() and self._inflight.pending() < self._limit():
-            size = d.chunksize or self._default_chunk(d)
-            if d.backend == "inline" and self._inflight.pending(skip_tag="inline"):
-                return  # let pool work drain before running inline in this thread
-            chunk = self._cursor.take(size)
-            if not chunk:
-                return
-            if d.backend == "inline":
-                done, taken = self._run_inline(chunk)
-                self._inflight.add(done, taken, "inline")
-                _, wall, cpu = done.result()
-                self._observe(taken, wall, cpu, "inline")  # now: the next chunk may differ
-                return
-            self._inflight.add(self._run(d.backend, chunk), len(chunk), d.backend)
-
-    def _default_chunk(self, d: Decision) -> int:
-        if self._judge.stats is None:
+        if d.backend == "inline" and stream.inflight.pending(skip_tag="inline"):
+            return None  # let pool work drain before running inline in this thread
+        if d.chunksize:
+            return d.chunksize
+        if self.judge.stats is None:
             return 1
-        return _chunk(self._judge.stats, self._left() or 1_000_000, d.backend)
+        return _chunk(self.judge.stats, stream.left() or 1_000_000, d.backend)
 
-    def _run_inline(self, chunk: list[Any]) -> tuple[_Done, int]:
-        return _run_inline(self._call, chunk, self._watchdog, self._cursor)
-
-    def _run(self, backend: str, chunk: list[Any]) -> Future[ChunkResult]:
+    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+        d = self.judge.decision
+        assert d is not None
+        if d.backend == "inline":
+            done, taken = self.run_inline(chunk, stream)
+            _, wall, cpu = done.result()
+            self._observe(taken, wall, cpu, "inline", stream)  # now: the next chunk may differ
+            return done, taken, "inline"
         options = self._options.for_chunk(len(chunk))
-        items = self._cursor.as_args(chunk)
-        if backend == "thread":
-            return self._thread_pool().submit_chunk(self._fn, items, None, options)
-        processes = self._process_pool()
-        if self._fn_blob is None:
-            self._fn_blob = processes.prepare_fn(self._fn)
-        return processes.submit_chunk(self._fn, items, self._fn_blob, options)
-
-    def _observe(self, count: int, wall: float, cpu: float, backend: str) -> None:
-        warm = self._processes is not None
-        self._judge.observe(count, wall, cpu, backend, self._left(), self._cursor.has_input(), warm)
-
-    def _time_left(self) -> float | None:
-        return None if self._end_time is None else max(0.0, self._end_time - time.monotonic())
-
-    def _collect(self) -> None:
-        taken = self._inflight.collect(self._ordered, self._time_left())
-        if taken is None:
-            self.close()
-            raise FuturesTimeout()
-        for future, count, backend in taken:
-            self._take(future, count, backend)
-
-    def _take(self, future: Future[ChunkResult], count: int, backend: str) -> None:
-        try:
-            outcomes, wall, cpu = future.result()
-        except Exception as exc:  # the whole chunk failed: crash or time-out
-            if not self._return_exceptions:
-                self.close()
-                raise
-            self._blocks.append(_Block([(_task.RAISED, exc)] * count, raw=False))
-            return
-        if isinstance(outcomes, _Values):
-            self._blocks.append(_Block(outcomes, raw=True))
-        elif all(status == _task.OK for status, _ in outcomes):
-            self._blocks.append(_Block([value for _, value in outcomes], raw=True))
+        items = stream.cursor.as_args(chunk)
+        if d.backend == "thread":
+            future = self.thread_pool().submit_chunk(self.fn, items, None, options)
         else:
-            self._blocks.append(_Block(outcomes, raw=False))
+            processes = self._process_pool()
+            if self._fn_blob is None:
+                self._fn_blob = processes.prepare_fn(self.fn)
+            future = processes.submit_chunk(self.fn, items, self._fn_blob, options)
+        return future, len(chunk), d.backend
+
+    def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
         # Inline chunks were observed as they ran; the probe item was measured
         # by the probe (beside a spinner that contends for the GIL on purpose).
-        if backend not in ("inline", "probe"):
-            self._observe(count, wall, cpu, backend)
+        if tag not in ("inline", "probe"):
+            self._observe(count, wall, cpu, tag, stream)
 
-    # -- pools ---------------------------------------------------------------
+    def _observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
+        warm = self._processes is not None
+        left, more = stream.left(), stream.cursor.has_input()
+        self.judge.observe(count, wall, cpu, tag, left, more, warm)
 
-    def _thread_pool(self) -> ThreadPool:
+    def run_inline(self, chunk: list[Any], stream: Stream) -> tuple[_Done, int]:
+        return _run_inline(self.call, chunk, self._watchdog, stream.cursor)
+
+    def thread_pool(self) -> ThreadPool:
         if self._threads is None:
             self._threads = ThreadPool(THREAD_BOUND, thread_name_prefix="concur-auto-thread")
         return self._threads
 
     def _process_pool(self) -> ProcessPool:
         if self._processes is None:
-            d = self.decision
-            workers = d.workers if d is not None and d.backend == "process" else self._judge.cores
+            d = self.judge.decision
+            workers = d.workers if d is not None and d.backend == "process" else self.judge.cores
             self._processes = ProcessPool(workers)
         return self._processes
 
-    def close(self, abort: bool = False) -> None:
-        """Stop reading input, cancel what has not started, and stop the pools."""
-        self._cursor.close()
-        settled = self._inflight.all_done()
-        self._inflight.cancel(running_too=abort)
+    def release(self, abort: bool, settled: bool) -> None:
+        """Stop the pools this run started."""
         for pool in (self._threads, self._processes):
             if pool is None:
                 continue
@@ -902,12 +816,6 @@ class AutoMap(Iterator[Any]):
         self._threads = self._processes = None
         self._watchdog.stop(wait=not settled)
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
 
 def _run_inline(
     call: Callable[[Any], Any], chunk: list[Any], watchdog: _Watchdog, cursor: Cursor
@@ -921,7 +829,7 @@ def _run_inline(
     back to the input. An item that raises ends the chunk too
     (``extend`` keeps the values before it).
     """
-    values = _Values()
+    values = Values()
     items = iter(chunk)
     wall0, cpu0 = time.perf_counter(), time.thread_time()
     watchdog.arm(items, len(chunk), wall0 + 4 * CHUNK_TARGET_S["inline"])
@@ -957,7 +865,7 @@ def advise(fn: Callable[..., Any], sample: Iterable[Any], *more: Iterable[Any]) 
         stream.close()
     decision = stream.decision
     assert decision is not None
-    stats = stream._judge.stats
+    stats = stream.placement.judge.stats
     if stats is None or decision.source != "measured":
         return decision
     # Everything the sample taught, applied to a long run of such items.
