@@ -305,3 +305,44 @@ def test_automap_is_lazy_on_endless_input():
     stream = AutoMap(square, (itertools.count(),))
     assert list(itertools.islice(stream, 5)) == [0, 1, 4, 9, 16]
     stream.close()
+
+
+# -- another thread of the program computes -------------------------------------
+
+
+@pytest.fixture
+def busy_thread():
+    """A thread of the program that computes in Python the whole time."""
+    import threading
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=spin, name="busy-monitor")
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
+
+
+def nap_10ms(x):
+    time.sleep(0.01)
+    return x
+
+
+def test_tiny_items_beside_a_busy_thread_run_inline(busy_thread):
+    # A probe that waits for the GIL (held by the busy thread) is not
+    # waiting for IO: no threads, no processes for x * x.
+    stream = AutoMap(square, (range(5000),))
+    assert sum(stream) == sum(x * x for x in range(5000))
+    backends = [d.backend for d in stream.decisions]
+    assert set(backends) == {"inline"}, stream.decisions
+
+
+def test_sleeping_items_beside_a_busy_thread_still_get_threads(busy_thread):
+    stream = AutoMap(nap_10ms, (range(60),))
+    assert list(stream) == list(range(60))
+    assert stream.decisions[0].backend == "thread", stream.decisions[0]

@@ -81,7 +81,13 @@ def __getattr__(name: str) -> Any:
         # Ctrl-C-at-exit handling in place first, so a press during those
         # imports prints one traceback (see _exit).
         importlib.import_module("._exit", __name__)
-    value = getattr(importlib.import_module(where, __name__), name)
+    # Importing reads files, and each read lets go of the GIL: beside a
+    # thread that computes, taking it back waits out the switch interval
+    # every time (a second and more for concur.map's imports). A short
+    # interval while concur's modules load keeps that to milliseconds.
+    _gil = importlib.import_module("._gil", __name__)
+    with _gil.responsive():
+        value = getattr(importlib.import_module(where, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -15,6 +15,13 @@ from collections.abc import Callable
 
 
 @functools.cache
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def load_libc() -> object | None:
     if not sys.platform.startswith("linux"):
         return None

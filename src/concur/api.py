@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._backends import BACKENDS
 from ._pool import check_timeout
 from ._progress import track
-from ._spawn import spawn
 from ._stream import length_hint
 from ._task import describe
 from .auto import AutoMap, Decision, environment_override
@@ -204,6 +203,8 @@ def run(
             done: R = pool.options(timeout=timeout).submit(fn, *args, **kwargs).result()
             return done
     kind: Literal["process", "thread"] = "thread" if backend == "thread" else "process"
+    from ._spawn import spawn  # what the other calls here never need
+
     worker = spawn(fn, *args, kind=kind, daemon=True, **kwargs)
     try:
         result: R = worker.result(timeout)

@@ -28,27 +28,32 @@ import functools
 import logging
 import math
 import os
+import platform
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _gil, _task
 from . import _pool as _pool_base
 from ._backends import LOCAL_BACKENDS
 from ._pool import CHUNK_TARGET_S, ChunkResult, TaskOptions
+from ._proc import cpu_count
 from ._stream import Cursor, Stream, Values
-from .processes import ProcessPool, cpu_count
 from .threads import ThreadPool
+
+if TYPE_CHECKING:
+    from .processes import ProcessPool
 
 log = logging.getLogger("concur.auto")
 
 # The rules' constants; docs/auto.md explains each.
 PROBE_WAIT_S = 0.002  # how long item 0 may run before it counts as "long"
 INLINE_PROBE_S = 0.005  # how long tiny items are timed inline
+INLINE_PROBE_CHUNKS = 4  # ... in this many chunks at least (1, 2, 4, 8 items...)
 INLINE_ITEM_S = 50e-6  # below this per item, handing work to a thread costs more than it
 INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
 WAITING = 0.5  # wait fraction above which work counts as waiting
@@ -342,22 +347,51 @@ class _ThreadClock:
                 pass
         return time.process_time() - self.fallback
 
-    def sleeping(self) -> bool | None:
-        """Whether the thread is blocked right now (Linux: its /proc state), or
+    def state(self) -> str | None:
+        """What the thread does right now (Linux: from /proc): "running"
+        (or ready to), "lock" (blocked on a futex: waiting for the GIL or a
+        lock), "io" (blocked in any other call: a read, a sleep, a poll), or
         None where that cannot be read.
 
         Low CPU over wall time alone cannot tell a thread that waits from one
-        that is ready but not scheduled on a busy machine; the state can.
+        that is ready but not scheduled on a busy machine, nor from one that
+        waits for the GIL while another thread of the program computes; the
+        state can.
         """
         if self.tid is None:
             return None
+        task = f"/proc/self/task/{self.tid}"
         try:
-            with open(f"/proc/self/task/{self.tid}/stat", "rb") as handle:
+            with open(f"{task}/stat", "rb") as handle:
                 stat = handle.read()
         except OSError:
             return None
         after_name = stat.rfind(b")") + 2  # the name may hold spaces and brackets
-        return stat[after_name : after_name + 1] in (b"S", b"D")
+        if stat[after_name : after_name + 1] not in (b"S", b"D"):
+            return "running"
+        return "lock" if _in_futex(task) else "io"
+
+
+# The futex call's number, where the thread's current call is read by number.
+_FUTEX = {"x86_64": 202, "i686": 240, "aarch64": 98, "armv7l": 240, "riscv64": 98}.get(
+    platform.machine()
+)
+
+
+def _in_futex(task: str) -> bool:
+    """Whether a blocked thread waits in futex (the GIL, a lock, a condition)."""
+    try:
+        with open(f"{task}/syscall", "rb") as handle:
+            number = handle.read().split(maxsplit=1)[0]
+        if _FUTEX is not None and number.isdigit():
+            return int(number) == _FUTEX
+    except (OSError, IndexError):
+        pass
+    try:  # the kernel function it sleeps in
+        with open(f"{task}/wchan", "rb") as handle:
+            return b"futex" in handle.read()
+    except OSError:
+        return False
 
 
 class _Done(Future[ChunkResult]):
@@ -426,16 +460,18 @@ class _Probe:
         Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
         self.note_transfer(first, None)
         window = PROBE_WAIT_S
-        states_seen: set[bool] = set()  # blocked (True) or runnable (False) at a look
+        states_seen: set[str] = set()  # "running", "lock", "io" at the looks
         gil_tests = 0
         while True:
             elapsed = time.perf_counter() - wall0
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
             busy = used / max(elapsed, 1e-9)
-            blocked = clock.sleeping()
-            if blocked is not None:
-                states_seen.add(blocked)
-            if busy < WAITING and blocked is not False:
+            state = clock.state()
+            if state is not None:
+                states_seen.add(state)
+            # Blocked on a lock is no proof of waiting: it is where a thread
+            # waits for the GIL while another thread of the program computes.
+            if busy < WAITING and state in ("io", None):
                 # Waiting, for an unknown time yet: the ratio measured so far is
                 # only a lower bound, so start as many threads as allowed.
                 m = self.judge.measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
@@ -444,7 +480,7 @@ class _Probe:
             left = self.stream.left()
             work_left = elapsed * (1_000_000 if left is None else left)
             # Computing, or ready to compute on a host too busy to run it
-            if (busy >= WAITING or blocked is False) and work_left >= PROCESS_START_S:
+            if (busy >= WAITING or state == "running") and work_left >= PROCESS_START_S:
                 # Computing, and enough of it for parallel work to matter.
                 if self.judge.utilization is None and gil_tests < 2:  # each costs the probe CPU
                     gil_tests += 1
@@ -462,14 +498,15 @@ class _Probe:
             window *= 2
             if wait([probe], timeout=window)[0]:
                 outcomes, wall, cpu = probe.result()
-                if states_seen == {False}:
+                if states_seen == {"running"}:
                     # Runnable at every look, never blocked: the time it did
                     # not run was the host's (other work on the cores), not
                     # waiting; an estimate must not count it as waiting.
                     cpu = wall
                 elif cpu < WAITING * wall:
-                    # It finished without being seen to wait: one item on a
-                    # busy machine proves nothing; time a few more inline.
+                    # It finished without being seen to wait (or only for the
+                    # GIL): one item on a busy machine or beside a computing
+                    # thread proves nothing; time a few more inline.
                     self.tiny(first, (outcomes, wall, cpu))
                     return False
                 self.note_transfer(first, _value(outcomes[0]))
@@ -482,7 +519,13 @@ class _Probe:
         # Time more items inline, where a small item's cost is seen exactly.
         items, spent_wall, spent_cpu = 1, wall, cpu
         deadline = time.perf_counter() + INLINE_PROBE_S
-        while time.perf_counter() < deadline:
+        chunks, own, calmest = 0, 0.0, math.inf  # calmest: least wall per CPU second
+        # A few chunks at least, while they cost little: beside a computing
+        # thread, waits for the GIL can take the whole window.
+        while time.perf_counter() < deadline or (
+            chunks < INLINE_PROBE_CHUNKS and own < INLINE_PROBE_S
+        ):
+            chunks += 1
             chunk = self.stream.cursor.take(max(1, items))
             if not chunk:
                 break
@@ -492,7 +535,13 @@ class _Probe:
             items += taken
             spent_wall += w
             spent_cpu += c
+            own += c
+            calmest = min(calmest, w / max(c, 1e-9))
             self.judge.measure(spent_wall, spent_cpu, items)  # later chunks run at this pace
+        if calmest < math.inf:
+            # Items that wait, wait in every chunk; a chunk the host's other
+            # work preempted is slow once. The calmest chunk tells which.
+            spent_wall = min(spent_wall, spent_cpu * max(1.0, calmest))
         self.judge.adopt(
             choose(self.judge.measure(spent_wall, spent_cpu, items), self.stream.left())
         )
@@ -797,6 +846,8 @@ class _AutoPlacement:
         if self._processes is None:
             d = self.judge.decision
             workers = d.workers if d is not None and d.backend == "process" else self.judge.cores
+            from .processes import ProcessPool  # only now: the inline path needs none of it
+
             self._processes = ProcessPool(workers)
         return self._processes
 
@@ -831,20 +882,31 @@ def _run_inline(
     """
     values = Values()
     items = iter(chunk)
-    wall0, cpu0 = time.perf_counter(), time.thread_time()
-    watchdog.arm(items, len(chunk), wall0 + 4 * CHUNK_TARGET_S["inline"])
+    watchdog.arm(items, len(chunk), time.perf_counter() + 4 * CHUNK_TARGET_S["inline"])
+    # After arm: its first call starts the watchdog's thread, no cost of the items.
+    wall0, cpu0, process0 = time.perf_counter(), time.thread_time(), time.process_time()
     try:
         values.extend(map(call, items))
     except Exception as exc:
         outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
         outcomes.append((_task.RAISED, exc))
         cursor.push_back(chunk[len(outcomes) :])
-        spent = (time.perf_counter() - wall0, time.thread_time() - cpu0)
-        return _Done((outcomes, *spent)), len(outcomes)
+        return _Done((outcomes, *_spent(wall0, cpu0, process0))), len(outcomes)
     finally:
         watchdog.disarm()
     cursor.push_back(chunk[len(values) :])
-    return _Done((values, time.perf_counter() - wall0, time.thread_time() - cpu0)), len(values)
+    return _Done((values, *_spent(wall0, cpu0, process0))), len(values)
+
+
+def _spent(wall0: float, cpu0: float, process0: float) -> tuple[float, float]:
+    """Wall and CPU seconds of a chunk that ran here, less the time other
+    threads of the program computed meanwhile: while another thread holds
+    the GIL this one cannot run, and that is neither what the items cost
+    nor a wait that more threads could fill (they would need the GIL too)."""
+    wall = time.perf_counter() - wall0
+    own = time.thread_time() - cpu0
+    others = max(0.0, time.process_time() - process0 - own)
+    return max(own, wall - others), own
 
 
 def _value(outcome: _task.Outcome) -> Any:
@@ -1014,6 +1076,8 @@ class AutoPool(_pool_base.PoolBase):
     def _process_pool(self) -> ProcessPool:
         with self._lock:
             if self._processes is None:
+                from .processes import ProcessPool
+
                 self._processes = ProcessPool(self._max_workers)
             return self._processes
 

@@ -48,6 +48,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _pool, _replies, _supervise, _task, _worker
 from ._exit import register_exit_hook
+from ._proc import cpu_count
 from ._replies import send
 from ._supervisor import PoolState, Supervisor, Task
 from .errors import PoolInherited, SerializationError
@@ -58,13 +59,6 @@ R = TypeVar("R")
 
 _pool_ids = itertools.count()
 _task_ids = itertools.count()
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity mask, where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def default_start_method() -> str:

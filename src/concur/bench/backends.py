@@ -20,9 +20,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from dataclasses import dataclass
 from typing import Any
 
+from .._proc import cpu_count
 from ..api import map as concur_map
 from ..auto import AutoPool
-from ..processes import ProcessPool, cpu_count, default_start_method
+from ..processes import ProcessPool, default_start_method
 from ..threads import ThreadPool
 
 Fn = Callable[[Any], Any]

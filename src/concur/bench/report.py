@@ -12,7 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..processes import cpu_count, default_start_method
+from .._proc import cpu_count
+from ..processes import default_start_method
 from .backends import BACKENDS
 from .runner import SCENARIOS, Result
 
