@@ -143,3 +143,17 @@ def test_a_task_time_limit_and_a_cancel_end_a_callers_read():
             future.result(timeout=30)
         assert time.monotonic() - started < 10
         assert pool.submit(abs, -4).result(timeout=30) == 4
+
+
+def test_ctrl_c_while_a_caller_reads_loses_no_reply():
+    # A press between reading a reply and applying it would leave the
+    # future pending for ever; the script's waits would then time out.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "ctrl_c_storm.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok "), out.stdout
+    assert int(out.stdout.split()[1]) > 100, out.stdout  # the presses did land

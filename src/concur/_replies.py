@@ -37,8 +37,10 @@ import logging
 import os
 import select
 import selectors
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _logs, _pool, _task
@@ -204,31 +206,40 @@ def wait_in_caller(state: PoolState, task: Task, timeout: float | None) -> None:
 
     Returns when the future is done, the time is up, the worker died, or the
     pipe was not free; the caller then waits on the future as usual.
+
+    In the main thread Ctrl-C is held back everywhere but in the poll: a
+    press while a reply is read, applied or settled would lose it (its
+    future would never settle) or leave the pipe claimed.
     """
     watch = state.watch
     worker = task.worker
     if watch is None or not watch.can_mute or worker is None or os.getpid() != state.owner:
         return
-    with state.lock:
-        if worker.task is not task or not worker.watched or not worker.ready:
-            return
-        if not worker.reader.acquire(blocking=False):
-            return
-        watch.mute(worker.rx.fileno())
-    settle: Settle | None = None
-    try:
-        settle = _read_until_done(state, worker, task, timeout)
-    finally:
+    with _CtrlCGate() as gate:
         with state.lock:
-            worker.reader.release()
-            if worker.watched:
-                watch.unmute(worker.rx.fileno())
-    if settle is not None:
-        settle()
+            if worker.task is not task or not worker.watched or not worker.ready:
+                return
+            if not worker.reader.acquire(blocking=False):
+                return
+            watch.mute(worker.rx.fileno())
+        settle: Settle | None = None
+        try:
+            settle = _read_until_done(state, worker, task, timeout, gate)
+        finally:
+            with state.lock:
+                worker.reader.release()
+                if worker.watched:
+                    watch.unmute(worker.rx.fileno())
+        if settle is not None:
+            settle()
 
 
 def _read_until_done(
-    state: PoolState, worker: WorkerProcess, task: Task, timeout: float | None
+    state: PoolState,
+    worker: WorkerProcess,
+    task: Task,
+    timeout: float | None,
+    gate: _CtrlCGate,
 ) -> Settle | None:
     rx = worker.rx.fileno()
     poll = select.poll()
@@ -239,7 +250,8 @@ def _read_until_done(
         wait = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
         if wait <= 0:
             return None
-        ready = {fd for fd, _ in poll.poll(wait * 1000)}
+        with gate.open():
+            ready = {fd for fd, _ in poll.poll(wait * 1000)}
         if rx in ready:
             try:
                 data = worker.rx.recv_bytes()
@@ -251,3 +263,34 @@ def _read_until_done(
         elif ready:
             return None  # the worker exited: the supervisor reaps it
     return None
+
+
+class _CtrlCGate:
+    """SIGINT blocked in the main thread (the only one Python raises
+    KeyboardInterrupt in) while inside, except within ``open()``. Where
+    another thread of the program takes SIGINT, a press still lands in the
+    main thread anywhere, as in any Python code."""
+
+    def __init__(self) -> None:
+        self._main = threading.current_thread() is threading.main_thread()
+        self._saved: set[int] | None = None
+
+    def __enter__(self) -> _CtrlCGate:
+        if self._main:
+            self._saved = set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._saved)
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        if self._saved is None or signal.SIGINT in self._saved:
+            yield  # not the main thread, or Ctrl-C was blocked already
+            return
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
