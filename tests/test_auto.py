@@ -227,7 +227,10 @@ def test_the_decision_is_logged_at_info(caplog):
 def test_advise_returns_the_decision_for_a_sample():
     decision = concur.advise(nap, [0.05] * 10)
     assert decision.backend == "thread"
-    assert str(decision).startswith("256 threads")  # for a long run of such items
+    # For a long run of such items: far more threads than the 10 sampled
+    # (the count follows the measured wait/compute ratio, up to 256).
+    assert decision.workers > 100, decision
+    assert str(decision).startswith(f"{decision.workers} threads")
     assert "per 1,000 items" in decision.reason
     assert decision.measurements.wait_fraction > 0.9
 
