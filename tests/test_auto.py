@@ -1,4 +1,4 @@
-"""Auto: the rules on synthetic measurements, and decisions on real work."""
+"""Auto on real work: decisions judged by their outcome (the rules alone: test_auto_rules.py)."""
 
 from __future__ import annotations
 
@@ -13,77 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import concur
-from concur.auto import AutoMap, Measurements, choose
+from concur.auto import AutoMap
 
-
-def m(wall, cpu, *, cores=2, transfer=1e-6, utilization=None, gil=True, warm=False):
-    return Measurements(
-        items=5,
-        wall=wall,
-        cpu=cpu,
-        transfer=transfer,
-        utilization=utilization,
-        cores=cores,
-        gil=gil,
-        warm=warm,
-    )
-
-
-# -- the rules ---------------------------------------------------------------
-
-
-def test_waiting_work_gets_threads_sized_by_wait_over_compute():
-    d = choose(m(0.1, 0.001), remaining=1000)
-    assert d.backend == "thread"
-    assert d.workers == 200  # 2 cores × (100 ms wall / 1 ms CPU)
-    assert "waiting" in d.reason
-
-
-def test_thread_count_is_bounded_and_never_above_the_items_left():
-    assert choose(m(1.0, 1e-6), remaining=10_000).workers == 256
-    assert choose(m(1.0, 1e-6), remaining=40).workers == 40
-
-
-def test_gil_bound_cpu_work_gets_one_process_per_core_with_chunks_hiding_dispatch():
-    d = choose(m(0.001, 0.001, cores=4), remaining=10_000)
-    assert (d.backend, d.workers) == ("process", 4)
-    assert d.chunksize == 10  # 10 ms per chunk at 1 ms per item
-    assert "4 cores → 4 processes" in d.reason
-
-
-def test_tiny_items_run_inline():
-    d = choose(m(1e-7, 1e-7), remaining=100_000)
-    assert d.backend == "inline"
-    assert "handing it to a worker" in d.reason
-
-
-def test_little_work_left_runs_inline():
-    assert choose(m(0.0001, 0.0001), remaining=5).backend == "inline"
-
-
-def test_no_gil_means_threads_for_cpu_work():
-    d = choose(m(0.001, 0.001, gil=False), remaining=10_000)
-    assert (d.backend, d.workers) == ("thread", 2)
-
-
-def test_measured_parallel_cpu_means_the_gil_is_released():
-    d = choose(m(0.001, 0.001, utilization=1.9), remaining=10_000)
-    assert d.backend == "thread"
-    assert "GIL is released" in d.reason
-
-
-def test_one_core_gains_nothing_from_processes():
-    assert choose(m(0.01, 0.01, cores=1), remaining=1000).backend == "inline"
-
-
-def test_arguments_dearer_to_send_than_to_compute_keep_work_out_of_processes():
-    assert choose(m(0.001, 0.001, transfer=0.01), remaining=1000).backend == "inline"
-
-
-def test_a_warm_process_pool_is_kept_for_the_last_items():
-    cold = choose(m(0.005, 0.005), remaining=5)
-    warm = choose(m(0.005, 0.005, warm=True), remaining=5)
-    assert (cold.backend, warm.backend) == ("inline", "process")
+# -- decisions on real work (the rules alone: test_auto_rules.py) -------------
 
 
 def test_sleeps_keep_threads_to_the_last_item():
@@ -91,9 +23,6 @@ def test_sleeps_keep_threads_to_the_last_item():
         stream = AutoMap(nap, ([0.01] * 30,))
         assert stream.to_list() == [0.01] * 30
         assert [d.backend for d in stream.decisions] == ["thread"]
-
-
-# -- decisions on real work ---------------------------------------------------
 
 
 def nap(seconds):

@@ -1,0 +1,184 @@
+"""Auto on the streaming engine: ``AutoMap`` is a ``Stream`` whose placement
+probes the work, runs each chunk where the judge decided, and re-decides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from .._pool import ChunkResult, TaskOptions
+from .._stream import Stream
+from ..threads import ThreadPool
+from .inline import Done, Watchdog, run_inline
+from .judge import Judge
+from .probe import Probe
+from .rules import THREAD_BOUND, Decision, environment_override, forced, items_per_chunk
+
+if TYPE_CHECKING:
+    from ..processes import ProcessPool
+
+
+def _starred(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
+    def call(args: tuple[Any, ...]) -> Any:
+        return fn(*args)
+
+    return call
+
+
+class AutoMap(Stream):
+    """The stream behind ``backend="auto"``: the engine, driven by an
+    ``AutoPlacement`` that decides, runs and re-decides.
+
+    ``decision`` is the current Decision; ``decisions`` every one in order.
+    """
+
+    placement: AutoPlacement
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        workers: int | None = None,
+        forced_backend: str | None = None,
+        options: TaskOptions | None = None,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        max_inflight: int | None = None,
+    ) -> None:
+        placement = AutoPlacement(fn, workers, forced_backend, options, chunksize, max_inflight)
+        super().__init__(
+            iterables,
+            placement,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+        )
+        # One iterable: items stay as they are, so inline calls are plain fn(x).
+        placement.call = fn if self.cursor.single else _starred(fn)
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.placement.judge.decision
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return self.placement.judge.decisions
+
+
+class AutoPlacement:
+    """Where auto runs each chunk: the probe first, then what the judge
+    decided (inline here, threads or processes), re-decided after each chunk."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        workers: int | None,
+        forced_backend: str | None,
+        options: TaskOptions | None,
+        chunksize: int | None,
+        max_inflight: int | None,
+    ) -> None:
+        self.fn = fn
+        self.call: Callable[[Any], Any] = fn
+        self._max_inflight = max_inflight
+        self._options = options or TaskOptions()
+        self._threads: ThreadPool | None = None
+        self._processes: ProcessPool | None = None
+        self._fn_blob: bytes | None = None
+        self._watchdog = Watchdog()
+        self.judge = Judge(workers, chunksize, forced_backend or environment_override())
+        if self.judge.forced is not None:
+            source = "backend=" if forced_backend else "CONCUR_BACKEND"
+            self.judge.adopt(forced(self.judge.forced, source, workers))
+
+    def start(self, stream: Stream) -> None:
+        if self.judge.decision is None:
+            Probe(stream, self).run()
+
+    def limit(self) -> int:
+        d = self.judge.decision
+        assert d is not None
+        limit = 1
+        if d.backend == "process":
+            limit = 2 * d.workers
+        elif d.backend == "thread":
+            limit = d.workers + 1
+        return limit if self._max_inflight is None else min(limit, self._max_inflight)
+
+    def chunk_size(self, stream: Stream) -> int | None:
+        d = self.judge.decision
+        assert d is not None
+        if d.backend == "inline" and stream.inflight.pending(skip_tag="inline"):
+            return None  # let pool work drain before running inline in this thread
+        if d.chunksize:
+            return d.chunksize
+        if self.judge.stats is None:
+            return 1
+        return items_per_chunk(self.judge.stats, stream.left() or 1_000_000, d.backend)
+
+    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+        d = self.judge.decision
+        assert d is not None
+        if d.backend == "inline":
+            done, taken = self.run_inline(chunk, stream)
+            _, wall, cpu = done.result()
+            self._observe(taken, wall, cpu, "inline", stream)  # now: the next chunk may differ
+            return done, taken, "inline"
+        options = self._options.for_chunk(len(chunk))
+        items = stream.cursor.as_args(chunk)
+        if d.backend == "thread":
+            future = self.thread_pool().submit_chunk(self.fn, items, None, options)
+        else:
+            processes = self._process_pool()
+            if self._fn_blob is None:
+                self._fn_blob = processes.prepare_fn(self.fn)
+            future = processes.submit_chunk(self.fn, items, self._fn_blob, options)
+        return future, len(chunk), d.backend
+
+    def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
+        # Inline chunks were observed as they ran; the probe item was measured
+        # by the probe (beside a spinner that contends for the GIL on purpose).
+        if tag not in ("inline", "probe"):
+            self._observe(count, wall, cpu, tag, stream)
+
+    def _observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
+        warm = self._processes is not None
+        left, more = stream.left(), stream.cursor.has_input()
+        self.judge.observe(count, wall, cpu, tag, left, more, warm)
+
+    def run_inline(self, chunk: list[Any], stream: Stream) -> tuple[Done, int]:
+        return run_inline(self.call, chunk, self._watchdog, stream.cursor)
+
+    def thread_pool(self) -> ThreadPool:
+        if self._threads is None:
+            self._threads = ThreadPool(THREAD_BOUND, thread_name_prefix="concur-auto-thread")
+        return self._threads
+
+    def _process_pool(self) -> ProcessPool:
+        if self._processes is None:
+            d = self.judge.decision
+            workers = d.workers if d is not None and d.backend == "process" else self.judge.cores
+            from ..processes import ProcessPool  # only now: the inline path needs none of it
+
+            self._processes = ProcessPool(workers)
+        return self._processes
+
+    def release(self, abort: bool, settled: bool) -> None:
+        """Stop the pools this run started."""
+        for pool in (self._threads, self._processes):
+            if pool is None:
+                continue
+            if abort:
+                pool.abort()
+            else:
+                # Idle threads need no waiting for: told to exit, they are gone
+                # within a moment, and joining them would add a context switch
+                # each to every run. Processes are always waited for.
+                idle_threads = pool is self._threads and settled
+                pool.shutdown(wait=not idle_threads, cancel_futures=True)
+        self._threads = self._processes = None
+        self._watchdog.stop(wait=not settled)

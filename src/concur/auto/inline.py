@@ -1,0 +1,121 @@
+"""Chunks that run in the caller's thread, stopped early when they turn heavy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from .. import _task
+from .._pool import CHUNK_TARGET_S, ChunkResult
+from .._stream import Cursor, Values
+
+
+class Watchdog:
+    """Ends an inline chunk's iterator at a deadline, from another thread.
+
+    A list iterator's ``__setstate__`` moves its index; set to the end, the
+    ``map`` feeding ``list.extend`` stops after the item in progress. The
+    thread lives only while its AutoMap runs inline chunks.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._job: tuple[Any, int, float] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._idle = False  # waiting with no deadline: only then must arm() wake it
+
+    def arm(self, iterator: Any, end: int, deadline: float) -> None:
+        with self._cond:
+            self._job = (iterator, end, deadline)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="concur-auto-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._idle:
+                # A watchdog already timing an earlier deadline re-reads the job
+                # when it wakes; waking it now would only cost the caller the GIL.
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._job = None
+
+    def stop(self, wait: bool = True) -> None:
+        with self._cond:
+            self._stopped = True
+            self._job = None
+            self._cond.notify()
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                job = self._job
+                if job is None:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                    continue
+                left = job[2] - time.perf_counter()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                if self._job is job:
+                    job[0].__setstate__(job[1])  # the iterator is now at its end
+                    self._job = None
+
+
+class Done(Future[ChunkResult]):
+    """A finished future for a chunk that ran inline."""
+
+    def __init__(self, result: ChunkResult) -> None:
+        super().__init__()
+        self.set_result(result)
+
+
+def run_inline(
+    call: Callable[[Any], Any], chunk: list[Any], watchdog: Watchdog, cursor: Cursor
+) -> tuple[Done, int]:
+    """Run a chunk here; return its future and how many items it took.
+
+    The items run through ``list.extend(map(fn, iterator))``, as fast as a
+    plain loop. A watchdog thread ends the iterator early once the chunk
+    has run 4 × the inline target: work that turns heavy mid-chunk is
+    noticed after one slow item, at no cost per item. Items not run go
+    back to the input. An item that raises ends the chunk too
+    (``extend`` keeps the values before it).
+    """
+    values = Values()
+    items = iter(chunk)
+    watchdog.arm(items, len(chunk), time.perf_counter() + 4 * CHUNK_TARGET_S["inline"])
+    # After arm: its first call starts the watchdog's thread, no cost of the items.
+    wall0, cpu0, process0 = time.perf_counter(), time.thread_time(), time.process_time()
+    try:
+        values.extend(map(call, items))
+    except Exception as exc:
+        outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
+        outcomes.append((_task.RAISED, exc))
+        cursor.push_back(chunk[len(outcomes) :])
+        return Done((outcomes, *_spent(wall0, cpu0, process0))), len(outcomes)
+    finally:
+        watchdog.disarm()
+    cursor.push_back(chunk[len(values) :])
+    return Done((values, *_spent(wall0, cpu0, process0))), len(values)
+
+
+def _spent(wall0: float, cpu0: float, process0: float) -> tuple[float, float]:
+    """Wall and CPU seconds of a chunk that ran here, less the time other
+    threads of the program computed meanwhile: while another thread holds
+    the GIL this one cannot run, and that is neither what the items cost
+    nor a wait that more threads could fill (they would need the GIL too)."""
+    wall = time.perf_counter() - wall0
+    own = time.thread_time() - cpu0
+    others = max(0.0, time.process_time() - process0 - own)
+    return max(own, wall - others), own
