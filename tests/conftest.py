@@ -76,6 +76,9 @@ def leftover_children() -> list[psutil.Process]:
 def no_leftovers() -> Iterator[None]:
     threads_before = set(threading.enumerate())
     yield
+    from concur.auto import release_warm
+
+    release_warm()  # concur.map's idle pools (tests/test_warm.py checks their own lifetime)
     multiprocessing.active_children()  # reap what multiprocessing started
     deadline = time.monotonic() + 5.0
     while True:

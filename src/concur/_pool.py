@@ -228,7 +228,8 @@ class PoolBase(Executor):
     three methods: ``prepare_fn(fn)`` (the function's bytes for a process
     pool, once per run; None where nothing is pickled), ``submit_chunk(fn,
     items, fn_blob, options)`` (a future of ``(outcomes, wall_s, cpu_s)``)
-    and ``abort()`` (stop now).
+    and ``abort()`` (stop now); auto's warm pools ask ``accepting()``
+    before reusing one.
     """
 
     _kind = "thread"
@@ -256,6 +257,19 @@ class PoolBase(Executor):
     def abort(self) -> None:
         """Stop now: cancel queued tasks, stop running ones where possible."""
         raise NotImplementedError
+
+    def _check_open(self) -> None:
+        """Raise if the pool takes no more work (closed, broken, inherited)."""
+
+    def accepting(self) -> bool:
+        """Whether ``submit`` would take work now (not shut down, broken or
+        inherited through a fork): what a holder of an idle pool asks
+        before reusing it."""
+        try:
+            self._check_open()
+        except Exception:
+            return False
+        return True
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         return self._submit_with(self._defaults, fn, args, kwargs)

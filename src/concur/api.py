@@ -1,7 +1,11 @@
 """One-shot helpers: run a function over data, or once, without managing a pool.
 
-Each call starts the workers it needs, uses them, and stops them, so nothing
-is left running afterwards. ``backend`` chooses where the work runs:
+Each call starts the workers it needs or takes over idle ones an earlier
+call left warm; when it ends cleanly, its pools stay warm for
+``CONCUR_KEEP_WARM`` seconds (default 10, 0 for none) and then stop, so
+nothing is left running for long (docs/auto.md, "Warm pools"). A call that
+fails or is interrupted stops its workers. ``backend`` chooses where the
+work runs:
 
 ``"auto"`` (the default)
     concur measures the first items and picks one of the others, with the
@@ -163,8 +167,9 @@ def imap(
 ) -> _Imap:
     """Stream ``fn(*args)`` over the iterables, lazily (endless input is fine).
 
-    The workers live as long as the iteration: they stop when the iterator is
-    exhausted, closed, or garbage-collected. ``decision`` on the iterator says
+    The workers live as long as the iteration: when the iterator is
+    exhausted they stay warm for the next call (as ``map``'s do); closed
+    or garbage-collected while chunks still run, they stop. ``decision`` on the iterator says
     where the work runs now; ``decisions`` lists every change.
     """
     if backend == "dask":

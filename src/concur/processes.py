@@ -34,6 +34,7 @@ using it there raises ``PoolInherited`` and never touches the parent's workers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.context
@@ -112,6 +113,32 @@ def _after_fork_in_child() -> None:
     # A lock some thread held at the fork would never be released here.
     for state in list(_live_states):
         state.lock = threading.Lock()
+    _forget_parents_forkserver()
+
+
+def _forget_parents_forkserver() -> None:
+    """A child made by ``os.fork()`` must start its own fork server.
+
+    multiprocessing's server object, copied from the parent, names the
+    parent's server: ``waitpid`` on it fails here (not this process's
+    child), so every new pool in the child would be broken. The copy of
+    the server's liveness pipe is closed (the parent keeps its own); the
+    socket file is the parent's and stays.
+    """
+    forkserver = sys.modules.get("multiprocessing.forkserver")  # not loaded: none started
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return  # no server started (or this is one of its workers)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+    server._forkserver_alive_fd = None
+    server._forkserver_pid = None
+    server._forkserver_address = None
+    if hasattr(server, "_forkserver_authkey"):
+        server._forkserver_authkey = None
+    server._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

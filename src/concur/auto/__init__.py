@@ -30,6 +30,7 @@ The package, layer by layer:
     engine.py   AutoMap: the streaming engine with auto's placement
     pool.py     AutoPool: the same choice per function, for submit()
     advice.py   advise(): the decision a sample implies for a long run
+    warm.py     pools kept warm between runs, and where a run gets its pools
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from .rules import (
     forced,
     gil_enabled,
 )
+from .warm import release_warm
 
 __all__ = [
     "BACKENDS",
@@ -60,4 +62,5 @@ __all__ = [
     "estimate",
     "forced",
     "gil_enabled",
+    "release_warm",
 ]

@@ -13,10 +13,11 @@ from ..threads import ThreadPool
 from .inline import Done, Watchdog, run_inline
 from .judge import Judge
 from .probe import Probe
-from .rules import THREAD_BOUND, Decision, environment_override, forced, items_per_chunk
+from .rules import Decision, environment_override, forced, items_per_chunk
+from .warm import Pools, RunPools
 
 if TYPE_CHECKING:
-    from ..processes import ProcessPool
+    pass
 
 
 def _starred(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Any]:
@@ -48,8 +49,11 @@ class AutoMap(Stream):
         timeout: float | None = None,
         chunksize: int | None = None,
         max_inflight: int | None = None,
+        pools: Pools | None = None,
     ) -> None:
-        placement = AutoPlacement(fn, workers, forced_backend, options, chunksize, max_inflight)
+        placement = AutoPlacement(
+            fn, workers, forced_backend, options, chunksize, max_inflight, pools
+        )
         super().__init__(
             iterables,
             placement,
@@ -81,19 +85,20 @@ class AutoPlacement:
         options: TaskOptions | None,
         chunksize: int | None,
         max_inflight: int | None,
+        pools: Pools | None = None,
     ) -> None:
         self.fn = fn
         self.call: Callable[[Any], Any] = fn
         self._max_inflight = max_inflight
         self._options = options or TaskOptions()
-        self._threads: ThreadPool | None = None
-        self._processes: ProcessPool | None = None
+        self.pools: Pools = pools or RunPools()
         self._fn_blob: bytes | None = None
         self._watchdog = Watchdog()
         self.judge = Judge(workers, chunksize, forced_backend or environment_override())
         if self.judge.forced is not None:
             source = "backend=" if forced_backend else "CONCUR_BACKEND"
             self.judge.adopt(forced(self.judge.forced, source, workers))
+        self.judge.warm = self.pools.warm(self.process_workers())
 
     def start(self, stream: Stream) -> None:
         if self.judge.decision is None:
@@ -133,7 +138,7 @@ class AutoPlacement:
         if d.backend == "thread":
             future = self.thread_pool().submit_chunk(self.fn, items, None, options)
         else:
-            processes = self._process_pool()
+            processes = self.pools.processes(self.process_workers())
             if self._fn_blob is None:
                 self._fn_blob = processes.prepare_fn(self.fn)
             future = processes.submit_chunk(self.fn, items, self._fn_blob, options)
@@ -146,7 +151,7 @@ class AutoPlacement:
             self._observe(count, wall, cpu, tag, stream)
 
     def _observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
-        warm = self._processes is not None
+        warm = self.pools.warm(self.process_workers())
         left, more = stream.left(), stream.cursor.has_input()
         self.judge.observe(count, wall, cpu, tag, left, more, warm)
 
@@ -154,31 +159,15 @@ class AutoPlacement:
         return run_inline(self.call, chunk, self._watchdog, stream.cursor)
 
     def thread_pool(self) -> ThreadPool:
-        if self._threads is None:
-            self._threads = ThreadPool(THREAD_BOUND, thread_name_prefix="concur-auto-thread")
-        return self._threads
+        return self.pools.threads()
 
-    def _process_pool(self) -> ProcessPool:
-        if self._processes is None:
-            d = self.judge.decision
-            workers = d.workers if d is not None and d.backend == "process" else self.judge.cores
-            from ..processes import ProcessPool  # only now: the inline path needs none of it
-
-            self._processes = ProcessPool(workers)
-        return self._processes
+    def process_workers(self) -> int:
+        d = self.judge.decision
+        if d is not None and d.backend == "process":
+            return d.workers
+        return self.judge.workers or self.judge.cores
 
     def release(self, abort: bool, settled: bool) -> None:
-        """Stop the pools this run started."""
-        for pool in (self._threads, self._processes):
-            if pool is None:
-                continue
-            if abort:
-                pool.abort()
-            else:
-                # Idle threads need no waiting for: told to exit, they are gone
-                # within a moment, and joining them would add a context switch
-                # each to every run. Processes are always waited for.
-                idle_threads = pool is self._threads and settled
-                pool.shutdown(wait=not idle_threads, cancel_futures=True)
-        self._threads = self._processes = None
+        """The run ended: its pools are parked warm, or stopped (see ``warm``)."""
+        self.pools.release(abort, settled)
         self._watchdog.stop(wait=not settled)

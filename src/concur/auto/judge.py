@@ -32,6 +32,7 @@ class Judge:
         self.pending_switch: str | None = None
         self.utilization: float | None = None
         self.transfer = 0.0
+        self.warm = False  # a process pool of the right size runs already
         self.clock = (time.perf_counter(), time.process_time())
 
     @property
@@ -47,6 +48,7 @@ class Judge:
             utilization=self.utilization,
             cores=self.cores,
             gil=self.gil,
+            warm=self.warm,
         )
         self.stats = m
         return m
@@ -94,6 +96,7 @@ class Judge:
         """Fold a finished chunk into the averages; switch backend if the work changed."""
         if count == 0:
             return
+        self.warm = warm
         per_wall, per_cpu = wall / count, cpu / count
         if backend == "thread":
             # Busy threads share the GIL, so each one's wall time overstates

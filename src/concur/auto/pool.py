@@ -204,6 +204,7 @@ class AutoPool(_pool_base.PoolBase):
             timeout=timeout,
             workers=self._workers_given,
             chunksize=_fixed_chunksize(chunksize),
+            pools=_OwnPools(self),
         )
         return _TrackedMap(stream, self)
 
@@ -227,6 +228,7 @@ class AutoPool(_pool_base.PoolBase):
             workers=self._workers_given,
             chunksize=_fixed_chunksize(chunksize),
             max_inflight=max_inflight,
+            pools=_OwnPools(self),
         )
         return _TrackedMap(stream, self)
 
@@ -244,6 +246,26 @@ class AutoPool(_pool_base.PoolBase):
 def _fixed_chunksize(chunksize: Any) -> int | None:
     """None for "auto" (auto sizes chunks), else the size, checked as the pools check it."""
     return _pool_base.ChunkSizer(chunksize, 1, "thread").fixed
+
+
+class _OwnPools:
+    """The pools of ``AutoPool.map/imap`` runs: the AutoPool's own, which
+    outlive each run (closing a run cancels its own chunks, nothing else)."""
+
+    def __init__(self, pool: AutoPool) -> None:
+        self.pool = pool
+
+    def threads(self) -> ThreadPool:
+        return self.pool._threads
+
+    def processes(self, workers: int) -> ProcessPool:
+        return self.pool._process_pool()
+
+    def warm(self, workers: int) -> bool:
+        return self.pool._processes is not None
+
+    def release(self, abort: bool, settled: bool) -> None:
+        pass
 
 
 class _TrackedMap(Iterator[Any]):

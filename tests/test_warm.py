@@ -1,0 +1,118 @@
+"""Warm pools: concur.map reuses idle workers across calls, for a bounded time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import concur
+from concur.auto import release_warm
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def fail_on(x):
+    if x == 3:
+        raise ValueError("item 3")
+    return os.getpid()
+
+
+def worker_pids():
+    """This process's pool workers: the fork server's children."""
+    me = os.getpid()
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.ppid() != me and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_a_second_call_runs_on_the_first_calls_workers():
+    first = set(concur.map(pid_after, [0.01] * 8, backend="process"))
+    second = set(concur.map(pid_after, [0.01] * 8, backend="process"))
+    assert first and first == second
+    assert os.getpid() not in first
+
+
+def test_idle_workers_stop_after_the_keep_warm_time(monkeypatch):
+    monkeypatch.setenv("CONCUR_KEEP_WARM", "0.5")
+    pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
+    assert pids <= {p.pid for p in psutil.Process().children(recursive=True)}
+    deadline = time.monotonic() + 10
+    while pids & {p.pid for p in psutil.Process().children(recursive=True)}:
+        assert time.monotonic() < deadline, "warm workers outlived CONCUR_KEEP_WARM"
+        time.sleep(0.05)
+
+
+def test_keep_warm_zero_stops_workers_at_the_end_of_each_call(monkeypatch):
+    monkeypatch.setenv("CONCUR_KEEP_WARM", "0")
+    pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
+    alive = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert not pids & alive
+    assert not set(concur.map(pid_after, [0.01] * 4, backend="process")) & pids
+
+
+def test_a_bad_keep_warm_value_says_what_to_write(monkeypatch):
+    monkeypatch.setenv("CONCUR_KEEP_WARM", "ten")
+    with pytest.raises(ValueError, match=r"CONCUR_KEEP_WARM='ten'.*seconds"):
+        concur.map(pid_after, [0.001] * 4, backend="process")
+
+
+def test_a_failed_run_hands_no_worker_to_the_next():
+    with pytest.raises(ValueError, match="item 3"):
+        concur.map(fail_on, range(40), backend="process")
+    # Its workers may still have run its chunks: they are stopped, not kept.
+    assert worker_pids() == set()
+
+
+def test_release_warm_stops_them_now():
+    pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
+    release_warm()
+    assert not pids & {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_threads_are_reused_too():
+    import threading
+
+    concur.map(pid_after, [0.01] * 8, backend="thread")
+    names = {t.name for t in threading.enumerate() if t.name.startswith("concur-auto-thread")}
+    concur.map(pid_after, [0.01] * 8, backend="thread")
+    again = {t.name for t in threading.enumerate() if t.name.startswith("concur-auto-thread")}
+    assert names and names == again
+
+
+def test_auto_pool_map_runs_on_the_pools_own_workers():
+    with concur.AutoPool(max_workers=1) as pool:
+        first = set(pool.map(pid_after, [0.01] * 6))
+        second = set(pool.map(pid_after, [0.01] * 6))
+    assert first == second
+
+
+@pytest.mark.parametrize("keep_warm", ["10", "0"], ids=["warm", "not-kept"])
+def test_a_forked_child_starts_its_own_workers(keep_warm):
+    # Not kept, the parent's pool is gone but its fork server still runs:
+    # the child must start a server of its own, not use the parent's.
+    run = subprocess.run(
+        [sys.executable, str(SCRIPTS / "warm_fork.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CONCUR_KEEP_WARM": keep_warm},
+    )
+    assert run.returncode == 0, run.stderr
+    parent, child = (set(map(int, line.split())) for line in run.stdout.splitlines()[-2:])
+    assert parent and child and not parent & child
