@@ -69,7 +69,7 @@ RULES = [
         None,
         "2 cores",
     ),
-    ("one core: nothing to gain", m(0.01, 0.01, cores=1), 1000, "inline", 1, None, "one core"),
+    ("one CPU: nothing to gain", m(0.01, 0.01, cores=1), 1000, "inline", 1, None, "one CPU"),
     (
         "arguments dearer to send than to compute",
         m(0.001, 0.001, transfer=0.01),

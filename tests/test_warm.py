@@ -116,3 +116,49 @@ def test_a_forked_child_starts_its_own_workers(keep_warm):
     assert run.returncode == 0, run.stderr
     parent, child = (set(map(int, line.split())) for line in run.stdout.splitlines()[-2:])
     assert parent and child and not parent & child
+
+
+# -- nested calls: a worker's share of the CPUs ---------------------------------
+
+
+def spin(n):
+    count = 0
+    while count < n:
+        count += 1
+    return n
+
+
+def nested(kind):
+    """Inside a worker: what an inner call decides, and the processes it left."""
+    from concur._proc import cpu_count
+
+    inner = concur.map(spin, [200_000] * 6, backend=kind)
+    with concur.ProcessPool() as pool:
+        default_workers = pool._max_workers
+    return inner.decision.backend, inner.decision.workers, cpu_count(), default_workers
+
+
+def test_code_inside_a_worker_gets_its_share_of_the_cpus():
+    cores = len(os.sched_getaffinity(0))
+    outer = concur.map(nested, ["auto", "process"], backend="process", workers=cores)
+    (auto_backend, _, budget, default_workers), (_, process_workers, _, _) = outer
+    assert budget == 1 == default_workers  # cores // workers of the outer pool
+    assert auto_backend != "process"  # one CPU: nothing to gain from processes
+    assert process_workers == 1  # backend="process" asked: one worker, not a machine's worth
+
+
+def test_a_budget_set_by_the_user_bounds_every_default(monkeypatch):
+    from concur._proc import cpu_count
+
+    monkeypatch.setenv("CONCUR_CPU_BUDGET", "1")
+    cpu_count.cache_clear()
+    try:
+        decision = concur.map(spin, [200_000] * 20).decision
+        assert decision.backend != "process" and cpu_count() == 1
+        monkeypatch.setenv("CONCUR_CPU_BUDGET", "lots")
+        cpu_count.cache_clear()
+        with pytest.raises(ValueError, match="CONCUR_CPU_BUDGET='lots'"):
+            cpu_count()
+    finally:
+        monkeypatch.delenv("CONCUR_CPU_BUDGET")
+        cpu_count.cache_clear()

@@ -13,13 +13,41 @@ import signal
 import sys
 from collections.abc import Callable
 
+# The CPUs a concur worker process may use for work of its own: its share of
+# the machine, set in each worker of a pool (cores // workers, at least 1) and
+# inherited by whatever it starts. A user may set it too (a container's share).
+CPU_BUDGET_ENV = "CONCUR_CPU_BUDGET"
+
 
 @functools.cache
 def cpu_count() -> int:
-    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+    """CPUs this process may use: its affinity mask (where the OS has one),
+    at most ``CONCUR_CPU_BUDGET``.
+
+    Every default that scales with the machine reads it (a ProcessPool's
+    worker count, auto's cores), so code running inside a concur worker
+    does not start a machine's worth of processes per worker."""
+    cpus = _usable_cpus()
+    budget = os.environ.get(CPU_BUDGET_ENV, "").strip()
+    if not budget:
+        return cpus
+    if not budget.isdigit() or int(budget) < 1:
+        raise ValueError(
+            f"{CPU_BUDGET_ENV}={budget!r} is not a CPU count; set a whole number >= 1, or unset it"
+        )
+    return min(cpus, int(budget))
+
+
+def _usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def set_cpu_budget(cpus: int) -> None:
+    """This process (and what it starts) uses at most ``cpus`` CPUs."""
+    os.environ[CPU_BUDGET_ENV] = str(max(1, cpus))
+    cpu_count.cache_clear()
 
 
 def load_libc() -> object | None:

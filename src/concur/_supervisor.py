@@ -413,6 +413,7 @@ class Supervisor:
             settings.max_tasks,
             settings.max_memory,
             None if settings.log_levels is None else _logs.levels(),
+            settings.cpu_budget,
         )
         worker = _workerproc.start(state.ctx, name, settings, state.initializer)
         self.watch.register(worker.rx.fileno(), (_REPLY, worker))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _logs, _namespace, _supervise, _task
+from . import _logs, _namespace, _proc, _supervise, _task
 from .errors import SerializationError
 from .ps import own_rss
 
@@ -35,6 +35,7 @@ class Settings:
     max_tasks: int | None
     max_memory: int | None
     log_levels: _logs.Levels | None  # None: leave logging alone
+    cpu_budget: int | None = None  # CPUs for work the tasks start themselves (nested pools)
 
 
 class Initializer:
@@ -113,6 +114,8 @@ def main(
     initializer: Initializer | None,
 ) -> None:
     _supervise.child_setup(lifeline.fileno(), settings.title, pdeathsig=True, own_group=True)
+    if settings.cpu_budget is not None:
+        _proc.set_cpu_budget(settings.cpu_budget)
     replies = _Replies(results)
     if settings.log_levels is not None:
         _logs.install(replies.log, settings.log_levels)

@@ -201,8 +201,10 @@ class ProcessPool(_pool.PoolBase):
             init = _worker.Initializer(initializer, tuple(initargs))
         self._max_workers = max_workers
         self._mp_context = ctx
+        # Each worker's share of the CPUs, for pools its tasks start (docs/auto.md).
+        budget = max(1, cpu_count() // max_workers)
         settings = _worker.Settings(
-            "", max_tasks_per_child, max_memory, {} if forward_logging else None
+            "", max_tasks_per_child, max_memory, {} if forward_logging else None, budget
         )
         self._state = PoolState(ctx, max_workers, f"ProcessPool-{next(_pool_ids)}", settings, init)
         _live_states.add(self._state)

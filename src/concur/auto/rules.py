@@ -98,7 +98,7 @@ def choose(m: Measurements, remaining: int | None) -> Decision:
         if m.wall < INLINE_ITEM_S:
             why = f"{per_item} per item is less than handing it to a worker costs"
         elif m.cores <= 1:
-            why = f"{pct}; one core: nothing to gain"
+            why = f"{pct}; one CPU to use: nothing to gain"
         else:
             why = f"{pct}; too little work to pay for workers"
         return Decision("inline", 1, items_per_chunk(m, n, "inline"), why + tail, m)
