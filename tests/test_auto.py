@@ -54,7 +54,7 @@ def test_sleeps_go_to_threads_and_overlap():
 def test_a_busy_loop_goes_to_processes():
     results = concur.map(spin, [1_500_000] * 12)  # about 0.5 s of computing
     assert results == [1_500_000] * 12
-    assert results.decision.backend == "process"
+    assert results.decision.backend == "process", results.decision
     assert results.decision.workers == concur.processes.cpu_count()
 
 
@@ -160,8 +160,33 @@ def test_advise_returns_the_decision_for_a_sample():
     # (the count follows the measured wait/compute ratio, up to 256).
     assert decision.workers > 100, decision
     assert str(decision).startswith(f"{decision.workers} threads")
-    assert "per 1,000 items" in decision.reason
+    assert "estimated for 1,000,000 items" in decision.reason
     assert decision.measurements.wait_fraction > 0.9
+    assert decision.warnings == ()
+
+
+def test_advise_estimates_the_run_it_decides_for():
+    few = concur.advise(nap, [0.02] * 6, items=6)
+    assert few.workers <= 6  # never more threads than the run's items
+    # The estimates are for those 6 items: inline is about 6 × 20 ms.
+    inline_ms = float(few.reason.split("inline ")[1].split(" ms")[0])
+    assert 100 <= inline_ms <= 400, few.reason
+    with pytest.raises(ValueError, match="items must be an int >= 1"):
+        concur.advise(nap, [0.01], items=0)
+
+
+def half_fail(x):
+    if x % 2:
+        raise KeyError(x)
+    return x
+
+
+def test_advise_reports_a_sample_that_raised():
+    decision = concur.advise(half_fail, range(10))
+    assert decision.warnings == (
+        "5 of 10 sampled items raised (first: KeyError: 1); their time may not be a working call's",
+    )
+    assert "warning: 5 of 10 sampled items raised" in str(decision)
 
 
 def test_explicit_backends_still_say_what_they_did():
@@ -278,3 +303,31 @@ def test_sleeping_items_beside_a_busy_thread_still_get_threads(busy_thread):
     stream = AutoMap(nap_10ms, (range(60),))
     assert list(stream) == list(range(60))
     assert stream.decisions[0].backend == "thread", stream.decisions[0]
+
+
+@pytest.fixture
+def loaded_host():
+    """Other programs computing on every core (real processes, as on a
+    shared machine): concur's threads and workers queue for a CPU."""
+    import subprocess
+    import sys
+
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(2 * len(os.sched_getaffinity(0)))
+    ]
+    try:
+        time.sleep(0.2)
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(10)
+
+
+def test_computing_on_a_loaded_host_is_not_taken_for_waiting(loaded_host):
+    # Queued behind other programs, a worker's wall time grows past its CPU
+    # time; without a blocking call in it, that is the host's, not waiting.
+    stream = AutoMap(spin, ([1_500_000] * 12,))
+    assert stream.to_list() == [1_500_000] * 12
+    assert [d.backend for d in stream.decisions] == ["process"], stream.decisions

@@ -97,7 +97,7 @@ RULES = [
         "process",
         2,
         None,
-        "per 1,000 items",
+        "for 1,000,000 items",
     ),
 ]
 

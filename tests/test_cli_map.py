@@ -95,6 +95,21 @@ def test_advise_prints_the_decision(workdir):
     fields = dict(line.split(":", 1) for line in out.stdout.splitlines())
     assert fields["backend"].strip() == "thread"
     assert "waiting" in fields["reason"]
+    assert fields["for"].strip() == "a long run"  # a pipe: its length is unknown
+
+
+def test_advise_decides_for_the_whole_file_and_warns_of_failures(workdir):
+    data = workdir / "numbers.txt"
+    data.write_text("\n".join(["1", "x", "3"] * 100) + "\n")
+    out = concur(workdir, "advise", "tools:parse", str(data), "--sample", "30")
+    assert out.returncode == 0, out.stderr
+    fields = dict(line.split(":", 1) for line in out.stdout.splitlines())
+    assert fields["for"].strip() == "300 items"
+    # 300 cheap calls: decided (and costed) for those 300, not for a long run
+    assert "all that is left takes" in fields["reason"]
+    assert "1,000,000" not in fields["reason"]
+    assert fields["warning"].strip().startswith("10 of 30 sampled items raised (first: ValueError")
+    assert "--items" in concur(workdir, "advise", "--help").stdout
 
 
 def test_progress_bar_on_a_terminal_only(workdir):

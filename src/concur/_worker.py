@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -149,14 +148,14 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
         kind, task_id = _task.TASK_HEAD.unpack_from(data)
         if kind == _task.EXIT:
             return
-        start_wall, start_cpu = time.perf_counter(), time.thread_time()
+        start = _task.clock()
         body = memoryview(data)[_task.TASK_HEAD.size :]
         outcome, items, cached = _run(kind, task_id, body, cached, show)
         done += items
         retiring = (settings.max_tasks is not None and done >= settings.max_tasks) or (
             settings.max_memory is not None and own_rss() > settings.max_memory
         )
-        wall, cpu = time.perf_counter() - start_wall, time.thread_time() - start_cpu
+        wall, cpu = _task.spent(start)
         replies.send(
             _task.DONE, task_id, _pack_outcome(outcome), wall=wall, cpu=cpu, retiring=retiring
         )

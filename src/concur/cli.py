@@ -156,6 +156,16 @@ def _lines(source: IO[str]) -> Iterator[str]:
         yield line.rstrip("\n").rstrip("\r")
 
 
+def _regular_file(source: IO[str]) -> bool:
+    """A file on disk (also as redirected standard input), not a pipe or terminal."""
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(source.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _jsonable(value: Any) -> Any:
     import json
 
@@ -255,27 +265,40 @@ def map_command(
     show_default=True,
     help="How many lines to run to decide.",
 )
-def advise(target: str, source: IO[str], sample: int) -> None:
+@click.option(
+    "--items",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decide for a run of this many lines "
+    "[default: every line of FILE; a long run for standard input].",
+)
+def advise(target: str, source: IO[str], sample: int, items: int | None) -> None:
     """Run FUNCTION on the first lines of FILE and print where concur would run it, and why."""
     import itertools
 
     from .auto import advise as advise_fn
 
     fn = _load(target)
-    lines = list(itertools.islice(_lines(source), sample))
+    lines_in = _lines(source)
+    lines = list(itertools.islice(lines_in, sample))
     if not lines:
         raise click.UsageError("no input lines to measure")
-    decision = advise_fn(fn, lines)
+    if items is None and _regular_file(source):
+        items = len(lines) + sum(1 for _ in lines_in)  # the whole file
+    decision = advise_fn(fn, lines, items=items)
     m = decision.measurements
     click.echo(f"backend:   {decision.backend}")
     click.echo(f"workers:   {decision.workers}")
     click.echo(f"chunksize: {decision.chunksize}")
+    click.echo(f"for:       {f'{items:,} items' if items else 'a long run'}")
     click.echo(f"reason:    {decision.reason}")
     click.echo(
         f"measured:  {m.items} items; per item {m.wall * 1e3:.3f} ms wall, "
         f"{m.cpu * 1e3:.3f} ms CPU, {m.transfer * 1e6:.1f} µs to pickle; "
         f"{m.cores} cores; GIL {'on' if m.gil else 'off'}"
     )
+    for warning in decision.warnings:
+        click.echo(f"warning:   {warning}")
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from ..threads import ThreadPool
 from .inline import Done, Watchdog, run_inline
 from .judge import Judge
 from .probe import Probe
-from .rules import Decision, environment_override, forced, items_per_chunk
+from .rules import LONG_RUN, Decision, environment_override, forced, items_per_chunk
 from .warm import Pools, RunPools
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class AutoPlacement:
             return d.chunksize
         if self.judge.stats is None:
             return 1
-        return items_per_chunk(self.judge.stats, stream.left() or 1_000_000, d.backend)
+        return items_per_chunk(self.judge.stats, stream.left() or LONG_RUN, d.backend)
 
     def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
         d = self.judge.decision

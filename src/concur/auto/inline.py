@@ -96,26 +96,26 @@ def run_inline(
     items = iter(chunk)
     watchdog.arm(items, len(chunk), time.perf_counter() + 4 * CHUNK_TARGET_S["inline"])
     # After arm: its first call starts the watchdog's thread, no cost of the items.
-    wall0, cpu0, process0 = time.perf_counter(), time.thread_time(), time.process_time()
+    start, process0 = _task.clock(), time.process_time()
     try:
         values.extend(map(call, items))
     except Exception as exc:
         outcomes: list[_task.Outcome] = [(_task.OK, v) for v in values]
         outcomes.append((_task.RAISED, exc))
         cursor.push_back(chunk[len(outcomes) :])
-        return Done((outcomes, *_spent(wall0, cpu0, process0))), len(outcomes)
+        return Done((outcomes, *_spent(start, process0))), len(outcomes)
     finally:
         watchdog.disarm()
     cursor.push_back(chunk[len(values) :])
-    return Done((values, *_spent(wall0, cpu0, process0))), len(values)
+    return Done((values, *_spent(start, process0))), len(values)
 
 
-def _spent(wall0: float, cpu0: float, process0: float) -> tuple[float, float]:
-    """Wall and CPU seconds of a chunk that ran here, less the time other
-    threads of the program computed meanwhile: while another thread holds
-    the GIL this one cannot run, and that is neither what the items cost
-    nor a wait that more threads could fill (they would need the GIL too)."""
-    wall = time.perf_counter() - wall0
-    own = time.thread_time() - cpu0
+def _spent(start: _task.Clock, process0: float) -> tuple[float, float]:
+    """Wall and CPU seconds of a chunk that ran here (``_task.spent``: the
+    host's queue is not the items' waiting), less the time other threads of
+    the program computed meanwhile: while another thread holds the GIL this
+    one cannot run, and that is neither what the items cost nor a wait that
+    more threads could fill (they would need the GIL too)."""
+    wall, own = _task.spent(start)
     others = max(0.0, time.process_time() - process0 - own)
     return max(own, wall - others), own

@@ -22,6 +22,7 @@ from .._stream import Stream
 from .rules import (
     INLINE_PROBE_CHUNKS,
     INLINE_PROBE_S,
+    LONG_RUN,
     PROBE_WAIT_S,
     PROCESS_START_S,
     THREAD_BOUND,
@@ -50,6 +51,8 @@ class ThreadClock:
 
     ``time.pthread_getcpuclockid`` names the running thread's CPU clock; where
     it is missing, the process's CPU time stands in (the caller only waits).
+    Until a thread picks the call up, it has used nothing and counts as
+    ready to run: a thread the host has not scheduled yet is not waiting.
     """
 
     def __init__(self) -> None:
@@ -70,6 +73,8 @@ class ThreadClock:
         return fn(*args)
 
     def used(self) -> float:
+        if self.tid is None:
+            return 0.0  # not started
         if self.clock is not None:
             try:
                 return time.clock_gettime(self.clock) - self.start
@@ -89,7 +94,7 @@ class ThreadClock:
         state can.
         """
         if self.tid is None:
-            return None
+            return "running"  # queued: no thread has run it yet
         task = f"/proc/self/task/{self.tid}"
         try:
             with open(f"{task}/stat", "rb") as handle:
@@ -200,7 +205,7 @@ class Probe:
                 self.judge.adopt(choose(m, self.stream.left()))
                 return False
             left = self.stream.left()
-            work_left = elapsed * (1_000_000 if left is None else left)
+            work_left = elapsed * (LONG_RUN if left is None else left)
             # Computing, or ready to compute on a host too busy to run it
             if (busy >= WAITING or state == "running") and work_left >= PROCESS_START_S:
                 # Computing, and enough of it for parallel work to matter.
@@ -227,9 +232,9 @@ class Probe:
         outcomes, wall, cpu = result
         if states_seen == {"running"}:
             # Runnable at every look, never blocked: the time it did not run
-            # was the host's (other work on the cores), not waiting; an
-            # estimate must not count it as waiting.
-            cpu = wall
+            # was the host's (other work on the cores), not the item's
+            # (the rule ``_task.spent`` applies to every chunk).
+            wall = cpu
         elif cpu < WAITING * wall:
             # It finished without being seen to wait (or only for the GIL):
             # one item on a busy machine or beside a computing thread proves
@@ -290,7 +295,12 @@ def _gil_test(probe: Future[Any], clock: ThreadClock) -> float | None:
     now, deadline = wall0, wall0 + PROBE_WAIT_S
     while now < deadline and not probe.done():
         now = now_wall()
-    span, mine, theirs = now - wall0, own_cpu() - mine0, clock.used() - probe0
+    mine, theirs = own_cpu() - mine0, clock.used() - probe0
+    # The window ends after both clocks are read: this thread may be
+    # preempted between reads while the probe runs on, and a window that
+    # ended before the last read would credit the probe with more CPU time
+    # than wall time.
+    span = now_wall() - wall0
     if span < PROBE_WAIT_S / 2 or clock.clock is None:
         return None
     least = min(mine, theirs) / span

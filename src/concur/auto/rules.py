@@ -26,6 +26,7 @@ INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
 WAITING = 0.5  # wait fraction above which work counts as waiting
 GIL_FREE_UTILIZATION = 1.3  # process CPU per wall second that proves the GIL is released
 THREAD_BOUND = 256  # most threads auto will run at once
+LONG_RUN = 1_000_000  # the items an open-ended run is decided (and estimated) for
 BACKENDS = LOCAL_BACKENDS
 
 
@@ -62,14 +63,16 @@ class Decision:
     reason: str
     measurements: Measurements = field(default_factory=Measurements)
     source: str = "measured"  # or "environment" (CONCUR_BACKEND), "given" (backend=...)
+    warnings: tuple[str, ...] = ()  # what makes the measurements doubtful (advise)
 
     def __str__(self) -> str:
+        warned = "".join(f"; warning: {text}" for text in self.warnings)
         if self.backend == "inline":
-            return f"inline: {self.reason}"
+            return f"inline: {self.reason}{warned}"
         kind = {"thread": "threads", "dask": "Dask worker threads"}.get(self.backend, "processes")
         # 0: not chosen up front; the engine sizes chunks from measured time per item.
         chunks = f"chunks of {self.chunksize}" if self.chunksize else "chunks sized as it runs"
-        return f"{self.workers} {kind}, {chunks}: {self.reason}"
+        return f"{self.workers} {kind}, {chunks}: {self.reason}{warned}"
 
 
 def choose(m: Measurements, remaining: int | None) -> Decision:
@@ -79,7 +82,7 @@ def choose(m: Measurements, remaining: int | None) -> Decision:
     processes, and picks the fastest (see ``estimate``); ties go to the
     cheaper backend (inline, then threads).
     """
-    n = remaining if remaining is not None else 1_000_000
+    n = remaining if remaining is not None else LONG_RUN
     per_item = fmt_s(m.wall)
     if remaining is not None and remaining <= 0:
         return Decision("inline", 1, 1, f"every item ran while being measured ({per_item} each)", m)
@@ -89,10 +92,10 @@ def choose(m: Measurements, remaining: int | None) -> Decision:
     times, threads = estimate(m, n)
     best = min(times, key=lambda backend: times[backend] * _PREFERENCE[backend])
     pct = f"CPU {100 * (1 - m.wait_fraction):.0f}% of wall time, {per_item} per item"
-    label, shown = "estimated", times
-    if remaining is None:  # an open-ended run: show the rate, not a total
-        label, shown = "estimated per 1,000 items", estimate(m, 1000)[0]
-    estimates = ", ".join(f"{name} {fmt_s(t)}" for name, t in shown.items() if math.isfinite(t))
+    # The estimates shown are the ones compared: for the items left, or for
+    # a long run when their number is unknown.
+    label = f"estimated for {n:,} items" if remaining is None else "estimated"
+    estimates = ", ".join(f"{name} {fmt_s(t)}" for name, t in times.items() if math.isfinite(t))
     tail = f" ({label}: {estimates})"
     if best == "inline":
         if m.wall < INLINE_ITEM_S:
