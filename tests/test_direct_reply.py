@@ -157,3 +157,18 @@ def test_ctrl_c_while_a_caller_reads_loses_no_reply():
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok "), out.stdout
     assert int(out.stdout.split()[1]) > 100, out.stdout  # the presses did land
+
+
+def test_a_raising_signal_handler_loses_no_reply():
+    # An alarm whose handler raises, landing while the caller reads its
+    # reply, used to leave the pipe claimed or half read: the next wait
+    # hung. Every future must settle with its value, and the pool go on.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "alarm_storm.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout[-500:] + out.stderr[-3000:]
+    ok, _interrupts, lost = out.stdout.split()
+    assert (ok, lost) == ("ok", "0"), out.stdout

@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from . import _sigmask
+
 Expire = Callable[[], Callable[[], None] | None]
 _log = logging.getLogger("concur")
 
@@ -53,6 +55,7 @@ class Deadlines:
                 self.cond.notify()  # nothing left: the thread may exit now
 
     def watch(self) -> None:
+        _sigmask.hold_in_this_thread()
         while True:
             with self.cond:
                 after = self.next_expiry()

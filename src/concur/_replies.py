@@ -6,7 +6,8 @@ worker's pipe itself instead: the reply then wakes one thread, the one
 that waits for it, where it would wake the supervisor, which would wake
 the caller (a second hop, about one pipe round trip more per call).
 
-    worker.reader   a lock: whoever reads worker.rx holds it
+    worker.reader   an RLock: whoever reads worker.rx holds it (only the holder
+                    can release it: a caller lets go of its own claim only)
     Watch.mute      the supervisor stops hearing of a pipe a caller reads
     Watch.unmute    ... hears of it again: a reply that came meanwhile is
                     reported at once (the poll is level-triggered)
@@ -41,16 +42,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from . import _logs, _pool, _task
-from .errors import ProcessPoolBroken, SerializationError
+from . import _logs, _pool, _sigmask, _task
+from .errors import ProcessPoolBroken, SerializationError, WorkerCrashed
 
 if TYPE_CHECKING:
     from ._supervisor import PoolState, Task
     from ._workerproc import WorkerProcess
 
 EXIT_GRACE_S = 2.0  # how long a worker whose initializer failed gets to exit
+_RETRIES = 3  # how often an interrupted settle is tried again
 _SLICE_S = 0.02  # how often a reading caller looks whether its future was settled
 _log = logging.getLogger("concur")
 
@@ -168,12 +171,20 @@ def _done(
         return None
     if following is not None:
         send(worker, following)
-    outcome = unpickled(body)
     future = task.future
+    # Unpickled when settled, after the reader let go of the pipe: the
+    # longest step is then one that can be interrupted and run again.
+    return lambda: _settle_reply(future, body, times)
+
+
+def _settle_reply(future: Future[Any], body: memoryview, times: tuple[float, float]) -> None:
+    if future.done():
+        return
+    outcome = unpickled(body)
     if outcome[0] == _task.CHUNK_DONE:
-        value = (outcome[1], *times)
-        return lambda: _pool.settle(future, value)
-    return lambda: _pool.settle_outcome(future, outcome)
+        _pool.settle(future, (outcome[1], *times))
+    else:
+        _pool.settle_outcome(future, outcome)
 
 
 def send(worker: WorkerProcess, task: Task) -> None:
@@ -190,12 +201,31 @@ def unpickled(body: memoryview) -> Any:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
+        if _from_signal_handler(exc):
+            raise  # the caller's own, not the result's
         error = SerializationError(
             f"the task's result could not be unpickled here: {type(exc).__name__}: "
             f"{_task.safe_str(exc)}",
             what="result",
         )
         return (_task.RAISED, error)
+
+
+def _from_signal_handler(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by a Python signal handler (its frame is in
+    the traceback): an interrupt of the reader, not a fault of the reply."""
+    codes = set()
+    for signum in signal.valid_signals():
+        handler = signal.getsignal(signum)
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 # -- a caller reading its own reply -----------------------------------------------
@@ -207,31 +237,66 @@ def wait_in_caller(state: PoolState, task: Task, timeout: float | None) -> None:
     Returns when the future is done, the time is up, the worker died, or the
     pipe was not free; the caller then waits on the future as usual.
 
-    In the main thread Ctrl-C is held back everywhere but in the poll: a
-    press while a reply is read, applied or settled would lose it (its
-    future would never settle) or leave the pipe claimed.
+    In the main thread every signal is held back but in the poll (see
+    ``_Gate``): a handler's exception (Ctrl-C, an alarm) can land only
+    there, where it loses nothing. The future is settled, and its callbacks
+    run, after the pipe is let go and before signals are let in, as in a
+    pool's own thread. Where a thread of the program takes a signal anyway,
+    its handler's exception can land anywhere here: once a reply is being
+    read or applied, the pipe and the pool's record of the worker can no
+    longer be trusted, so the worker is stopped and the task fails with
+    ``WorkerCrashed``; the pool replaces the worker and goes on.
     """
     watch = state.watch
     worker = task.worker
     if watch is None or not watch.can_mute or worker is None or os.getpid() != state.owner:
         return
-    with _CtrlCGate() as gate:
-        with state.lock:
-            if worker.task is not task or not worker.watched or not worker.ready:
-                return
-            if not worker.reader.acquire(blocking=False):
-                return
-            watch.mute(worker.rx.fileno())
-        settle: Settle | None = None
+    settles: list[Settle] = []
+    with _Gate() as gate:
         try:
-            settle = _read_until_done(state, worker, task, timeout, gate)
+            if _claim(state, watch, worker, task):
+                _read_until_done(state, worker, task, timeout, gate, settles)
         finally:
-            with state.lock:
-                worker.reader.release()
-                if worker.watched:
-                    watch.unmute(worker.rx.fileno())
-        if settle is not None:
+            try:
+                _let_go(state, watch, worker)
+            finally:
+                _deliver(settles)
+
+
+def _claim(state: PoolState, watch: Watch, worker: WorkerProcess, task: Task) -> bool:
+    with state.lock:
+        if worker.task is not task or not worker.watched or not worker.ready:
+            return False
+        if not worker.reader.acquire(blocking=False):
+            return False
+        watch.mute(worker.rx.fileno())
+        return True
+
+
+def _let_go(state: PoolState, watch: Watch, worker: WorkerProcess) -> None:
+    # Whether this thread claimed the pipe is the reader lock's to say, not
+    # a flag an exception could cut off from it: only its holder releases it.
+    with state.lock:
+        try:
+            worker.reader.release()
+        except RuntimeError:
+            return  # not ours
+        if worker.watched:
+            watch.unmute(worker.rx.fileno())
+
+
+def _deliver(settles: list[Settle]) -> None:
+    """Settle what was read; a future that an exception (a signal handler's)
+    kept from being settled is settled again before the exception goes on."""
+    for settle in settles:
+        try:
             settle()
+        except BaseException:
+            for _ in range(_RETRIES):
+                with contextlib.suppress(BaseException):
+                    settle()  # does nothing once the future is settled
+                    break
+            raise
 
 
 def _read_until_done(
@@ -239,58 +304,86 @@ def _read_until_done(
     worker: WorkerProcess,
     task: Task,
     timeout: float | None,
-    gate: _CtrlCGate,
-) -> Settle | None:
+    gate: _Gate,
+    settles: list[Settle],
+) -> None:
     rx = worker.rx.fileno()
     poll = select.poll()
     poll.register(rx, select.POLLIN)
     poll.register(worker.exit_fd, select.POLLIN)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not task.future.done():
-        wait = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
-        if wait <= 0:
-            return None
-        with gate.open():
-            ready = {fd for fd, _ in poll.poll(wait * 1000)}
-        if rx in ready:
-            try:
-                data = worker.rx.recv_bytes()
-            except (EOFError, OSError):
-                return None  # it died mid-reply; the supervisor reports the death
-            settle = take(state, worker, data)
-            if settle is not None:
-                return settle
-        elif ready:
-            return None  # the worker exited: the supervisor reaps it
-    return None
+    reading = False  # True from a poll that found a reply until it is applied
+    try:
+        while not task.future.done():
+            wait = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            with gate.waiting():
+                ready = {fd for fd, _ in poll.poll(wait * 1000)}
+            reading = True
+            if rx in ready:
+                settle = take(state, worker, worker.rx.recv_bytes())
+                if settle is not None:
+                    settles.append(settle)
+                    return
+            elif ready:
+                return  # the worker exited: the supervisor reaps it
+            reading = False
+    except (EOFError, OSError):
+        return  # it died mid-reply; the supervisor reports the death
+    except BaseException:
+        if reading:
+            _abandon(state, worker, task)
+        raise
 
 
-class _CtrlCGate:
-    """SIGINT blocked in the main thread (the only one Python raises
-    KeyboardInterrupt in) while inside, except within ``open()``. Where
-    another thread of the program takes SIGINT, a press still lands in the
-    main thread anywhere, as in any Python code."""
+_TORN = (
+    "An exception raised in the caller (by a signal handler) interrupted the "
+    "reading of a reply from this worker; concur stopped the worker, as its "
+    "pipe could no longer be trusted."
+)
+
+
+def _abandon(state: PoolState, worker: WorkerProcess, task: Task) -> None:
+    """A reply was torn: stop the worker; its task (and ours, if the worker
+    no longer holds it) fails with WorkerCrashed."""
+    with state.lock:
+        worker.stop_hint = _TORN
+        if not worker.stopping:
+            state.stop_worker(worker, graceful=False)
+        held = worker.task is task
+    if not held:
+        _pool.settle(task.future, error=WorkerCrashed(worker.pid, None, task.label, hint=_TORN))
+
+
+class _Gate:
+    """In the main thread (the one Python runs signal handlers in), every
+    signal held back while inside, except during ``waiting()``; elsewhere
+    nothing to do."""
+
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._main = threading.current_thread() is threading.main_thread()
-        self._saved: set[int] | None = None
+        main = threading.current_thread() is threading.main_thread()
+        self._held = _sigmask.Held() if main else None
 
-    def __enter__(self) -> _CtrlCGate:
-        if self._main:
-            self._saved = set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+    def __enter__(self) -> _Gate:
+        if self._held is not None:
+            self._held.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._saved is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._saved)
+        if self._held is not None:
+            self._held.let_in()
 
     @contextlib.contextmanager
-    def open(self) -> Iterator[None]:
-        if self._saved is None or signal.SIGINT in self._saved:
-            yield  # not the main thread, or Ctrl-C was blocked already
+    def waiting(self) -> Iterator[None]:
+        held = self._held
+        if held is None:
+            yield
             return
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        held.let_in()
         try:
             yield
         finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            held.hold()

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from typing import Any
 
-from . import _gil, _logs, _pool, _replies, _supervise, _task, _worker, _workerproc
+from . import _gil, _logs, _pool, _replies, _sigmask, _supervise, _task, _worker, _workerproc
 from ._replies import send
 from ._workerproc import WorkerProcess
 from .errors import (
@@ -286,9 +286,9 @@ class Supervisor:
         )
 
     def run(self) -> None:
-        # Ctrl-C is the main thread's; children inherit this thread's mask
-        # (see _workerproc.start).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # Signals are the main thread's (see _sigmask); children start with
+        # the mask _workerproc.start gives them.
+        _sigmask.hold_in_this_thread()
         try:
             while not self.finished():
                 self.grow()
@@ -463,7 +463,8 @@ class Supervisor:
         if early:
             state.break_pool(worker.failure or _start_failure(state, pid, exitcode))
         elif crash is not None:
-            _pool.settle(crash.future, error=WorkerCrashed(pid, exitcode, crash.label))
+            error = WorkerCrashed(pid, exitcode, crash.label, hint=worker.stop_hint)
+            _pool.settle(crash.future, error=error)
 
     def unwatch(self, worker: WorkerProcess, *fds: int) -> None:
         with self.state.lock:

@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _supervise, _worker
+from . import _sigmask, _supervise, _worker
 
 
 class WorkerProcess:
@@ -34,7 +34,8 @@ class WorkerProcess:
     said it will exit after its reply; ``stopping`` once the pool kills it;
     ``kill_at`` is when a SIGTERM becomes a SIGKILL (or when a worker whose
     initializer failed is killed if it has not exited); ``failure`` is the
-    error its initializer's failure breaks the pool with once it is gone.
+    error its initializer's failure breaks the pool with once it is gone;
+    ``stop_hint`` why concur killed it, for its task's ``WorkerCrashed``.
     ``reader`` is held by whoever reads ``rx`` (see ``_replies``);
     ``watched`` while the supervisor polls its pipes.
     """
@@ -51,6 +52,7 @@ class WorkerProcess:
         "ready",
         "retiring",
         "rx",
+        "stop_hint",
         "stopping",
         "task",
         "task_started",
@@ -75,7 +77,8 @@ class WorkerProcess:
         self.stopping = False
         self.kill_at: float | None = None
         self.failure: BaseException | None = None
-        self.reader = threading.Lock()
+        self.stop_hint: str | None = None  # why concur killed it, for the task it held
+        self.reader = threading.RLock()  # an RLock: only its holder can release it
         self.watched = False
 
     @property
@@ -144,8 +147,8 @@ def start(
         name=name,
     )
     try:
-        _block_sigint(ctx)
-        with _supervise.starting_without_main():
+        _start_resource_tracker(ctx)
+        with _sigmask.for_children(), _supervise.starting_without_main():
             process.start()
     except BaseException:
         task_w.close()
@@ -159,19 +162,18 @@ def start(
     return WorkerProcess(process, task_w, result_r, name)
 
 
-def _block_sigint(ctx: multiprocessing.context.BaseContext) -> None:
-    """Start the children (and the fork server) with SIGINT blocked.
-
-    A press during their start then waits until they ignore it, instead of
-    printing a traceback from a child. multiprocessing's resource tracker,
-    started on first need, unblocks SIGINT in the thread that starts it:
-    so it is started first, then SIGINT is blocked again.
-    """
+def _start_resource_tracker(ctx: multiprocessing.context.BaseContext) -> None:
+    """multiprocessing's resource tracker, started on first need, unblocks
+    SIGINT and SIGTERM in the thread that starts it: it is started here, and
+    this thread's mask put back."""
     if ctx.get_start_method() != "fork":
         from multiprocessing import resource_tracker
 
-        resource_tracker.ensure_running()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> None:

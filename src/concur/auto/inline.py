@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from .. import _task
+from .. import _sigmask, _task
 from .._pool import CHUNK_TARGET_S, ChunkResult
 from .._stream import Cursor, Values
 
@@ -55,6 +55,7 @@ class Watchdog:
             thread.join()
 
     def _run(self) -> None:
+        _sigmask.hold_in_this_thread()
         with self._cond:
             while not self._stopped:
                 job = self._job
