@@ -26,11 +26,19 @@ def test_bench_writes_every_scenario_and_backend_to_json_and_a_chart(tmp_path):
     assert "start method" in result.output
     data = json.loads(out.read_text())
     pairs = {(row["scenario"], row["backend"]) for row in data["results"]}
-    assert pairs == {
-        (s, b)
-        for s in SCENARIOS
-        for b in BACKENDS
-        if BACKENDS[b].kind != "pipe" or SCENARIOS[s].pipe  # the bare pipe: latency only
+    assert pairs == {(s, b) for s in SCENARIOS for b in BACKENDS if SCENARIOS[s].runs(b)}
+    ran_on = {s: {b for (t, b) in pairs if t == s} for s in SCENARIOS}
+    assert "bare-pipe" in ran_on["latency"]
+    assert "bare-pipe" not in ran_on["tiny"]
+    assert "ThreadPoolExecutor-256" not in ran_on["tiny"]
+    # Auto's scenarios: auto against every fixed choice, and only those.
+    assert ran_on["capacity-server"] == {
+        "serial",
+        "concur-auto",
+        "ProcessPoolExecutor",
+        "ThreadPoolExecutor-4",
+        "ThreadPoolExecutor-32",
+        "ThreadPoolExecutor-256",
     }
     latency = {r["backend"]: r for r in data["results"] if r["scenario"] == "latency"}
     assert latency["bare-pipe"]["x_pipe"] == pytest.approx(1.0)

@@ -355,6 +355,11 @@ class LokyRunner(ExecutorRunner):
         self.executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
 
 
+def _threads(n: int) -> Callable[[int | None], Runner]:
+    """A ThreadPoolExecutor of ``n`` threads, whatever a scenario asks for."""
+    return lambda workers: ExecutorRunner(ThreadPoolExecutor(n))
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -364,6 +369,7 @@ class Backend:
     # "pipe" (the bare pipe: only where a scenario asks for it)
     kind: str
     module: str | None = None  # the library a peer needs
+    dedicated: bool = False  # runs only in the scenarios that name it
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None."""
@@ -377,7 +383,7 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in [
         Backend("serial", "serial", lambda workers: SerialRunner(), "none"),
-        Backend("bare-pipe", "baseline", PipeRunner, "pipe"),
+        Backend("bare-pipe", "baseline", PipeRunner, "pipe", dedicated=True),
         Backend("concur-thread", "concur", lambda w: ExecutorRunner(ThreadPool(w)), "thread"),
         Backend("concur-process", "concur", lambda w: ExecutorRunner(ProcessPool(w)), "process"),
         Backend("concur-auto", "concur", AutoRunner, "auto"),
@@ -390,6 +396,10 @@ BACKENDS: dict[str, Backend] = {
             "peer",
             lambda w: ExecutorRunner(ProcessPoolExecutor(w, mp_context=_mp_context())),
             "process",
+        ),
+        *(
+            Backend(f"ThreadPoolExecutor-{n}", "peer", _threads(n), "thread", dedicated=True)
+            for n in (4, 32, 256)
         ),
         Backend("multiprocessing.Pool", "peer", MultiprocessingPoolRunner, "process"),
         Backend("joblib", "peer", JoblibRunner, "process", module="joblib"),

@@ -50,14 +50,14 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
         serial = results.get((scenario_name, "serial"))
         pipe = results.get((scenario_name, "bare-pipe"))
         kind = BACKENDS[backend_name].kind
-        # Compare like with like: threads with thread peers, processes with process peers.
+        # Compare like with like: threads with thread peers, processes with
+        # process peers; auto with every fixed choice, serial included.
         peers = [
             r.median
             for (s, b), r in results.items()
             if s == scenario_name
-            and BACKENDS[b].family == "peer"
             and r.median is not None
-            and (kind in ("none", "auto") or BACKENDS[b].kind == kind)
+            and _compared(kind, BACKENDS[b].family, BACKENDS[b].kind)
         ]
         median = result.median
         better = scenario.higher_is_better
@@ -79,6 +79,14 @@ def summarize(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
         }
         rows.append(row)
     return rows
+
+
+def _compared(kind: str, family: str, other_kind: str) -> bool:
+    """Whether a backend of ``kind`` is compared with one of ``family`` and
+    ``other_kind``: like with like, and auto with every fixed choice."""
+    if kind == "auto" and family == "serial":
+        return True
+    return family == "peer" and (kind in ("none", "auto") or other_kind == kind)
 
 
 def _ratio_of(value: float | None, other: float | None, higher_is_better: bool) -> float | None:
@@ -134,8 +142,8 @@ def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
     console.print(
         "Ratios divide medians from this run: above 1.00× means better than serial, "
         "or than the best peer of the same kind (threads vs threads, processes vs processes; "
-        "auto vs all). × pipe (latency): the round trip in bare-pipe round trips, "
-        "the floor for any process pool here."
+        "auto vs every fixed choice, serial included). × pipe (latency): the round trip "
+        "in bare-pipe round trips, the floor for any process pool here."
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import workloads
+from . import auto_scenarios, workloads
 from .backends import BACKENDS, Backend, close_shared
 
 
@@ -38,7 +38,16 @@ class Scenario:
     skip: Callable[[Backend], str | None] = lambda backend: None
     higher_is_better: bool = False
     quick: bool = True  # part of --quick
-    pipe: bool = False  # the bare pipe runs here too, as the floor for round trips
+    # The backends it runs on: None for every one that is not dedicated, and
+    # dedicated ones only where a scenario names them (the bare pipe, the
+    # fixed thread counts auto is measured against).
+    backends: tuple[str, ...] | None = None
+    extra: tuple[str, ...] = ()
+
+    def runs(self, backend: str) -> bool:
+        if self.backends is not None:
+            return backend in self.backends or backend in self.extra
+        return not BACKENDS[backend].dedicated or backend in self.extra
 
 
 @dataclass
@@ -56,43 +65,43 @@ class Result:
 def _seed_cpu(backend: Backend, cfg: BenchConfig) -> float:
     tasks = 5
     n = int((4_000_000 if cfg.quick else 30_000_000) * cfg.scale)
-    return _timed_map(backend, workloads.count_to, [n] * tasks, workers=tasks)
+    return timed_map(backend, workloads.count_to, [n] * tasks, workers=tasks)
 
 
 def _seed_io(backend: Backend, cfg: BenchConfig) -> float:
     tasks = 5
     seconds = (0.1 if cfg.quick else 1.0) * cfg.scale
-    return _timed_map(backend, workloads.sleep_for, [seconds] * tasks, workers=tasks)
+    return timed_map(backend, workloads.sleep_for, [seconds] * tasks, workers=tasks)
 
 
 def _cpu_20(backend: Backend, cfg: BenchConfig) -> float:
     ms = (20 if cfg.quick else 50) * cfg.scale
-    return _timed_map(backend, workloads.spin_ms, [ms] * 20, workers=None)
+    return timed_map(backend, workloads.spin_ms, [ms] * 20, workers=None)
 
 
 def _io_many(backend: Backend, cfg: BenchConfig) -> float:
     seconds = (0.003 if cfg.quick else 0.1) * cfg.scale
-    return _timed_map(backend, workloads.sleep_for, [seconds] * 200, workers=None)
+    return timed_map(backend, workloads.sleep_for, [seconds] * 200, workers=None)
 
 
 def _tiny(backend: Backend, cfg: BenchConfig) -> float:
     n = max(10, int((5_000 if cfg.quick else 100_000) * cfg.scale))
     items = list(range(n))
-    return _timed_map(backend, workloads.square, items, None, [x * x for x in items])
+    return timed_map(backend, workloads.square, items, None, [x * x for x in items])
 
 
 def _changing(backend: Backend, cfg: BenchConfig) -> float:
     heavy = max(2, int((10 if cfg.quick else 60) * cfg.scale))
     items = list(range(workloads.CACHE_HITS + heavy))
-    return _timed_map(backend, workloads.cache_then_compute, items, workers=None)
+    return timed_map(backend, workloads.cache_then_compute, items, workers=None)
 
 
 def _mixed(backend: Backend, cfg: BenchConfig) -> float:
     items = list(range(max(4, int((20 if cfg.quick else 100) * cfg.scale))))
-    return _timed_map(backend, workloads.mixed, items, workers=None)
+    return timed_map(backend, workloads.mixed, items, workers=None)
 
 
-def _timed_map(
+def timed_map(
     backend: Backend,
     fn: Callable[[Any], Any],
     items: list[Any],
@@ -167,6 +176,43 @@ def _latency(backend: Backend, cfg: BenchConfig) -> float:
     return statistics.median(samples) * 1e6
 
 
+def _auto(name: str, about: str, measure: Callable[[Backend, BenchConfig], float]) -> Scenario:
+    return Scenario(name, about, "s", measure, quick=False, backends=auto_scenarios.FIXED)
+
+
+_AUTO_SCENARIOS = [
+    _auto(
+        "busy-tiny",
+        "5,000 calls of x * x while another thread of the program computes",
+        auto_scenarios.busy_tiny,
+    ),
+    _auto(
+        "busy-cpu",
+        "16 × 30 ms pure-Python computing while another thread of the program computes",
+        auto_scenarios.busy_cpu,
+    ),
+    _auto(
+        "capacity-server",
+        "100 GETs to a local HTTP server that serves 5 at a time (backlog 5, 20 ms each)",
+        auto_scenarios.capacity_server,
+    ),
+    _auto("hashing", "64 × SHA-256 of a 4 MB block (releases the GIL)", auto_scenarios.hashing),
+    _auto(
+        "compression", "32 × zlib of a 2 MB block (releases the GIL)", auto_scenarios.compression
+    ),
+    _auto(
+        "repeated",
+        "5 runs one after another of 16 × 30 ms computing (one pool kept by fixed choices)",
+        auto_scenarios.repeated,
+    ),
+    _auto(
+        "nested",
+        "8 tasks that each run concur.map over 8 items of 10 ms computing",
+        auto_scenarios.nested,
+    ),
+]
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -220,7 +266,7 @@ SCENARIOS: dict[str, Scenario] = {
             "warm-pool round trip of a no-op, submit(...).result(), median",
             "µs/call",
             _latency,
-            pipe=True,
+            extra=("bare-pipe",),
         ),
         Scenario(
             "startup",
@@ -228,6 +274,7 @@ SCENARIOS: dict[str, Scenario] = {
             "s",
             _startup,
         ),
+        *_AUTO_SCENARIOS,
         Scenario(
             "crash",
             "100 tasks of 10 ms; task 50 kills its worker: results still delivered",
@@ -279,7 +326,7 @@ def _run_all(
         for r in range(repeat):
             shift = r % len(backends)
             for backend_name in backends[shift:] + backends[:shift]:
-                if BACKENDS[backend_name].kind == "pipe" and not scenario.pipe:
+                if not scenario.runs(backend_name):
                     continue
                 result = results.setdefault(
                     (scenario_name, backend_name), Result(scenario_name, backend_name)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+import urllib.request
+import zlib
 
 
 def count_to(n: int) -> int:
@@ -72,3 +75,43 @@ def crash_one(args: tuple[int, int, int, float]) -> int:
             os._exit(1)
         raise RuntimeError("this task would have killed the whole process")
     return index
+
+
+_BLOCKS: dict[int, bytes] = {}
+
+
+def _block(size: int) -> bytes:
+    """``size`` bytes, made once per process: compressible, as real data is."""
+    block = _BLOCKS.get(size)
+    if block is None:
+        line = b"".join(b"%08d concur benchmark data, line %d\n" % (i, i % 97) for i in range(4096))
+        block = _BLOCKS[size] = (line * (size // len(line) + 1))[:size]
+    return block
+
+
+def sha256_block(mb: int) -> str:
+    """SHA-256 of an ``mb`` MB block: C code that releases the GIL."""
+    return hashlib.sha256(_block(mb << 20)).hexdigest()
+
+
+def compress_block(mb: int) -> int:
+    """zlib of an ``mb`` MB block: C code that releases the GIL."""
+    return len(zlib.compress(_block(mb << 20), 6))
+
+
+def http_get(url: str) -> int:
+    """One GET; the length of the body."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return len(response.read())
+
+
+def nested(n: int) -> int:
+    """A task that itself runs ``concur.map`` over 8 items of counting to ``n``."""
+    from .. import api
+
+    return sum(api.map(count_to, [n] * 8))
+
+
+def counts_for(ms: float) -> int:
+    """How far ``count_to`` counts in about ``ms`` milliseconds."""
+    return int(ms * _COUNTS_PER_MS)
