@@ -24,6 +24,10 @@ TOOLS = textwrap.dedent(
     def nap(line):
         time.sleep(0.02)
         return len(line)
+
+    def env(line):
+        import os
+        return os.environ.get(line)
     """
 )
 
@@ -143,3 +147,53 @@ def test_progress_bar_on_a_terminal_only(workdir):
     text = drawn.decode(errors="replace")
     assert "50/50" in text
     assert "thread" in text  # the backend in use
+
+
+PLANTED = textwrap.dedent(
+    """
+    import os, sys
+    open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RAN-" + __name__), "w").close()
+    raise SystemExit(__name__ + " from the working directory ran")
+    """
+)
+# Modules concur and its dependencies import while a command runs.
+SHADOWED = ["colorsys", "click", "rich", "cloudpickle", "psutil", "selectors"]
+
+
+@pytest.mark.parametrize("entry", ["script", "-m"])
+@pytest.mark.parametrize("command", ["map", "advise"])
+def test_modules_in_the_working_directory_do_not_shadow_concurs_own(workdir, entry, command):
+    for name in SHADOWED:
+        (workdir / f"{name}.py").write_text(PLANTED)
+    if entry == "script":
+        argv = [os.path.join(os.path.dirname(sys.executable), "concur")]
+    else:
+        argv = [sys.executable, "-m", "concur"]
+    extra = ["--backend", "process", "--workers", "2"] if command == "map" else []
+    out = subprocess.run(
+        [*argv, command, "tools:shout", *extra],
+        input="a\nb\nc\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=workdir,
+    )
+    assert sorted(p.name for p in workdir.glob("RAN-*")) == []
+    assert out.returncode == 0, out.stderr
+    if command == "map":
+        assert [json.loads(x) for x in out.stdout.splitlines()] == ["A", "B", "C"]
+    else:
+        assert out.stdout.startswith("backend:")
+
+
+def test_workers_see_the_environment_the_program_has(workdir):
+    names = ["PYTHONSAFEPATH", "CONCUR_SET_PYTHONSAFEPATH", "HOME"]
+    out = concur(workdir, "map", "tools:env", "--backend", "process", stdin="\n".join(names) + "\n")
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(x) for x in out.stdout.splitlines()] == [None, None, os.environ["HOME"]]
+
+
+def test_help_says_where_module_is_looked_up(workdir):
+    for command in ("map", "advise"):
+        text = " ".join(concur(workdir, command, "--help").stdout.split())
+        assert "then in the current directory" in text

@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _supervise, _worker
+from . import _safepath, _supervise, _worker
 
 
 class WorkerProcess:
@@ -162,16 +162,25 @@ def start(
 def _block_sigint(ctx: multiprocessing.context.BaseContext) -> None:
     """Start the children (and the fork server) with SIGINT blocked.
 
+    The helpers (resource tracker, fork server) start without the working
+    directory on their ``sys.path`` (``_safepath``).
+
     A press during their start then waits until they ignore it, instead of
     printing a traceback from a child. multiprocessing's resource tracker,
     started on first need, unblocks SIGINT in the thread that starts it:
     so it is started first, then SIGINT is blocked again.
     """
-    if ctx.get_start_method() != "fork":
-        from multiprocessing import resource_tracker
+    method = ctx.get_start_method()
+    if method != "fork":
+        from multiprocessing import forkserver, resource_tracker
 
-        resource_tracker.ensure_running()
+        with _safepath.helpers_started_safely():
+            resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    if method == "forkserver":
+        # Started here rather than by process.start(), so that it starts safely.
+        with _safepath.helpers_started_safely():
+            forkserver.ensure_running()
 
 
 def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> None:

@@ -120,10 +120,14 @@ def bench(
 
 
 def _load(target: str) -> Callable[..., Any]:
-    """MODULE:FUNCTION → the function, importing MODULE with the current directory first."""
+    """MODULE:FUNCTION → the function, from the installed modules, then the current directory.
+
+    The directory goes at the end of ``sys.path``: a file in it named like a
+    module of the standard library or of concur's dependencies (colorsys.py,
+    click.py) is never imported in its place, here or in the workers, which
+    start with this ``sys.path``.
+    """
     import importlib
-    import os
-    import sys
 
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -132,7 +136,7 @@ def _load(target: str) -> Callable[..., Any]:
             param_hint="TARGET",
         )
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -211,6 +215,10 @@ def map_command(
     Results come in input order. A line whose call fails prints
     {"error": ..., "line": N} in its place and a message on stderr; the other
     lines go on (--fail-fast stops instead). Exit status 1 if any line failed.
+
+    \b
+    MODULE is looked up among the installed modules first, then in the current
+    directory, so a file there never replaces one concur or Python uses.
     """
     import json
 
@@ -273,7 +281,12 @@ def map_command(
     "[default: every line of FILE; a long run for standard input].",
 )
 def advise(target: str, source: IO[str], sample: int, items: int | None) -> None:
-    """Run FUNCTION on the first lines of FILE and print where concur would run it, and why."""
+    """Run FUNCTION on the first lines of FILE and print where concur would run it, and why.
+
+    \b
+    MODULE is looked up among the installed modules first, then in the current
+    directory, so a file there never replaces one concur or Python uses.
+    """
     import itertools
 
     from .auto import advise as advise_fn
