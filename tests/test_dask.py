@@ -160,6 +160,16 @@ def test_backend_dask_in_map_imap_and_run(cluster, monkeypatch):
         concur.run(time.sleep, 3, backend="dask", timeout=0.3)
 
 
+def test_concur_backend_dask_sends_map_imap_and_run_to_the_cluster(cluster, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+    monkeypatch.setenv("CONCUR_BACKEND", "dask")
+    results = concur.map(square, range(20))
+    assert results == [x * x for x in range(20)]
+    assert results.decision.backend == "dask" and results.decision.source == "CONCUR_BACKEND"
+    assert list(concur.imap(square, range(5))) == [0, 1, 4, 9, 16]
+    assert concur.run(os.getpid) != os.getpid()
+
+
 def test_concur_map_cli_with_a_scheduler(cluster, tmp_path):
     source = tmp_path / "numbers.txt"
     source.write_text("a\nbb\nccc\n")
