@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, cast
 
 import click
@@ -160,6 +160,28 @@ def _lines(source: IO[str]) -> Iterator[str]:
         yield line.rstrip("\n").rstrip("\r")
 
 
+class _FileLines:
+    """The lines of a file on disk, and how many there are: a progress bar
+    shows done/total, and auto decides for the whole file."""
+
+    def __init__(self, source: IO[str]) -> None:
+        start = source.tell()
+        self._count = sum(1 for _ in source)
+        source.seek(start)
+        self._source = source
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        return _lines(self._source)
+
+
+def _input(source: IO[str]) -> Iterable[str]:
+    """The lines of FILE or stdin: counted first when it is a file on disk."""
+    return _FileLines(source) if _regular_file(source) else _lines(source)
+
+
 def _regular_file(source: IO[str]) -> bool:
     """A file on disk (also as redirected standard input), not a pipe or terminal."""
     import stat
@@ -214,7 +236,9 @@ def map_command(
 
     Results come in input order. A line whose call fails prints
     {"error": ..., "line": N} in its place and a message on stderr; the other
-    lines go on (--fail-fast stops instead). Exit status 1 if any line failed.
+    lines go on (--fail-fast stops, naming the line). Exit status 1 if any
+    line failed. On a terminal a progress bar shows lines done of the total (a
+    file's lines are counted first), with the messages printed above it.
 
     \b
     MODULE is looked up among the installed modules first, then in the current
@@ -223,6 +247,7 @@ def map_command(
     import json
 
     from . import api
+    from ._progress import say
 
     fn = _load(target)
     if scheduler is not None:
@@ -233,26 +258,28 @@ def map_command(
         os.environ["DASK_SCHEDULER_ADDRESS"] = scheduler
     results = api.imap(
         fn,
-        _lines(source),
+        _input(source),
         backend=cast(api.Backend, backend),
         workers=workers,
         return_exceptions=not fail_fast,
         progress=progress,
     )
-    failed = 0
+    failed = number = 0
     try:
         for number, value in enumerate(results, 1):
             if isinstance(value, BaseException):
                 failed += 1
                 message = f"{type(value).__name__}: {value}"
-                click.echo(f"concur map: line {number}: {message}", err=True)
+                say(f"concur map: line {number}: {message}")
                 click.echo(json.dumps({"error": message, "line": number}))
             else:
                 click.echo(json.dumps(_jsonable(value)))
     except Exception as exc:
         results.close()
-        click.echo(
-            f"concur map: stopped at the first failure: {type(exc).__name__}: {exc}", err=True
+        # Results come in input order: the one that raised is the next line.
+        say(
+            f"concur map: stopped at line {number + 1}, the first failure: "
+            f"{type(exc).__name__}: {exc}"
         )
         sys.exit(1)
     decision = results.decision
