@@ -208,6 +208,46 @@ def test_an_embedded_local_cluster_starts_and_leaves_nothing_behind(cluster):
     assert dask_workers() - before == set(), "shutdown() left the local cluster's workers"
 
 
+# Another local user's program: it knows the scheduler's address, nothing more.
+STRANGER = """
+import os, sys, distributed
+from distributed.security import Security
+
+address = sys.argv[1]
+attempts = [
+    (address, None),  # as given
+    (address.replace("tls://", "tcp://"), None),  # without TLS
+    (address, Security.temporary()),  # with TLS credentials of its own
+]
+for where, security in attempts:
+    try:
+        client = distributed.Client(where, timeout=5, security=security, set_as_default=False)
+        print("ran as", client.submit(os.getpid).result(timeout=5), flush=True)
+        client.close()
+    except Exception as exc:
+        print("refused", type(exc).__name__, flush=True)
+"""
+
+
+def test_an_embedded_local_cluster_refuses_other_programs(cluster):
+    before = dask_workers()  # the module's cluster
+    with concur.DaskPool(n_workers=1) as pool:
+        assert pool.address.startswith("tls://127.0.0.1:")
+        tried = subprocess.run(
+            [sys.executable, "-c", STRANGER, pool.address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        outcomes = [line.split()[0] for line in tried.stdout.splitlines()]
+        assert outcomes == ["refused", "refused", "refused"], tried.stdout + tried.stderr
+        assert pool.submit(square, 7).result(timeout=30) == 49  # its own client still works
+    deadline = time.monotonic() + 10
+    while dask_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dask_workers() - before == set()
+
+
 def test_joining_with_cluster_options_is_refused(cluster):
     with pytest.raises(TypeError, match="cluster options apply to a local cluster"):
         concur.DaskPool(cluster.scheduler_address, n_workers=3)
