@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import click
 
 from . import __version__
 from ._backends import BACKENDS
+from ._maplines import input_lines, load_target, print_results, read_lines, regular_file
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,9 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
-    "--quick", is_flag=True, help="Smaller work, fewer scenarios, 2 repeats: under a minute."
+    "--quick",
+    is_flag=True,
+    help="Smaller work, fewer scenarios, no Dask, 2 repeats: under a minute.",
 )
 @click.option(
     "--scenario",
@@ -74,7 +76,7 @@ def bench(
     Every selected scenario runs on every selected backend, alternating
     backends within each repeat; the table gives median, min and max, and
     ratios to serial and to the best peer. --quick runs smaller work on a
-    subset of the scenarios, in under a minute.
+    subset of the scenarios, without the Dask backends, in under a minute.
     """
     from rich.console import Console
 
@@ -109,6 +111,8 @@ def bench(
         raise click.UsageError(str(exc)) from None
     rows = report.summarize(results)
     report.print_tables(console, rows)
+    if quick and not backends:
+        report.print_left_out(console)
     if json_path:
         report.write_json(json_path, env, rows)
         console.print(f"measurements written to {json_path}")
@@ -117,89 +121,6 @@ def bench(
 
         draw(plot_path, env, rows)
         console.print(f"chart written to {plot_path}")
-
-
-def _load(target: str) -> Callable[..., Any]:
-    """MODULE:FUNCTION → the function, from the installed modules, then the current directory.
-
-    The directory goes at the end of ``sys.path``: a file in it named like a
-    module of the standard library or of concur's dependencies (colorsys.py,
-    click.py) is never imported in its place, here or in the workers, which
-    start with this ``sys.path``.
-    """
-    import importlib
-
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise click.BadParameter(
-            f"{target!r} is not MODULE:FUNCTION (for example: mytools:parse_line)",
-            param_hint="TARGET",
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="TARGET"
-        ) from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise click.BadParameter(
-                f"{module_name!r} has no {attr!r}", param_hint="TARGET"
-            ) from None
-    if not callable(obj):
-        raise click.BadParameter(f"{target} is not callable", param_hint="TARGET")
-    return obj  # type: ignore[no-any-return]
-
-
-def _lines(source: IO[str]) -> Iterator[str]:
-    for line in source:
-        yield line.rstrip("\n").rstrip("\r")
-
-
-class _FileLines:
-    """The lines of a file on disk, and how many there are: a progress bar
-    shows done/total, and auto decides for the whole file."""
-
-    def __init__(self, source: IO[str]) -> None:
-        start = source.tell()
-        self._count = sum(1 for _ in source)
-        source.seek(start)
-        self._source = source
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[str]:
-        return _lines(self._source)
-
-
-def _input(source: IO[str]) -> Iterable[str]:
-    """The lines of FILE or stdin: counted first when it is a file on disk."""
-    return _FileLines(source) if _regular_file(source) else _lines(source)
-
-
-def _regular_file(source: IO[str]) -> bool:
-    """A file on disk (also as redirected standard input), not a pipe or terminal."""
-    import stat
-
-    try:
-        return stat.S_ISREG(os.fstat(source.fileno()).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 BACKEND_CHOICE = click.Choice(list(BACKENDS))
@@ -244,12 +165,9 @@ def map_command(
     MODULE is looked up among the installed modules first, then in the current
     directory, so a file there never replaces one concur or Python uses.
     """
-    import json
-
     from . import api
-    from ._progress import say
 
-    fn = _load(target)
+    fn = load_target(target)
     if scheduler is not None:
         if backend != "dask":
             raise click.BadParameter(
@@ -258,30 +176,13 @@ def map_command(
         os.environ["DASK_SCHEDULER_ADDRESS"] = scheduler
     results = api.imap(
         fn,
-        _input(source),
+        input_lines(source),
         backend=cast(api.Backend, backend),
         workers=workers,
         return_exceptions=not fail_fast,
         progress=progress,
     )
-    failed = number = 0
-    try:
-        for number, value in enumerate(results, 1):
-            if isinstance(value, BaseException):
-                failed += 1
-                message = f"{type(value).__name__}: {value}"
-                say(f"concur map: line {number}: {message}")
-                click.echo(json.dumps({"error": message, "line": number}))
-            else:
-                click.echo(json.dumps(_jsonable(value)))
-    except Exception as exc:
-        results.close()
-        # Results come in input order: the one that raised is the next line.
-        say(
-            f"concur map: stopped at line {number + 1}, the first failure: "
-            f"{type(exc).__name__}: {exc}"
-        )
-        sys.exit(1)
+    failed = print_results(results)
     decision = results.decision
     if decision is not None:
         click.echo(f"concur map: {decision}", err=True)
@@ -318,12 +219,12 @@ def advise(target: str, source: IO[str], sample: int, items: int | None) -> None
 
     from .auto import advise as advise_fn
 
-    fn = _load(target)
-    lines_in = _lines(source)
+    fn = load_target(target)
+    lines_in = read_lines(source)
     lines = list(itertools.islice(lines_in, sample))
     if not lines:
         raise click.UsageError("no input lines to measure")
-    if items is None and _regular_file(source):
+    if items is None and regular_file(source):
         items = len(lines) + sum(1 for _ in lines_in)  # the whole file
     decision = advise_fn(fn, lines, items=items)
     m = decision.measurements
