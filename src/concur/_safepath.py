@@ -5,9 +5,10 @@ the current directory first on ``sys.path``: a file there named like a
 module they import (selectors.py, cloudpickle.py) would run in their place,
 and the fork server's imports are every worker's. From Python 3.11,
 ``PYTHONSAFEPATH`` leaves it off; concur sets it only while a helper
-starts, and the fork server drops it again once it has loaded concur
-(``forget``), so the workers and what they start see the environment the
-program has. Python 3.10 has no such switch.
+starts (not while one runs: another thread's subprocess started in that
+moment would inherit it), and the fork server drops it again once it has
+loaded concur (``forget``), so the workers and what they start see the
+environment the program has. Python 3.10 has no such switch.
 """
 
 from __future__ import annotations
@@ -35,6 +36,31 @@ def helpers_started_safely() -> Iterator[None]:
             yield
         finally:
             forget()
+
+
+def start_resource_tracker() -> None:
+    """multiprocessing's resource tracker, started safely if it is not running."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if getattr(tracker, "_fd", None) is not None:
+        resource_tracker.ensure_running()  # running (or restarted if it died)
+        return
+    with helpers_started_safely():
+        resource_tracker.ensure_running()
+
+
+def start_forkserver() -> None:
+    """multiprocessing's fork server, started safely if it is not running."""
+    from multiprocessing import forkserver
+
+    from .ps import alive
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid is not None and alive(pid):
+        return
+    with helpers_started_safely():
+        forkserver.ensure_running()  # reaps a dead one first
 
 
 def forget() -> None:

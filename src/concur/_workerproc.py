@@ -172,15 +172,11 @@ def _block_sigint(ctx: multiprocessing.context.BaseContext) -> None:
     """
     method = ctx.get_start_method()
     if method != "fork":
-        from multiprocessing import forkserver, resource_tracker
-
-        with _safepath.helpers_started_safely():
-            resource_tracker.ensure_running()
+        _safepath.start_resource_tracker()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     if method == "forkserver":
         # Started here rather than by process.start(), so that it starts safely.
-        with _safepath.helpers_started_safely():
-            forkserver.ensure_running()
+        _safepath.start_forkserver()
 
 
 def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> None:

@@ -40,6 +40,16 @@ def rss(pid: int) -> int | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    """The process runs (it has not exited, not even as a zombie)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 _self = None
 
 
