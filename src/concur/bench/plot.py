@@ -63,6 +63,8 @@ def draw(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         f"concur bench · {env['implementation']} {env['python']} ({gil}) · "
         f"{env['cpus_usable']} CPUs · start method {env['start_method']}",
         fontsize=12,
+        y=1 - 0.12 / fig.get_figheight(),  # inches from the top, whatever the height
+        va="top",
     )
     families = dict.fromkeys(BACKENDS[b].family for b in backends)
     handles = [Patch(color=COLORS[f], label=LEGEND[f]) for f in COLORS if f in families]
@@ -70,7 +72,7 @@ def draw(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         handles=handles,
         loc="upper center",
         ncol=len(handles),
-        bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()),
+        bbox_to_anchor=(0.5, 1 - 0.42 / fig.get_figheight()),
         frameon=False,
         fontsize=9,
         title="bars: median of the runs · whiskers: fastest and slowest run",
