@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import os
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -80,3 +82,32 @@ def test_the_backend_names_agree_everywhere():
 
     assert typing.get_args(api.Backend) == _backends.BACKENDS
     assert set(auto.BACKENDS) < set(_backends.BACKENDS)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object refuses to be pickled")
+
+
+@pytest.mark.parametrize("how", ["concur.map", "pool.imap", "pool.map"])
+def test_an_unpicklable_item_is_named_by_its_place_in_the_input(how):
+    items = [*range(57), Unpicklable(), *range(58, 100)]
+    if how == "concur.map":
+        with pytest.raises(concur.SerializationError) as info:
+            concur.map(inc, items, backend="process", workers=2)
+    else:  # chunks of 10: the item is the 8th of the 6th chunk
+        with concur.ProcessPool(2) as pool:
+            results = getattr(pool, how.split(".")[1])(inc, items, chunksize=10)
+            with pytest.raises(concur.SerializationError) as info:
+                list(results)
+    assert info.value.index == 57
+    assert "item 57 " in str(info.value) and "argument" not in str(info.value)
+    assert "refuses to be pickled" in str(info.value)
+
+
+def test_an_unpicklable_argument_of_a_multi_argument_item_is_named_too():
+    pairs = ([1, 2, 3], [4, threading.Lock(), 6])
+    with pytest.raises(concur.SerializationError) as info:
+        concur.map(operator.add, *pairs, backend="process", workers=2)
+    assert info.value.index == 1
+    assert "argument 1 of item 1 " in str(info.value)

@@ -333,3 +333,17 @@ def test_computing_on_a_loaded_host_is_not_taken_for_waiting(loaded_host):
     stream = AutoMap(spin, ([1_500_000] * 12,))
     assert stream.to_list() == [1_500_000] * 12
     assert [d.backend for d in stream.decisions] == ["process"], stream.decisions
+
+
+def test_a_bad_concur_backend_lists_every_backend(monkeypatch):
+    monkeypatch.setenv("CONCUR_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="CONCUR_BACKEND") as info:
+        concur.map(square, [1])
+    for name in ("auto", "inline", "thread", "process", "dask"):
+        assert name in str(info.value)
+
+
+def test_concur_backend_dask_is_refused_by_a_local_auto_pool(monkeypatch):
+    monkeypatch.setenv("CONCUR_BACKEND", "dask")
+    with pytest.raises(ValueError, match="DaskPool"):
+        concur.AutoPool()

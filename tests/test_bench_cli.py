@@ -85,6 +85,16 @@ def test_quick_runs_the_short_scenarios():
     assert "mixed" not in quick
 
 
+def test_quick_leaves_out_dask_and_says_so():
+    argv = ["bench", "--quick", "--scenario", "startup", "--scale", "0.01", "--repeat", "1"]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    assert "│ concur-dask" not in result.output and "│ dask " not in result.output
+    assert "│ concur-process" in result.output
+    text = " ".join(result.output.split())
+    assert "--quick leaves out concur-dask, dask" in text and "--backend NAME" in text
+
+
 def test_bench_rejects_unknown_names():
     result = CliRunner().invoke(cli, ["bench", "--scenario", "nope"])
     assert result.exit_code == 2
@@ -107,3 +117,68 @@ def test_bench_list():
     assert result.exit_code == 0
     for name in list(SCENARIOS) + list(BACKENDS):
         assert name in result.output
+
+
+# The benchmark as `make demo` runs it on a fresh install: without the peers
+# or Dask (a module set to None in sys.modules cannot be found or imported).
+WITHOUT_PEERS = """
+import sys
+for name in ("joblib", "loky", "mpire", "pebble", "distributed"):
+    sys.modules[name] = None
+from concur.cli import main
+sys.argv = ["concur", *sys.argv[1:]]
+main()
+"""
+
+
+def test_missing_peers_are_one_line_with_whole_install_hints():
+    argv = ["bench", "--scenario", "seed-io", "--scenario", "tiny", "--repeat", "1"]
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PEERS, *argv, "--scale", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert text.count("Not installed, so not run:") == 1
+    assert "concur-dask, dask (pip install 'concur[dask]')" in text
+    assert "joblib, loky, mpire, pebble (pip install 'concur[peers]')" in text
+    rows = [line for line in done.stdout.splitlines() if line.startswith("│")]
+    assert not [row for row in rows if "not installed" in row or "│ joblib" in row]
+    assert [row for row in rows if row.startswith("│ concur-thread")]  # what ran is there
+
+
+def test_chart_labels_read_at_every_size():
+    from concur.bench.plot import value_label
+
+    assert value_label(0.00031, "s") == "310 µs"
+    assert value_label(0.0042, "s") == "4.2 ms"
+    assert value_label(0.287, "s") == "287 ms"
+    assert value_label(8.17, "s") == "8.17 s"
+    assert value_label(0.08, "µs/call") == "0.08 µs"
+    assert value_label(8.3, "µs/call") == "8.3 µs"
+    assert value_label(10742.1, "µs/call") == "10.7 ms"
+    assert value_label(99, "results") == "99"
+
+
+DASK_LOGGERS = ["distributed", "distributed.scheduler", "distributed.nanny", "distributed.client"]
+
+
+def test_the_run_keeps_dasks_warnings_out_of_its_output():
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    import logging
+
+    from concur.bench import BenchConfig, run_bench
+
+    before = {name: logging.getLogger(name).level for name in DASK_LOGGERS}
+    heard = []
+
+    def progress(text: str) -> None:  # called before each run: from the 2nd, a cluster runs
+        heard.append([logging.getLogger(n).isEnabledFor(logging.WARNING) for n in DASK_LOGGERS])
+
+    cfg = BenchConfig(scenarios=["startup"], backends=["dask"], repeat=2, scale=0.01)
+    results = run_bench(cfg, progress=progress)
+    assert results[("startup", "dask")].samples  # it ran
+    assert heard[1:] and all(not any(levels) for levels in heard[1:])
+    assert {name: logging.getLogger(name).level for name in DASK_LOGGERS} == before

@@ -160,6 +160,16 @@ def test_backend_dask_in_map_imap_and_run(cluster, monkeypatch):
         concur.run(time.sleep, 3, backend="dask", timeout=0.3)
 
 
+def test_concur_backend_dask_sends_map_imap_and_run_to_the_cluster(cluster, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+    monkeypatch.setenv("CONCUR_BACKEND", "dask")
+    results = concur.map(square, range(20))
+    assert results == [x * x for x in range(20)]
+    assert results.decision.backend == "dask" and results.decision.source == "CONCUR_BACKEND"
+    assert list(concur.imap(square, range(5))) == [0, 1, 4, 9, 16]
+    assert concur.run(os.getpid) != os.getpid()
+
+
 def test_concur_map_cli_with_a_scheduler(cluster, tmp_path):
     source = tmp_path / "numbers.txt"
     source.write_text("a\nbb\nccc\n")
@@ -196,6 +206,46 @@ def test_an_embedded_local_cluster_starts_and_leaves_nothing_behind(cluster):
     while dask_workers() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dask_workers() - before == set(), "shutdown() left the local cluster's workers"
+
+
+# Another local user's program: it knows the scheduler's address, nothing more.
+STRANGER = """
+import os, sys, distributed
+from distributed.security import Security
+
+address = sys.argv[1]
+attempts = [
+    (address, None),  # as given
+    (address.replace("tls://", "tcp://"), None),  # without TLS
+    (address, Security.temporary()),  # with TLS credentials of its own
+]
+for where, security in attempts:
+    try:
+        client = distributed.Client(where, timeout=5, security=security, set_as_default=False)
+        print("ran as", client.submit(os.getpid).result(timeout=5), flush=True)
+        client.close()
+    except Exception as exc:
+        print("refused", type(exc).__name__, flush=True)
+"""
+
+
+def test_an_embedded_local_cluster_refuses_other_programs(cluster):
+    before = dask_workers()  # the module's cluster
+    with concur.DaskPool(n_workers=1) as pool:
+        assert pool.address.startswith("tls://127.0.0.1:")
+        tried = subprocess.run(
+            [sys.executable, "-c", STRANGER, pool.address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        outcomes = [line.split()[0] for line in tried.stdout.splitlines()]
+        assert outcomes == ["refused", "refused", "refused"], tried.stdout + tried.stderr
+        assert pool.submit(square, 7).result(timeout=30) == 49  # its own client still works
+    deadline = time.monotonic() + 10
+    while dask_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dask_workers() - before == set()
 
 
 def test_joining_with_cluster_options_is_refused(cluster):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,11 +33,13 @@ PROGRAM = textwrap.dedent(
 
 
 @contextlib.contextmanager
-def running(tmp_path, code: str) -> Iterator[subprocess.Popen[str]]:
+def running(tmp_path, code: str, env=None) -> Iterator[subprocess.Popen[str]]:
     """Run ``code`` as a script until it prints "ready"; kill it afterwards."""
     script = tmp_path / "program.py"
     script.write_text(code)
-    program = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    program = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert program.stdout is not None
         assert program.stdout.readline().strip() == "ready"
@@ -111,3 +114,46 @@ def test_concur_ps_measures_cpu_of_a_busy_worker(tmp_path):
         (worker,) = [row for row in json.loads(shown.stdout) if row["role"] == "pool worker"]
         assert worker["task"].endswith("spin")
         assert worker["cpu_percent"] > 30  # a spinning worker, measured over 0.2 s
+
+
+MARKUP = textwrap.dedent(
+    """
+    import functools, time, concur
+
+    def long_task(x):
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        with concur.ProcessPool(1) as pool:
+            pool.submit(functools.partial(long_task, "[/] [bold]x[/bold]"))
+            while not any(w.state == "busy" for w in pool.workers()):
+                time.sleep(0.02)
+            print("ready", flush=True)
+            time.sleep(60)
+    """
+)
+
+
+def test_concur_ps_shows_task_labels_as_text_not_markup(tmp_path):
+    with running(tmp_path, MARKUP) as program:
+        time.sleep(0.3)
+        shown = concur_ps(str(program.pid))
+        assert shown.returncode == 0, shown.stderr
+        text = " ".join(shown.stdout.split())
+        assert "[/] [bold]x[/bold]" in text
+
+
+def test_without_setproctitle_a_workers_state_is_unknown_not_idle(tmp_path):
+    # A setproctitle package with no extension module: concur cannot title its workers.
+    hidden = tmp_path / "hidden" / "setproctitle"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    env = dict(os.environ, PYTHONPATH=str(hidden.parent))
+    with running(tmp_path, PROGRAM, env) as program:
+        rows = json.loads(concur_ps(str(program.pid), "--json").stdout)
+        workers = [row for row in rows if row["role"] == "pool worker"]
+        assert len(workers) == 2
+        assert all(w["task"] is None and w["activity"] == "unknown" for w in workers)
+        table = " ".join(concur_ps(str(program.pid)).stdout.split())
+        assert "idle" not in table
+        assert "unknown" in table and "pip install setproctitle" in table

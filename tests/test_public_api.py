@@ -67,3 +67,10 @@ def test_errors_share_one_root_and_keep_stdlib_types():
     assert issubclass(concur.TaskTimeout, concurrent.futures.TimeoutError)
     assert issubclass(concur.WaitTimeout, TimeoutError)
     assert issubclass(concur.WaitTimeout, concurrent.futures.TimeoutError)
+
+
+def test_dir_lists_the_public_names_and_nothing_borrowed():
+    listed = dir(concur)
+    assert set(concur.__all__) <= set(listed)
+    assert "annotations" not in listed and "TYPE_CHECKING" not in listed and "Any" not in listed
+    assert not hasattr(concur, "annotations")

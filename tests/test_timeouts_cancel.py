@@ -166,7 +166,7 @@ def test_workers_carry_a_readable_name_in_ps():
         pid = pool.workers()[0].pid
         process = psutil.Process(pid)
         assert process.name() == "concur-worker"
-        # setproctitle (dev extra); the worker says it is idle just after replying
+        # setproctitle (a dependency); the worker says it is idle just after replying
         wait_until(lambda: "[idle]" in " ".join(process.cmdline()))
         assert " ".join(process.cmdline()).startswith("concur-worker ProcessPool-")
     worker = concur.spawn(time.sleep, 2)

@@ -93,10 +93,13 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    # The public names and the module's own dunders, not what it imported for itself.
+    return sorted({name for name in globals() if name.startswith("__")} | set(__all__))
 
 
 __version__ = "0.1.0"
+
+del annotations  # the __future__ feature, not a name of concur's
 
 __all__ = (
     "AutoPool",

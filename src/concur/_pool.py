@@ -368,7 +368,8 @@ class PoolBase(Executor):
         futures = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            futures.append(self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk))))
+            future = self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk)))
+            futures.append((future, start))
         return _map_results(futures, end_time)
 
     # -- imap --------------------------------------------------------------
@@ -453,23 +454,32 @@ def _chunk_result(future: Future[ChunkResult], end_time: float | None) -> ChunkR
     return future.result(max(0.0, end_time - time.monotonic()))
 
 
-def _map_results(futures: list[Future[ChunkResult]], end_time: float | None) -> Iterator[Any]:
+def _map_results(
+    futures: list[tuple[Future[ChunkResult], int]], end_time: float | None
+) -> Iterator[Any]:
     """Yield each chunk's values in order, letting go of each as it is yielded
-    (a result the caller dropped is freed, as with the standard library)."""
+    (a result the caller dropped is freed, as with the standard library).
+    Each chunk comes with the place of its first item in the input."""
     pending = deque(futures)
     del futures
     interrupted = False
     try:
         while pending:
+            future, first = pending[0]
             try:
-                outcomes, _, _ = _chunk_result(pending[0], end_time)
+                outcomes, _, _ = _chunk_result(future, end_time)
             except KeyboardInterrupt:
                 interrupted = True
                 raise
+            except Exception as error:
+                exc = _task.renumbered(error, first)
+                if exc is error:
+                    raise
+                raise exc from error.__cause__
             pending.popleft()
             outcomes.reverse()
             while outcomes:
                 yield _task.resolve(outcomes.pop())
     finally:
         with ignoring_ctrl_c() if interrupted else contextlib.nullcontext():
-            cancel_all(pending, running_too=interrupted)
+            cancel_all([f for f, _ in pending], running_too=interrupted)

@@ -71,7 +71,8 @@ def set_pdeathsig() -> None:
 def set_title(title: str, short: str, full: bool = True) -> None:
     """A readable name in ``ps`` and ``top``: the kernel's process name
     (``PR_SET_NAME``, what ``ps -o comm`` and ``top`` show) and, with the
-    optional setproctitle and ``full``, the whole command line."""
+    setproctitle (a dependency; absent only where it would not install) and
+    ``full``, the whole command line."""
     setter = title_setter() if full else None
     if setter is not None:
         setter(title)  # it sets the kernel name too; ours follows

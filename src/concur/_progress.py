@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
+
+
+def say(text: str) -> None:
+    """One line on stderr, above the bar while ``track`` draws one.
+
+    The bar's console stands in for ``sys.stderr`` while it is drawn (rich's
+    redirect), so the line is printed, as plain text, above the bar instead
+    of into it; written to the stream's bytes (as ``click.echo`` does) it
+    would land in the middle of the bar's line.
+    """
+    stream = sys.stderr  # looked up now: while a bar is drawn, rich's stand-in
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def track(results: Iterator[Any], total: int | None, label: Callable[[], str]) -> Iterator[Any]:
@@ -11,7 +25,8 @@ def track(results: Iterator[Any], total: int | None, label: Callable[[], str]) -
 
     Shows done/total (when the total is known), the rate, the time left and
     ``label()`` (the backend in use). Draws nothing when stderr is not a
-    terminal, so logs and pipes stay clean.
+    terminal, so logs and pipes stay clean. Print messages meanwhile with
+    ``say``.
     """
     from rich.console import Console
 

@@ -34,7 +34,8 @@ from ._exit import ignoring_ctrl_c
 if TYPE_CHECKING:
     from ._pool import ChunkResult, ChunkSizer, PoolBase, TaskOptions
 
-Entry = tuple["Future[ChunkResult]", int, str]  # a chunk's future, its items, its tag
+# A chunk's future, its items, its tag, and its first item's place in the input.
+Entry = tuple["Future[ChunkResult]", int, str, int]
 
 
 def length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
@@ -88,6 +89,7 @@ class Cursor:
             self._source = iter(iterables[0]) if self.single else zip(*iterables, strict=False)
         self._pushed: list[Any] = []  # items given back, read before the rest
         self.remaining = length_hint(iterables)  # items not taken, when known
+        self.position = 0  # the place in the input of the item read next
 
     def has_input(self) -> bool:
         return bool(self._pushed) or self._source is not None or self._seq is not None
@@ -111,12 +113,14 @@ class Cursor:
             chunk.extend(more)
         if self.remaining is not None:
             self.remaining -= len(chunk)
+        self.position += len(chunk)
         return chunk
 
     def push_back(self, items: list[Any]) -> None:
         """Items taken but not run: they come out again first."""
         if items:
             self._pushed[:0] = items
+            self.position -= len(items)
             if self.remaining is not None:
                 self.remaining += len(items)
 
@@ -134,21 +138,23 @@ class Cursor:
 class InFlight:
     """Submitted chunks, oldest first."""
 
-    def __init__(self) -> None:
+    def __init__(self, cursor: Cursor) -> None:
         self.entries: deque[Entry] = deque()
+        self._cursor = cursor
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def add(self, future: Future[ChunkResult], count: int, tag: str = "") -> None:
-        self.entries.append((future, count, tag))
+        """A chunk of the last ``count`` items taken from the cursor (and not given back)."""
+        self.entries.append((future, count, tag, self._cursor.position - count))
 
     def pending(self, skip_tag: str | None = None) -> int:
         """Chunks not finished (not counting those tagged ``skip_tag``)."""
-        return sum(1 for f, _, tag in self.entries if not f.done() and tag != skip_tag)
+        return sum(1 for f, _, tag, _ in self.entries if not f.done() and tag != skip_tag)
 
     def running_items(self) -> int:
-        return sum(n for f, n, _ in self.entries if not f.done())
+        return sum(n for f, n, _, _ in self.entries if not f.done())
 
     def collect(self, ordered: bool, timeout: float | None = None) -> list[Entry] | None:
         """Take finished chunks: the oldest (ordered), else all that are done
@@ -161,7 +167,7 @@ class InFlight:
                 return None
             return [self.entries.popleft()]
         done, _ = wait(
-            [f for f, _, _ in self.entries], timeout=timeout, return_when=FIRST_COMPLETED
+            [f for f, _, _, _ in self.entries], timeout=timeout, return_when=FIRST_COMPLETED
         )
         if not done:
             return None
@@ -170,10 +176,10 @@ class InFlight:
         return taken
 
     def all_done(self) -> bool:
-        return all(f.done() for f, _, _ in self.entries)
+        return all(f.done() for f, _, _, _ in self.entries)
 
     def cancel(self, running_too: bool) -> None:
-        cancel_all([f for f, _, _ in self.entries], running_too)
+        cancel_all([f for f, _, _, _ in self.entries], running_too)
         self.entries.clear()
 
 
@@ -236,7 +242,7 @@ class Stream(Iterator[Any]):
         timeout: float | None = None,
     ) -> None:
         self.cursor = Cursor(iterables)  # first: input that is not iterable raises here
-        self.inflight = InFlight()
+        self.inflight = InFlight(self.cursor)
         self.placement = placement
         self._ordered = ordered
         self._return_exceptions = return_exceptions
@@ -323,16 +329,19 @@ class Stream(Iterator[Any]):
         if taken is None:
             self.close()
             raise FuturesTimeout()
-        for future, count, tag in taken:
-            self._take(future, count, tag)
+        for future, count, tag, first in taken:
+            self._take(future, count, tag, first)
 
-    def _take(self, future: Future[ChunkResult], count: int, tag: str) -> None:
+    def _take(self, future: Future[ChunkResult], count: int, tag: str, first: int) -> None:
         try:
             outcomes, wall, cpu = future.result()
-        except Exception as exc:  # the whole chunk failed: its worker died, a time limit
+        except Exception as error:  # the whole chunk failed: its worker died, a time limit
+            exc = _task.renumbered(error, first)
             if not self._return_exceptions:
                 self.close()
-                raise
+                if exc is error:
+                    raise
+                raise exc from error.__cause__
             self._blocks.append(_Block([(_task.RAISED, exc)] * count, raw=False))
             return
         if isinstance(outcomes, Values):

@@ -113,7 +113,9 @@ def inherited_only(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "through inheritance" in str(error)
 
 
-def explain(error: BaseException, what: str, obj: object) -> SerializationError:
+def explain(
+    error: BaseException, what: str, obj: object, index: int | None = None
+) -> SerializationError:
     text = repr(obj)
     if len(text) > 80:
         text = text[:77] + "..."
@@ -121,7 +123,20 @@ def explain(error: BaseException, what: str, obj: object) -> SerializationError:
         f"cannot send the {what} {text} to a worker process: {type(error).__name__}: {error}. "
         "Pass picklable data (or use a ThreadPool, which shares memory).",
         what=what,
+        index=index,
     )
+
+
+def renumbered(error: BaseException, first: int) -> BaseException:
+    """A chunk's error about its item ``index``, for a chunk that starts at
+    item ``first`` of the input: the same error, counted from the input's start."""
+    if not isinstance(error, SerializationError) or error.index is None or not first:
+        return error
+    index = error.index + first
+    old, new = f"item {error.index} ", f"item {index} "
+    found = type(error)(str(error).replace(old, new, 1), error.what.replace(old, new, 1), index)
+    found.__cause__ = error.__cause__
+    return found
 
 
 def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
@@ -233,9 +248,20 @@ def serialize_chunk(task_id: int, fn_blob: bytes, items: list[tuple[Any, ...]]) 
     try:
         return task_message(CHUNK, task_id, dumps((fn_blob, items)))
     except Exception as error:
-        for args in items:
-            _check_args(error, args, {})
+        for index, args in enumerate(items):
+            _check_item(index, args)
         raise explain(error, "arguments", items) from error
+
+
+def _check_item(index: int, args: tuple[Any, ...]) -> None:
+    """Raises SerializationError naming item ``index`` of a chunk (and which
+    argument, when the item has several) if it cannot be pickled."""
+    for position, arg in enumerate(args):
+        try:
+            dumps(arg)
+        except Exception as inner:
+            what = f"item {index}" if len(args) == 1 else f"argument {position} of item {index}"
+            raise explain(inner, what, arg, index) from inner
 
 
 def serialize_callable(fn: Callable[..., Any]) -> bytes:

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _logs, _namespace, _proc, _supervise, _task
+from . import _logs, _namespace, _proc, _safepath, _supervise, _task
 from .errors import SerializationError
 from .ps import own_rss
+
+# Loaded in the fork server before it forks any worker: what concur set
+# only to start the server is not handed on to the workers.
+_safepath.forget()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _sigmask, _supervise, _worker
+from . import _safepath, _sigmask, _supervise, _worker
 
 
 class WorkerProcess:
@@ -147,9 +147,10 @@ def start(
         name=name,
     )
     try:
-        _start_resource_tracker(ctx)
-        with _sigmask.for_children(), _supervise.starting_without_main():
-            process.start()
+        with _sigmask.for_children():
+            _start_helpers(ctx)
+            with _supervise.starting_without_main():
+                process.start()
     except BaseException:
         task_w.close()
         result_r.close()
@@ -162,18 +163,22 @@ def start(
     return WorkerProcess(process, task_w, result_r, name)
 
 
-def _start_resource_tracker(ctx: multiprocessing.context.BaseContext) -> None:
-    """multiprocessing's resource tracker, started on first need, unblocks
-    SIGINT and SIGTERM in the thread that starts it: it is started here, and
-    this thread's mask put back."""
-    if ctx.get_start_method() != "fork":
-        from multiprocessing import resource_tracker
-
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-        try:
-            resource_tracker.ensure_running()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+def _start_helpers(ctx: multiprocessing.context.BaseContext) -> None:
+    """The resource tracker and the fork server, started without the working
+    directory on their ``sys.path`` (``_safepath``), with the mask this
+    thread had: the resource tracker unblocks SIGINT and SIGTERM in the
+    thread that starts it."""
+    method = ctx.get_start_method()
+    if method == "fork":
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        _safepath.start_resource_tracker()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if method == "forkserver":
+        # Started here rather than by process.start(), so that it starts safely.
+        _safepath.start_forkserver()
 
 
 def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> None:

@@ -61,6 +61,17 @@ class Results(list[Any]):
     decision: Decision | None = None
 
 
+def _where(backend: str) -> str:
+    """``backend``, or dask when it is auto and ``CONCUR_BACKEND=dask``."""
+    if backend == "auto" and environment_override() == "dask":
+        return "dask"
+    return backend
+
+
+def _source(backend: str) -> str:
+    return "given" if backend == "dask" else "CONCUR_BACKEND"
+
+
 def _check(backend: str, workers: int | None) -> str | None:
     """The backend to force on the run, or None to let auto decide."""
     if backend not in BACKENDS:
@@ -115,8 +126,8 @@ def map(
     bounds the whole call (``TimeoutError``). ``progress=True`` draws a bar
     on a terminal. The returned list's ``decision`` says where it ran.
     """
-    if backend == "dask":
-        return _dask_map(fn, iterables, workers, timeout, progress)
+    if _where(backend) == "dask":
+        return _dask_map(fn, iterables, workers, timeout, progress, _source(backend))
     stream = _stream(fn, iterables, backend, workers, timeout=timeout)
     try:
         if progress:
@@ -172,8 +183,9 @@ def imap(
     or garbage-collected while chunks still run, they stop. ``decision`` on the iterator says
     where the work runs now; ``decisions`` lists every change.
     """
-    if backend == "dask":
-        return _dask_imap(fn, iterables, workers, ordered, return_exceptions, progress)
+    if _where(backend) == "dask":
+        how = _source(backend)
+        return _dask_imap(fn, iterables, workers, ordered, return_exceptions, progress, how)
     stream = _stream(fn, iterables, backend, workers, ordered, return_exceptions)
     results: Iterator[Any] = stream
     if progress:
@@ -238,15 +250,15 @@ def _dask_pool(workers: int | None) -> DaskPool:
     return DaskPool()
 
 
-def _dask_decision(pool: DaskPool) -> Decision:
+def _dask_decision(pool: DaskPool, source: str) -> Decision:
     where = "a local cluster" if pool.local else f"the cluster at {pool.address}"
+    said = "backend='dask' given" if source == "given" else "set by CONCUR_BACKEND=dask"
     return Decision(
         "dask",
         pool.max_workers,
         0,
-        f"backend='dask' given: {pool.max_workers} worker threads on {where}; "
-        "chunks sized from measured time",
-        source="given",
+        f"{said}: {pool.max_workers} worker threads on {where}; chunks sized from measured time",
+        source=source,
     )
 
 
@@ -256,9 +268,10 @@ def _dask_map(
     workers: int | None,
     timeout: float | None,
     progress: bool,
+    source: str,
 ) -> Results:
     with _dask_pool(workers) as pool:
-        decision = _dask_decision(pool)
+        decision = _dask_decision(pool, source)
         stream: Iterator[Any] = pool.map(fn, *iterables, timeout=timeout)
         if progress:
             stream = track(stream, length_hint(iterables), lambda: "dask")
@@ -270,10 +283,10 @@ def _dask_map(
 class _DaskStream(Iterator[Any]):
     """``concur.imap`` on Dask: the pool lives as long as the iteration."""
 
-    def __init__(self, pool: Any, results: Iterator[Any]) -> None:
+    def __init__(self, pool: Any, results: Iterator[Any], source: str) -> None:
         self._pool = pool
         self._results = results
-        self.decision: Decision | None = _dask_decision(pool)
+        self.decision: Decision | None = _dask_decision(pool, source)
         self.decisions = [self.decision]
 
     def __iter__(self) -> _DaskStream:
@@ -302,12 +315,12 @@ def _dask_imap(
     ordered: bool,
     return_exceptions: bool,
     progress: bool,
+    source: str,
 ) -> _Imap:
     pool = _dask_pool(workers)
-    stream = _DaskStream(
-        pool, pool.imap(fn, *iterables, ordered=ordered, return_exceptions=return_exceptions)
-    )
-    results: Iterator[Any] = stream
+    results = pool.imap(fn, *iterables, ordered=ordered, return_exceptions=return_exceptions)
+    stream = _DaskStream(pool, results, source)
+    shown: Iterator[Any] = stream
     if progress:
-        results = track(stream, length_hint(iterables), lambda: "dask")
-    return _Imap(stream, results)
+        shown = track(stream, length_hint(iterables), lambda: "dask")
+    return _Imap(stream, shown)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import click
 
 from . import __version__
 from ._backends import BACKENDS
+from ._maplines import input_lines, load_target, print_results, read_lines, regular_file
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,9 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
-    "--quick", is_flag=True, help="Smaller work, fewer scenarios, 2 repeats: under a minute."
+    "--quick",
+    is_flag=True,
+    help="Smaller work, fewer scenarios, no Dask, 2 repeats: under a minute.",
 )
 @click.option(
     "--scenario",
@@ -74,7 +76,7 @@ def bench(
     Every selected scenario runs on every selected backend, alternating
     backends within each repeat; the table gives median, min and max, and
     ratios to serial and to the best peer. --quick runs smaller work on a
-    subset of the scenarios, in under a minute.
+    subset of the scenarios, without the Dask backends, in under a minute.
     """
     from rich.console import Console
 
@@ -109,6 +111,8 @@ def bench(
         raise click.UsageError(str(exc)) from None
     rows = report.summarize(results)
     report.print_tables(console, rows)
+    if quick and not backends:
+        report.print_left_out(console)
     if json_path:
         report.write_json(json_path, env, rows)
         console.print(f"measurements written to {json_path}")
@@ -117,63 +121,6 @@ def bench(
 
         draw(plot_path, env, rows)
         console.print(f"chart written to {plot_path}")
-
-
-def _load(target: str) -> Callable[..., Any]:
-    """MODULE:FUNCTION → the function, importing MODULE with the current directory first."""
-    import importlib
-    import os
-    import sys
-
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise click.BadParameter(
-            f"{target!r} is not MODULE:FUNCTION (for example: mytools:parse_line)",
-            param_hint="TARGET",
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="TARGET"
-        ) from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise click.BadParameter(
-                f"{module_name!r} has no {attr!r}", param_hint="TARGET"
-            ) from None
-    if not callable(obj):
-        raise click.BadParameter(f"{target} is not callable", param_hint="TARGET")
-    return obj  # type: ignore[no-any-return]
-
-
-def _lines(source: IO[str]) -> Iterator[str]:
-    for line in source:
-        yield line.rstrip("\n").rstrip("\r")
-
-
-def _regular_file(source: IO[str]) -> bool:
-    """A file on disk (also as redirected standard input), not a pipe or terminal."""
-    import stat
-
-    try:
-        return stat.S_ISREG(os.fstat(source.fileno()).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 BACKEND_CHOICE = click.Choice(list(BACKENDS))
@@ -210,13 +157,17 @@ def map_command(
 
     Results come in input order. A line whose call fails prints
     {"error": ..., "line": N} in its place and a message on stderr; the other
-    lines go on (--fail-fast stops instead). Exit status 1 if any line failed.
-    """
-    import json
+    lines go on (--fail-fast stops, naming the line). Exit status 1 if any
+    line failed. On a terminal a progress bar shows lines done of the total (a
+    file's lines are counted first), with the messages printed above it.
 
+    \b
+    MODULE is looked up among the installed modules first, then in the current
+    directory, so a file there never replaces one concur or Python uses.
+    """
     from . import api
 
-    fn = _load(target)
+    fn = load_target(target)
     if scheduler is not None:
         if backend != "dask":
             raise click.BadParameter(
@@ -225,28 +176,13 @@ def map_command(
         os.environ["DASK_SCHEDULER_ADDRESS"] = scheduler
     results = api.imap(
         fn,
-        _lines(source),
+        input_lines(source),
         backend=cast(api.Backend, backend),
         workers=workers,
         return_exceptions=not fail_fast,
         progress=progress,
     )
-    failed = 0
-    try:
-        for number, value in enumerate(results, 1):
-            if isinstance(value, BaseException):
-                failed += 1
-                message = f"{type(value).__name__}: {value}"
-                click.echo(f"concur map: line {number}: {message}", err=True)
-                click.echo(json.dumps({"error": message, "line": number}))
-            else:
-                click.echo(json.dumps(_jsonable(value)))
-    except Exception as exc:
-        results.close()
-        click.echo(
-            f"concur map: stopped at the first failure: {type(exc).__name__}: {exc}", err=True
-        )
-        sys.exit(1)
+    failed = print_results(results)
     decision = results.decision
     if decision is not None:
         click.echo(f"concur map: {decision}", err=True)
@@ -273,17 +209,22 @@ def map_command(
     "[default: every line of FILE; a long run for standard input].",
 )
 def advise(target: str, source: IO[str], sample: int, items: int | None) -> None:
-    """Run FUNCTION on the first lines of FILE and print where concur would run it, and why."""
+    """Run FUNCTION on the first lines of FILE and print where concur would run it, and why.
+
+    \b
+    MODULE is looked up among the installed modules first, then in the current
+    directory, so a file there never replaces one concur or Python uses.
+    """
     import itertools
 
     from .auto import advise as advise_fn
 
-    fn = _load(target)
-    lines_in = _lines(source)
+    fn = load_target(target)
+    lines_in = read_lines(source)
     lines = list(itertools.islice(lines_in, sample))
     if not lines:
         raise click.UsageError("no input lines to measure")
-    if items is None and _regular_file(source):
+    if items is None and regular_file(source):
         items = len(lines) + sum(1 for _ in lines_in)  # the whole file
     decision = advise_fn(fn, lines, items=items)
     m = decision.measurements

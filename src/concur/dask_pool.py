@@ -6,6 +6,13 @@ address (and no ``DASK_SCHEDULER_ADDRESS`` in the environment) it starts a
 closes it on shutdown; with an address it joins that cluster and leaves it
 running.
 
+The local cluster speaks TLS with temporary credentials made for it
+(Dask's ``security=True``): the scheduler and workers accept only
+connections that present its certificate, which only this pool and the
+cluster's own processes hold. Without them, another program on the
+machine, which could otherwise connect to 127.0.0.1 and run code as this
+user, is refused.
+
 The semantics are the local pools': ``map`` in order, ``imap`` lazy and
 bounded, chunks sized from measured time so that Dask's per-task cost
 (about a millisecond through the scheduler) is spread over many items; an
@@ -23,6 +30,7 @@ cannot be interrupted.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import threading
 import time
@@ -34,15 +42,16 @@ from . import _pool, _task
 from ._deadlines import Deadlines
 from .errors import PoolClosed, TaskTimeout, WorkerCrashed
 
-_LOCAL_ONLY = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1"}
+# A local cluster: on loopback only, and TLS with temporary credentials (see above).
+_LOCAL_ONLY = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1", "security": True}
 _RELEASED = (
     "Dask cannot stop a running task, so it was released and its worker thread "
     "finishes it unobserved (the limit counts from submission)"
 )
 
 
-def _missing() -> ImportError:
-    return ImportError("concur.DaskPool needs Dask distributed: pip install 'concur[dask]'")
+def _missing(what: str = "Dask distributed") -> ImportError:
+    return ImportError(f"concur.DaskPool needs {what}: pip install 'concur[dask]'")
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -91,7 +100,8 @@ class DaskPool(_pool.PoolBase):
     ``address``: a scheduler such as ``"tcp://10.0.0.5:8786"``; default
     ``DASK_SCHEDULER_ADDRESS``, else a local cluster started here with
     ``cluster_options`` (``LocalCluster`` arguments; defaults: one worker
-    process per core, one thread each, no dashboard, 127.0.0.1).
+    process per core, one thread each, 127.0.0.1, TLS with temporary
+    credentials: ``security=True``).
     ``task_timeout`` and ``retries`` are the pools' per-task settings; Dask
     also retries a task on another worker when its worker dies (up to
     ``distributed.scheduler.allowed-failures``, 3 by default).
@@ -122,6 +132,8 @@ class DaskPool(_pool.PoolBase):
                 **_LOCAL_ONLY,
             }
             options.update(cluster_options)
+            if options["security"] is True and importlib.util.find_spec("cryptography") is None:
+                raise _missing("cryptography, for its local cluster's TLS credentials")
             self._cluster = distributed.LocalCluster(**options)
             self._client: Any = distributed.Client(self._cluster, set_as_default=False)
         else:

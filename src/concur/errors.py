@@ -82,11 +82,14 @@ class SerializationError(ConcurError, pickle.PicklingError, TypeError):
     """An object could not be sent to or from a worker process.
 
     ``what`` names the object ("argument", "result", "exception", "callable").
+    ``index`` is the place in the input of the item that could not be sent
+    by ``map``/``imap`` (0 for the first), or None.
     """
 
-    def __init__(self, message: str, what: str = "object") -> None:
+    def __init__(self, message: str, what: str = "object", index: int | None = None) -> None:
         super().__init__(message)
         self.what = what
+        self.index = index
 
 
 class WorkerCrashed(ConcurError, BrokenProcessPool):

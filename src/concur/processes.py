@@ -42,6 +42,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -62,15 +63,40 @@ _pool_ids = itertools.count()
 _task_ids = itertools.count()
 
 
+EXPOSED_FORKSERVER = (
+    "CVE-2022-42919: on CPython 3.10.0 to 3.10.8, multiprocessing's fork server "
+    "listens on an abstract socket that any user of this machine can connect to "
+    "and run code as this program"
+)
+
+
+def forkserver_exposed(version: tuple[int, int, int] | None = None) -> bool:
+    """True where the fork server is open to other local users (``EXPOSED_FORKSERVER``)."""
+    found = tuple(sys.version_info[:3]) if version is None else version
+    return sys.platform.startswith("linux") and (3, 10, 0) <= found <= (3, 10, 8)
+
+
 def default_start_method() -> str:
     """forkserver on Linux, spawn elsewhere (see docs/start-methods.md).
 
     ``fork`` copies the parent's threads' locks in whatever state they are in
     and is unsafe once any thread runs (a pool's supervisor always does);
     ``forkserver`` forks from a clean single-threaded server, so it is safe and
-    starts workers several times faster than ``spawn``.
+    starts workers several times faster than ``spawn``. Where the fork server
+    is exposed (CPython 3.10.0-3.10.8), spawn, with a warning (issued from
+    here, so the default warning filter shows it once).
     """
-    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+    if not sys.platform.startswith("linux"):
+        return "spawn"
+    if forkserver_exposed():
+        warnings.warn(
+            f"{EXPOSED_FORKSERVER}; concur starts its workers with spawn instead "
+            "(slower to start). Upgrade Python to 3.10.9 or later to use forkserver.",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        return "spawn"
+    return "forkserver"
 
 
 def get_context(
@@ -83,6 +109,11 @@ def get_context(
     else:
         ctx = mp_context
     if ctx.get_start_method() == "forkserver":
+        if forkserver_exposed():
+            raise ValueError(
+                f"{EXPOSED_FORKSERVER}. Upgrade Python to 3.10.9 or later, or use "
+                'mp_context="spawn" (or leave it out: concur then uses spawn here).'
+            )
         _preload_in_forkserver(ctx)
     return ctx
 

@@ -40,6 +40,16 @@ def rss(pid: int) -> int | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    """The process runs (it has not exited, not even as a zombie)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 _self = None
 
 
@@ -110,6 +120,8 @@ ORPHAN_NOTE = (
 )
 _ADOPTERS = {"init", "systemd", "tini", "dumb-init", "docker-init", "launchd"}
 _TASK = re.compile(r"\[task (\d+) (.+) since ([\d.]+)\]\s*$")
+_IDLE = re.compile(r"\[idle\]\s*$")
+UNKNOWN_NOTE = "unknown (pip install setproctitle to see its task)"
 
 
 @dataclass
@@ -128,6 +140,9 @@ class ProcessRow:
     task: str | None = None
     task_id: int | None = None
     running_for: float | None = None
+    # A pool worker's "busy" or "idle", from its title; "unknown" when it
+    # could not set one (setproctitle missing). None for other processes.
+    activity: str | None = None
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     thread_names: list[str] = field(default_factory=list)
@@ -244,12 +259,7 @@ def _row(proc: Any, depth: int, now: float, with_threads: bool) -> ProcessRow | 
             )
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    if cmdline:
-        match = _TASK.search(" ".join(cmdline))
-        if match:
-            row.task_id = int(match.group(1))
-            row.task = match.group(2)
-            row.running_for = max(now - float(match.group(3)), 0.0)
+    _read_title(row, " ".join(cmdline), now)
     if zombie:
         row.flags.append("zombie")
         row.notes.append(ZOMBIE_NOTE)
@@ -260,6 +270,20 @@ def _row(proc: Any, depth: int, now: float, with_threads: bool) -> ProcessRow | 
     if with_threads and not zombie:
         row.thread_names = _thread_names(proc.pid)
     return row
+
+
+def _read_title(row: ProcessRow, title: str, now: float) -> None:
+    """The task a worker's title names (``TITLE [task ID NAME since EPOCH]`` or ``[idle]``)."""
+    match = _TASK.search(title)
+    if match:
+        row.task_id = int(match.group(1))
+        row.task = match.group(2)
+        row.running_for = max(now - float(match.group(3)), 0.0)
+        row.activity = "busy"
+    elif _IDLE.search(title):
+        row.activity = "idle"
+    elif row.role == "pool worker" and row.state != "zombie":
+        row.activity = "unknown"
 
 
 def _adopter(ppid: int) -> str | None:
@@ -335,27 +359,23 @@ def render(rows: list[ProcessRow]) -> Any:
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in rows:
-        task = ""
-        if row.task is not None:
-            task = f"#{row.task_id} {row.task} for {row.running_for:.1f} s"
-        elif row.role == "pool worker":
-            task = "idle"
-        state = f"[bold red]{row.state}[/]" if "zombie" in row.flags else row.state
+        # Every text comes from a program (names, task labels): plain Text, never markup.
+        state = Text(row.state, style="bold red" if "zombie" in row.flags else "")
         if "orphan" in row.flags:
-            state += " [bold red]ORPHAN[/]"
+            state.append(" ORPHAN", style="bold red")
         table.add_row(
-            str(row.pid),
-            str(row.ppid),
-            "  " * row.depth + row.name,
-            row.role,
+            Text(str(row.pid)),
+            Text(str(row.ppid)),
+            Text("  " * row.depth + row.name),
+            Text(row.role),
             state,
-            f"{row.cpu_percent:.0f}",
-            _size(row.rss) if row.rss else "-",
-            str(row.threads) if row.threads else "-",
-            task,
+            Text(f"{row.cpu_percent:.0f}"),
+            Text(_size(row.rss) if row.rss else "-"),
+            Text(str(row.threads) if row.threads else "-"),
+            Text(_task_cell(row)),
         )
         if row.thread_names:
-            table.add_row("", "", "  " * (row.depth + 1) + ", ".join(row.thread_names))
+            table.add_row("", "", Text("  " * (row.depth + 1) + ", ".join(row.thread_names)))
     parts: list[Any] = [table]
     if not rows:
         parts = [Text("no concur program is running (give a PID to inspect any process)")]
@@ -363,6 +383,14 @@ def render(rows: list[ProcessRow]) -> Any:
         for note in row.notes:
             parts.append(Text(f"{row.pid}: {note}"))
     return Group(*parts)
+
+
+def _task_cell(row: ProcessRow) -> str:
+    if row.task is not None:
+        return f"#{row.task_id} {row.task} for {row.running_for:.1f} s"
+    if row.activity == "unknown":
+        return UNKNOWN_NOTE
+    return row.activity or ""
 
 
 def _size(value: int) -> str:

@@ -94,7 +94,7 @@ class AutoPlacement:
         self.pools: Pools = pools or RunPools()
         self._fn_blob: bytes | None = None
         self._watchdog = Watchdog()
-        self.judge = Judge(workers, chunksize, forced_backend or environment_override())
+        self.judge = Judge(workers, chunksize, forced_backend or environment_override("this run"))
         if self.judge.forced is not None:
             source = "backend=" if forced_backend else "CONCUR_BACKEND"
             self.judge.adopt(forced(self.judge.forced, source, workers))

@@ -61,6 +61,7 @@ class AutoPool(_pool_base.PoolBase):
     def __init__(self, max_workers: int | None = None) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
             raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
+        self._forced = environment_override("an AutoPool")
         self._max_workers = max_workers or cpu_count()
         self._workers_given = max_workers
         self._defaults = TaskOptions()
@@ -69,7 +70,6 @@ class AutoPool(_pool_base.PoolBase):
         self._routes: dict[Any, _Route] = {}
         self._lock = threading.Lock()
         self._clock = (time.perf_counter(), time.process_time())
-        self._forced = environment_override()
         self.decision: Decision | None = None
         self.decisions: dict[str, Decision] = {}
 

@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from .._backends import BACKENDS as ALL_BACKENDS
 from .._backends import LOCAL_BACKENDS
 from .._pool import CHUNK_TARGET_S
 from .._proc import cpu_count
@@ -194,12 +195,23 @@ def forced(backend: str, source: str, workers: int | None = None) -> Decision:
     return Decision(backend, workers or default, 0, f"set by {said}", source=source)
 
 
-def environment_override() -> str | None:
+def environment_override(local: str | None = None) -> str | None:
+    """The backend ``CONCUR_BACKEND`` names, or None for auto.
+
+    ``dask`` is for concur.map, imap and run; ``local`` names a caller that
+    can only run work on this machine, which then refuses it.
+    """
     value = os.environ.get("CONCUR_BACKEND", "").strip().lower()
     if not value or value == "auto":
         return None
-    if value not in BACKENDS:
+    if value not in ALL_BACKENDS:
+        *most, last = ALL_BACKENDS
         raise ValueError(
-            f"CONCUR_BACKEND={value!r} is not a backend; use auto, {', '.join(BACKENDS)}"
+            f"CONCUR_BACKEND={value!r} is not a backend; use {', '.join(most)} or {last}"
+        )
+    if value == "dask" and local is not None:
+        raise ValueError(
+            f"CONCUR_BACKEND=dask sends concur.map, imap and run to Dask, but {local} runs "
+            "work on this machine: unset CONCUR_BACKEND for it, or use concur.DaskPool"
         )
     return value

@@ -284,6 +284,7 @@ class PebbleRunner(Runner):
 
 
 _dask_clusters: dict[int, Any] = {}
+_dask_log_levels: dict[str, int] = {}  # what the run changed, to put back
 
 
 def _dask_cluster(workers: int) -> Any:
@@ -301,7 +302,23 @@ def _dask_cluster(workers: int) -> Any:
             # about each lost task would bury the tables.
             silence_logs=logging.CRITICAL,
         )
+        _quiet_dask_here()
     return _dask_clusters[workers]
+
+
+def _quiet_dask_here() -> None:
+    """Silence the scheduler, nannies and client that run in this process.
+
+    ``silence_logs`` quiets the distributed logger, but the loggers Dask's
+    configuration gives levels of their own (distributed.scheduler,
+    distributed.nanny, distributed.client) still print walls of warnings
+    when the crash scenario kills workers, into the benchmark's output.
+    """
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+    for name in ["distributed", *names]:
+        log = logging.getLogger(name)
+        _dask_log_levels.setdefault(name, log.level)
+        log.setLevel(logging.CRITICAL)
 
 
 def close_shared() -> None:
@@ -309,6 +326,9 @@ def close_shared() -> None:
     while _dask_clusters:
         _, cluster = _dask_clusters.popitem()
         cluster.close()
+    while _dask_log_levels:
+        name, level = _dask_log_levels.popitem()
+        logging.getLogger(name).setLevel(level)
 
 
 class ConcurDaskRunner(ExecutorRunner):
@@ -370,12 +390,18 @@ class Backend:
     kind: str
     module: str | None = None  # the library a peer needs
     dedicated: bool = False  # runs only in the scenarios that name it
+    # Part of --quick: the Dask backends are not (each run starts a cluster,
+    # and tiny calls through a scheduler take seconds); --backend adds them.
+    quick: bool = True
+
+    def install_hint(self) -> str:
+        extra = "dask" if self.module == "distributed" else "peers"
+        return f"pip install 'concur[{extra}]'"
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None."""
         if self.module and importlib.util.find_spec(self.module) is None:
-            extra = "dask" if self.module == "distributed" else "peers"
-            return f"{self.module} is not installed (pip install 'concur[{extra}]')"
+            return f"{self.module} is not installed ({self.install_hint()})"
         return None
 
 
@@ -387,7 +413,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("concur-thread", "concur", lambda w: ExecutorRunner(ThreadPool(w)), "thread"),
         Backend("concur-process", "concur", lambda w: ExecutorRunner(ProcessPool(w)), "process"),
         Backend("concur-auto", "concur", AutoRunner, "auto"),
-        Backend("concur-dask", "concur", ConcurDaskRunner, "process", module="distributed"),
+        Backend("concur-dask", "concur", ConcurDaskRunner, "process", "distributed", quick=False),
         Backend(
             "ThreadPoolExecutor", "peer", lambda w: ExecutorRunner(ThreadPoolExecutor(w)), "thread"
         ),
@@ -406,6 +432,6 @@ BACKENDS: dict[str, Backend] = {
         Backend("loky", "peer", LokyRunner, "process", module="loky"),
         Backend("mpire", "peer", MpireRunner, "process", module="mpire"),
         Backend("pebble", "peer", PebbleRunner, "process", module="pebble"),
-        Backend("dask", "peer", DaskRunner, "process", module="distributed"),
+        Backend("dask", "peer", DaskRunner, "process", "distributed", quick=False),
     ]
 }

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .._proc import cpu_count
 from ..processes import default_start_method
@@ -125,9 +126,14 @@ def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
         piped = any(r["x_pipe"] is not None for r in these)
         if piped:
             table.add_column("× pipe", justify="right")
+        notes: dict[str, list[str]] = {}  # why a backend has no numbers: its backends
         for row in these:
+            if not_installed(row):
+                continue  # summarised once, below the tables
             if row["error"] and not row["samples"]:
-                table.add_row(row["backend"], f"[red]{row['error'].splitlines()[0]}[/]")
+                reason = row["error"].splitlines()[0]
+                notes.setdefault(reason, []).append(row["backend"])
+                table.add_row(row["backend"], Text(reason.split(":")[0], style="red"))
                 continue
             cells = [
                 row["backend"],
@@ -139,11 +145,47 @@ def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
             ]
             table.add_row(*cells, *([_ratio(row["x_pipe"])] if piped else []))
         console.print(table)
+        for reason, names in notes.items():
+            # Text, not markup: a reason may quote brackets (an install hint, a repr).
+            console.print(Text(f"{', '.join(names)}: {reason}", style="red"))
+    missing = missing_line(rows)
+    if missing:
+        console.print(Text(missing))
     console.print(
         "Ratios divide medians from this run: above 1.00× means better than serial, "
         "or than the best peer of the same kind (threads vs threads, processes vs processes; "
         "auto vs every fixed choice, serial included). × pipe (latency): the round trip "
         "in bare-pipe round trips, the floor for any process pool here."
+    )
+
+
+def not_installed(row: dict[str, Any]) -> bool:
+    """A row of a backend whose library is missing (it ran nowhere)."""
+    return not row["samples"] and BACKENDS[row["backend"]].unavailable() is not None
+
+
+def missing_line(rows: list[dict[str, Any]]) -> str | None:
+    """One line for every backend left out because its library is missing, with
+    the command that installs each group; None when all were there."""
+    hints: dict[str, list[str]] = {}
+    for row in rows:
+        backend = BACKENDS[row["backend"]]
+        if not_installed(row) and row["backend"] not in hints.get(backend.install_hint(), []):
+            hints.setdefault(backend.install_hint(), []).append(row["backend"])
+    if not hints:
+        return None
+    parts = [f"{', '.join(names)} ({hint})" for hint, names in hints.items()]
+    return "Not installed, so not run: " + "; ".join(parts) + "."
+
+
+def print_left_out(console: Console) -> None:
+    """What --quick does not run, and how to run it."""
+    left = [name for name, backend in BACKENDS.items() if not backend.quick]
+    console.print(
+        Text(
+            f"--quick leaves out {', '.join(left)} (each run starts a Dask cluster); "
+            "add --backend NAME to run one."
+        )
     )
 
 

@@ -304,6 +304,8 @@ def run_bench(
     if cfg.quick and not cfg.scenarios:
         scenarios = [name for name in scenarios if SCENARIOS[name].quick]
     backends = _selected(cfg.backends, BACKENDS, "backend")
+    if cfg.quick and not cfg.backends:
+        backends = [name for name in backends if BACKENDS[name].quick]
     repeat = cfg.repeat or (2 if cfg.quick else 3)
     results: dict[tuple[str, str], Result] = {}
     try:
