@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -288,3 +289,61 @@ def test_an_event_loop_runs_a_blocking_handler_on_a_thread(model):
             if round_ > 0:
                 assert took < 0.3, f"a slow handler blocked the loop ({took:.2f} s)"
             assert slow.recv(1024) == b"SLOW\n"
+
+
+class Stalled(logging.Handler):
+    """The caller's logging, blocked until released: a paused terminal, a full pipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.gate.wait(60)
+
+
+class Failing(TextSession):
+    """Each session logs a long traceback: a few fill the log socket."""
+
+    def on_message(self, text: str) -> tuple[str, bool]:
+        raise RuntimeError("the handler broke: " + "x" * 20_000)
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_a_caller_whose_logging_blocks_never_stops_the_server(model, caplog):
+    caplog.set_level(logging.INFO, logger="concur.server")
+    stalled = Stalled()
+    logging.getLogger("concur.server").addHandler(stalled)
+    try:
+        with start(Failing, port=0, model=model, workers=2) as server:
+            for _ in range(300):  # ~6 MB of tracebacks that nobody reads
+                with connect(server.port) as sock:
+                    assert ask(sock, "boom") == b""
+            stalled.gate.set()
+            assert wait_until(lambda: "dropped: the calling process" in caplog.text, 5)
+    finally:
+        stalled.gate.set()
+        logging.getLogger("concur.server").removeHandler(stalled)
+    assert "the handler broke: xxx" in caplog.text  # the records it had room for arrive
+
+
+class Quoting(TextSession):
+    def on_message(self, text: str) -> tuple[str, bool]:
+        if text != "ok":
+            raise ValueError(f"unknown command {text!r}")
+        return "OK", False
+
+
+@pytest.mark.parametrize("model", ["prefork", "hybrid"])
+def test_a_record_longer_than_a_datagram_is_cut_not_lost(model, caplog):
+    # 40,000 '"' quoted in a traceback: over 64 KiB once JSON-escaped
+    caplog.set_level(logging.INFO, logger="concur.server")
+    with start(Quoting, port=0, model=model, workers=2) as server:
+        with connect(server.port) as sock:
+            assert ask(sock, '"' * 40_000) == b""
+        for _ in range(400):  # more than the log socket holds, had its reader died
+            with connect(server.port) as sock:
+                assert ask(sock, "ok") == b"OK\n"
+        assert wait_until(lambda: caplog.text.count("messages=1 ended=client closed") >= 400, 5)
+    assert 'ValueError: unknown command \'"""' in caplog.text
+    assert "[cut]" in caplog.text

@@ -25,28 +25,91 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._drive import BACKOFF, back_off, drive, log, peer_name
+from ._drive import BACKOFF, WARNING, back_off, drive, log, peer_name
 
 if TYPE_CHECKING:
     from ._master import Master
 
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that follows
+STATE = struct.Struct("iBB")  # pid, kind (FREE, ...), length of the text that follows
 
 
-def send(sock: socket.socket, event: dict[str, Any]) -> None:
-    try:
-        sock.send(json.dumps(event).encode())
-    except OSError:
-        pass
+class Events:
+    """The datagram socket to the caller, shared by the master and every child.
+
+    It never blocks. A server process that waited for the caller to read
+    would stop serving: one caller whose logging stalls (a paused terminal,
+    a full pipe) and every child hangs in its next log line, its client
+    with it. So the socket is non-blocking (one open file for all the
+    server's processes, so one call sets it for all) with a send buffer
+    that holds a few thousand log lines; a record it has no room for is
+    dropped and counted (``on_drop``), and the master says how many, once
+    the caller reads again.
+    """
+
+    LIMIT = 60_000  # bytes in one datagram; the caller reads up to 64 KiB
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        except OSError:
+            pass  # the system's default: a few hundred lines
+        self.sock = sock
+        self.dropped = 0  # the master's count, told with the next report
+        self.on_drop: Callable[[], None] = self.count_drop
+
+    def count_drop(self) -> None:
+        self.dropped += 1
+
+    def send(self, event: dict[str, Any], counted: bool = True) -> bool:
+        """Send ``event`` if there is room now; False if it was dropped."""
+        try:
+            self.sock.send(json.dumps(event, ensure_ascii=False).encode())
+        except BlockingIOError:
+            if counted:
+                self.on_drop()
+            return False
+        except OSError:  # the caller is gone; nobody to tell
+            return False
+        return True
+
+    def log(self, level: int, text: str, counted: bool = True) -> bool:
+        data = json.dumps(text, ensure_ascii=False).encode()
+        while len(data) > self.LIMIT:  # a traceback of 1 MB still gets its start told
+            text = text[: len(text) * self.LIMIT // len(data) - 64] + " [cut]"
+            data = json.dumps(text, ensure_ascii=False).encode()
+        return self.send({"t": "log", "level": level, "msg": text}, counted)
+
+    def report_drops(self) -> None:
+        """In the master: say how many records were dropped, if the caller
+        reads again (the report itself is not counted when it is dropped)."""
+        if not self.dropped:
+            return
+        dropped = self.dropped
+        told = self.log(
+            WARNING,
+            f"{dropped} log record{'s' * (dropped != 1)} of the server's processes "
+            f"dropped: the calling process (pid {os.getppid()}) did not read them in "
+            "time (is its logging blocked or slow?); serving went on",
+            counted=False,
+        )
+        if told:
+            self.dropped -= dropped
 
 
-def state_record(pid: int, serving: bool, peer: str) -> bytes:
-    name = peer.encode()[:200]
-    return STATE.pack(pid, serving, len(name)) + name  # < PIPE_BUF: written whole
+# What a child writes on the master's state pipe (each record < PIPE_BUF, so
+# written whole): its pid, one of these, and the bytes that follow.
+FREE, SERVING, LOG_DROPPED = 0, 1, 2
+
+
+def state_record(pid: int, kind: int, text: str = "") -> bytes:
+    data = text.encode()[:200]
+    return STATE.pack(pid, kind, len(data)) + data
 
 
 def accept_one(listener: socket.socket) -> tuple[socket.socket, Any] | OSError | None:
@@ -78,7 +141,7 @@ def drain(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
+def forward_logs(events: Events, names: tuple[str, ...]) -> None:
     """Send the records of these loggers (asyncio's, in a hybrid worker) to
     the caller too. Imports logging, so only where threads run anyway."""
     import logging
@@ -86,9 +149,8 @@ def forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
     class EventHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             try:
-                text = self.format(record)[:60_000]
-                send(events, {"t": "log", "level": record.levelno, "msg": text})
-            except Exception:  # the caller is gone; nothing to tell
+                events.log(record.levelno, self.format(record))
+            except Exception:  # a record that cannot be formatted: nothing to tell
                 pass
 
     for name in names:
@@ -162,7 +224,7 @@ class Accepting:
 
         def say_free() -> None:
             if not self.one_shot:  # a one-shot child says it by exiting
-                os.write(master.state_w, state_record(me, False, ""))
+                os.write(master.state_w, state_record(me, FREE))
 
         signal.signal(signal.SIGTERM, session.stop)
         signal.signal(signal.SIGINT, session.close_now)
@@ -183,7 +245,7 @@ class Accepting:
                 continue
             conn, address = accepted
             peer = peer_name(address)
-            os.write(master.state_w, state_record(me, True, peer))
+            os.write(master.state_w, state_record(me, SERVING, peer))
             if self.one_shot:
                 master.listener.close()
             session.conn = conn

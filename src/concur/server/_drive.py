@@ -34,10 +34,10 @@ class Log:
     """
 
     def __init__(self) -> None:
-        self._emit: Callable[[int, str], None] | None = None
+        self._emit: Callable[[int, str], object] | None = None
         self._level = INFO
 
-    def to_events(self, emit: Callable[[int, str], None], level: int) -> None:
+    def to_events(self, emit: Callable[[int, str], object], level: int) -> None:
         self._emit, self._level = emit, level
 
     def log(

@@ -27,7 +27,10 @@ last child is reaped.
 
 Children log through a datagram socket to the caller, which re-emits each
 record on the ``concur.server`` logger: one log line per connection, and
-tracebacks, appear where the user configured logging.
+tracebacks, appear where the user configured logging. No server process
+ever waits on that socket (``_children.Events``): when the caller does not
+read, records are dropped, counted on the state pipe, and the master tells
+the caller how many once it reads again.
 """
 
 from __future__ import annotations
@@ -44,7 +47,17 @@ from collections.abc import Callable
 from typing import Any
 
 from .._proc import load_libc, set_pdeathsig, set_title
-from ._children import MODELS, STATE, STOP_SIGNALS, accept_one, drain, send
+from ._children import (
+    LOG_DROPPED,
+    MODELS,
+    SERVING,
+    STATE,
+    STOP_SIGNALS,
+    Events,
+    accept_one,
+    drain,
+    state_record,
+)
 from ._drive import BACKOFF, log, refuse
 from .protocol import Session
 
@@ -67,7 +80,7 @@ class Master:
     What differs by model is ``self.kind`` (see ``_children``).
     """
 
-    def __init__(self, setup: dict[str, Any], events: socket.socket) -> None:
+    def __init__(self, setup: dict[str, Any], events: Events) -> None:
         self.model: str = setup["model"]
         self.handler: Callable[[str], Session] = setup["handler"]
         self.max_connections: int = setup["max_connections"]
@@ -96,6 +109,7 @@ class Master:
         self.backoff_until = 0.0
         self.terminated = False
         self.last_refusal = 0.0
+        self.next_drop_report = 0.0
         self.kind = MODELS[self.model](self)
 
     def on_sigterm(self, *_: object) -> None:
@@ -113,9 +127,10 @@ class Master:
         self.sel.register(self.state_r, selectors.EVENT_READ)
         self.kind.start()
         self.update_listening()
-        send(self.events, {"t": "ready", "port": self.listener.getsockname()[1]})
+        self.events.send({"t": "ready", "port": self.listener.getsockname()[1]})
         while True:
             self.reap()
+            self.report_drops()
             if self.terminated:
                 self.stop(5.0)
             if self.stopping_since is not None:
@@ -139,7 +154,15 @@ class Master:
             return 0.05
         if self.backoff_until:
             return BACKOFF
+        if self.events.dropped:
+            return 1.0  # to report them, once the caller reads again
         return None
+
+    def report_drops(self) -> None:
+        now = time.monotonic()
+        if self.events.dropped and now >= self.next_drop_report:
+            self.next_drop_report = now + 1.0
+            self.events.report_drops()
 
     def command(self) -> None:
         line = os.read(sys.stdin.fileno(), 4096)
@@ -228,14 +251,16 @@ class Master:
         data = drain(self.state_r)
         offset = 0
         while offset + STATE.size <= len(data):
-            pid, serving, size = STATE.unpack_from(data, offset)
+            pid, kind, size = STATE.unpack_from(data, offset)
             offset += STATE.size
-            peer = data[offset : offset + size].decode(errors="replace")
+            text = data[offset : offset + size].decode(errors="replace")
             offset += size
-            if pid in self.busy:
-                self.busy[pid] = bool(serving)
-                if serving:
-                    self.children[pid].update(peer=peer, since=time.monotonic())
+            if kind == LOG_DROPPED:
+                self.events.dropped += 1
+            elif pid in self.busy:
+                self.busy[pid] = kind == SERVING
+                if kind == SERVING:
+                    self.children[pid].update(peer=text, since=time.monotonic())
 
     # -- children -------------------------------------------------------------
 
@@ -267,6 +292,8 @@ class Master:
         set_pdeathsig()  # the master is single-threaded: this follows the master
         if os.getppid() != self.pid:
             os._exit(0)
+        drop = state_record(os.getpid(), LOG_DROPPED)
+        self.events.on_drop = lambda: _tell(self.state_w, drop)  # the master counts
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in (self.sel.fileno(), self.wake_r, self.wake_w, self.state_r):
@@ -317,21 +344,24 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
+def _tell(fd: int, record: bytes) -> None:
+    try:
+        os.write(fd, record)
+    except OSError:  # the master is gone: this child is about to be too
+        pass
+
+
 def main() -> int:
     load_libc()  # loaded once here, not in every child
-    events = socket.socket(fileno=int(sys.argv[1]))
-
-    def emit(level: int, text: str) -> None:
-        send(events, {"t": "log", "level": level, "msg": text[:60_000]})
-
+    events = Events(socket.socket(fileno=int(sys.argv[1])))
     try:
         setup = _read_setup()
-        log.to_events(emit, setup["log_level"])
+        log.to_events(events.log, setup["log_level"])
         set_title(f"concur-server ({setup['model']} model)", "concur-server")
         master = Master(setup, events)
     except Exception as exc:
         errno_ = exc.errno if isinstance(exc, OSError) else None
-        send(events, {"t": "error", "errno": errno_, "msg": f"{type(exc).__name__}: {exc}"})
+        events.send({"t": "error", "errno": errno_, "msg": f"{type(exc).__name__}: {exc}"})
         return 1
     return master.run()
 

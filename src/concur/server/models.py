@@ -48,6 +48,7 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_HYBRID_THREADS = 8
 BACKLOG = 1024
+EVENT_SIZE = 1 << 17  # more than the largest event the master's side sends
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -312,7 +313,7 @@ class MasterServer(Server):
         self._events.settimeout(0.1)
         while True:
             try:
-                data = self._events.recv(65536)
+                data = self._events.recv(EVENT_SIZE)
             except TimeoutError:
                 if self._master.poll() is not None:
                     break
@@ -321,7 +322,7 @@ class MasterServer(Server):
         self._events.setblocking(False)
         while True:  # what the last children said before the master reaped them
             try:
-                self._handle(self._events.recv(65536))
+                self._handle(self._events.recv(EVENT_SIZE))
             except BlockingIOError:
                 break
         if not self._ready.is_set():
@@ -329,10 +330,17 @@ class MasterServer(Server):
             self._ready.set()
 
     def _handle(self, data: bytes) -> None:
-        event = json.loads(data)
-        kind = event.get("t")
+        # This thread must go on reading whatever arrives: the server's
+        # processes never wait for it, so what it misses is lost.
+        try:
+            event = json.loads(data)
+            kind = event.get("t")
+            level = int(event.get("level", logging.WARNING))
+        except (ValueError, AttributeError, TypeError):
+            log.warning("a malformed event from the server's processes: %r", data[:200])
+            return
         if kind == "log":
-            log.log(int(event["level"]), "%s", event["msg"])
+            log.log(level, "%s", event.get("msg"))
         elif kind == "ready":
             self.port = int(event["port"])
             self._ready.set()
