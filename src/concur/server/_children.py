@@ -16,7 +16,6 @@ and each model's children run its ``serve`` method after the fork.
 
 from __future__ import annotations
 
-import errno
 import json
 import mmap
 import os
@@ -28,12 +27,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._drive import BACKOFF, WARNING, back_off, drive, log, peer_name
+from ._drive import BACKOFF, OUT_OF_FDS, WARNING, drive, log, peer_name
 
 if TYPE_CHECKING:
+    from ._drive import AcceptErrors
     from ._master import Master
 
-OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 STATE = struct.Struct("iBB")  # pid, kind (FREE, ...), length of the text that follows
 
@@ -103,8 +102,9 @@ class Events:
 
 
 # What a child writes on the master's state pipe (each record < PIPE_BUF, so
-# written whole): its pid, one of these, and the bytes that follow.
-FREE, SERVING, LOG_DROPPED = 0, 1, 2
+# written whole): its pid, one of these, and the text that follows (the
+# peer's address; the errno of a failed accept).
+FREE, SERVING, LOG_DROPPED, ACCEPT_FAILED = 0, 1, 2, 3
 
 
 def state_record(pid: int, kind: int, text: str = "") -> bytes:
@@ -112,16 +112,40 @@ def state_record(pid: int, kind: int, text: str = "") -> bytes:
     return STATE.pack(pid, kind, len(data)) + data
 
 
-def accept_one(listener: socket.socket) -> tuple[socket.socket, Any] | OSError | None:
+def tell(fd: int, record: bytes) -> None:
+    """A child's record to the master, on the state pipe."""
+    try:
+        os.write(fd, record)
+    except OSError:  # the master is gone: this child is about to be too
+        pass
+
+
+class AcceptRelay:
+    """In a child, in place of the master's ``AcceptErrors``: each failed
+    accept goes to the master, which tells them for the whole server."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pid = fd, os.getpid()
+
+    def failed(self, code: int) -> None:
+        tell(self.fd, state_record(self.pid, ACCEPT_FAILED, str(code)))
+
+    def tick(self) -> float | None:
+        return None  # the master's own loop ticks
+
+
+def accept_one(
+    listener: socket.socket, errors: AcceptErrors | AcceptRelay
+) -> tuple[socket.socket, Any] | OSError | None:
     """A blocking connection and its address; None when another process took
-    it first; the error (already logged) when out of file descriptors."""
+    it first; the error (counted in ``errors``) when out of file descriptors."""
     try:
         conn, address = listener.accept()
     except BlockingIOError:
         return None
     except OSError as exc:
         if exc.errno in OUT_OF_FDS:
-            back_off(exc)
+            errors.failed(exc.errno)
             return exc
         raise
     conn.setblocking(True)
@@ -237,7 +261,7 @@ class Accepting:
             drain(wake_r)
             if session.stopping:  # set by a signal handler, which the wakeup fd reports
                 return
-            accepted = accept_one(master.listener)
+            accepted = accept_one(master.listener, master.accept_errors)
             if isinstance(accepted, OSError):
                 time.sleep(BACKOFF)
                 continue
@@ -314,7 +338,7 @@ class Hybrid:
     def serve(self, slot: int) -> None:
         import asyncio
 
-        forward_logs(self.master.events, ("asyncio",))  # its own accept back-off
+        forward_logs(self.master.events, ("asyncio",))
         asyncio.run(self._serve(slot))
 
     def _open_total(self) -> int:
@@ -346,9 +370,10 @@ class Hybrid:
             master.idle_timeout,
             admit,
             lambda _: count(-1),
+            master.accept_errors,
             Offload(master.threads),
         )
-        await server.start(master.listener)
+        server.start(master.listener)
         stopped = asyncio.Event()
 
         def close_now() -> None:

@@ -48,17 +48,20 @@ from typing import Any
 
 from .._proc import load_libc, set_pdeathsig, set_title
 from ._children import (
+    ACCEPT_FAILED,
     LOG_DROPPED,
     MODELS,
     SERVING,
     STATE,
     STOP_SIGNALS,
+    AcceptRelay,
     Events,
     accept_one,
     drain,
     state_record,
+    tell,
 )
-from ._drive import BACKOFF, log, refuse
+from ._drive import BACKOFF, AcceptErrors, log, refuse
 from .protocol import Session
 
 
@@ -110,6 +113,7 @@ class Master:
         self.terminated = False
         self.last_refusal = 0.0
         self.next_drop_report = 0.0
+        self.accept_errors: AcceptErrors | AcceptRelay = AcceptErrors()
         self.kind = MODELS[self.model](self)
 
     def on_sigterm(self, *_: object) -> None:
@@ -154,9 +158,10 @@ class Master:
             return 0.05
         if self.backoff_until:
             return BACKOFF
+        waits = [self.accept_errors.tick()]
         if self.events.dropped:
-            return 1.0  # to report them, once the caller reads again
-        return None
+            waits.append(1.0)  # to report them, once the caller reads again
+        return min((wait for wait in waits if wait is not None), default=None)
 
     def report_drops(self) -> None:
         now = time.monotonic()
@@ -225,7 +230,7 @@ class Master:
         if not flooded and self.a_worker_frees_up():
             return  # that child takes the connection
         self.last_refusal = time.monotonic()  # in a flood, refuse without waiting
-        accepted = accept_one(self.listener)
+        accepted = accept_one(self.listener, self.accept_errors)
         if isinstance(accepted, OSError):
             self.backoff_until = time.monotonic() + BACKOFF  # the loop stops listening a while
         elif accepted is not None:
@@ -257,6 +262,8 @@ class Master:
             offset += size
             if kind == LOG_DROPPED:
                 self.events.dropped += 1
+            elif kind == ACCEPT_FAILED:
+                self.accept_errors.failed(int(text))
             elif pid in self.busy:
                 self.busy[pid] = kind == SERVING
                 if kind == SERVING:
@@ -293,7 +300,8 @@ class Master:
         if os.getppid() != self.pid:
             os._exit(0)
         drop = state_record(os.getpid(), LOG_DROPPED)
-        self.events.on_drop = lambda: _tell(self.state_w, drop)  # the master counts
+        self.events.on_drop = lambda: tell(self.state_w, drop)  # the master counts
+        self.accept_errors = AcceptRelay(self.state_w)  # and tells, for the whole server
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in (self.sel.fileno(), self.wake_r, self.wake_w, self.state_r):
@@ -341,13 +349,6 @@ def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
-        pass
-
-
-def _tell(fd: int, record: bytes) -> None:
-    try:
-        os.write(fd, record)
-    except OSError:  # the master is gone: this child is about to be too
         pass
 
 

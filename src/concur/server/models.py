@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._drive import BACKOFF, back_off, drive, peer_name, refuse
+from ._drive import BACKOFF, AcceptErrors, drive, peer_name, refuse
 from ._loop import LoopServer, Offload
 from .protocol import MaxMessage, Session, UppercaseSession
 
@@ -117,6 +117,7 @@ class LocalServer(Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace = 5.0
         self._ready = threading.Event()
+        self._accept_errors = AcceptErrors()
         self._start()
 
     def _start(self) -> None:
@@ -146,13 +147,15 @@ class LocalServer(Server):
             try:
                 conn, address = self._sock.accept()
             except TimeoutError:
+                self._accept_errors.tick()
                 continue
             except OSError as exc:
                 if self._stopping.is_set():
                     return
-                back_off(exc)
+                self._accept_errors.failed(exc.errno or 0)
                 time.sleep(BACKOFF)
                 continue
+            self._accept_errors.tick()
             if not self._admit(conn):
                 refuse(conn)
                 continue
@@ -189,9 +192,15 @@ class LocalServer(Server):
         self._loop = loop
         offload = Offload(self.threads)  # a handler that blocks must not stall the loop
         server = LoopServer(
-            loop, self.handler, self.idle_timeout, self._admit, self._release, offload
+            loop,
+            self.handler,
+            self.idle_timeout,
+            self._admit,
+            self._release,
+            self._accept_errors,
+            offload,
         )
-        await server.start(self._sock)
+        server.start(self._sock)
         self._ready.set()
         await self._async_stop.wait()
         await server.stop(self._grace, join=5.0)
