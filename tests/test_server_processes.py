@@ -117,6 +117,8 @@ def test_children_die_with_a_killed_master(model):
             os.kill(server.pid, signal.SIGKILL)
             assert wait_until(lambda: gone(children), 1.0), "a child outlived its master"
             assert sock.recv(1024) == b""
+            assert wait_until(lambda: server.failure is not None, 3)
+            assert "process crashed (SIGKILL)" in server.failure
     finally:
         server.close(grace=0)
 
@@ -158,6 +160,26 @@ def test_nothing_outlives_a_server_killed_with_sigkill(model):
             proc.kill()
             proc.wait()
             assert wait_until(lambda: gone(tree), 1.5), "a server process outlived the server"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_concur_serve_exits_1_and_says_why_when_its_master_dies(model):
+    proc, port = _serve("--model", model, "--workers", "2")
+    try:
+        (master,) = psutil.Process(proc.pid).children()
+        master.kill()
+        killed = time.monotonic()
+        assert proc.wait(timeout=10) == 1
+        assert time.monotonic() - killed < 3
+        log = proc.stderr.read()
+        said = f"master process (pid {master.pid}) ended on its own: process crashed (SIGKILL)"
+        assert said in log
+        assert f"127.0.0.1:{port} no longer accepts connections" in log
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -134,6 +134,16 @@ class AcceptRelay:
         return None  # the master's own loop ticks
 
 
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"process crashed ({name})"
+    return f"process exited with code {code}"
+
+
 def accept_one(
     listener: socket.socket, errors: AcceptErrors | AcceptRelay
 ) -> tuple[socket.socket, Any] | OSError | None:

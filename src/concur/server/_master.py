@@ -57,6 +57,7 @@ from ._children import (
     AcceptRelay,
     Events,
     accept_one,
+    describe_exit,
     drain,
     state_record,
     tell,
@@ -327,22 +328,14 @@ class Master:
                     "connection peer=%s duration=%.3fs messages=? ended=%s",
                     facts.get("peer", "?"),
                     time.monotonic() - facts.get("since", facts["started"]),
-                    _death(code),
+                    describe_exit(code),
                 )
             elif code != 0 and self.stopping_since is None:
-                log.warning("%s worker %d %s; starting another", self.model, pid, _death(code))
+                log.warning(
+                    "%s worker %d %s; starting another", self.model, pid, describe_exit(code)
+                )
             self.kind.gone(pid, code)
             self.replenish()
-
-
-def _death(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"process crashed ({name})"
-    return f"process exited with code {code}"
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -74,11 +74,14 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 class Server:
     """A running server: ``host``, ``port`` (the bound one, useful with
-    ``port=0``), ``model``; ``close(grace)`` stops it."""
+    ``port=0``), ``model``; ``close(grace)`` stops it. ``failure`` is None
+    while it serves; it says why if the server stopped on its own (the
+    process models' master process died)."""
 
     host: str
     port: int
     model: str
+    failure: str | None = None
 
     def close(self, grace: float = 5.0) -> None:
         raise NotImplementedError
@@ -268,6 +271,7 @@ class MasterServer(Server):
         self.workers = workers
         self._error: OSError | None = None
         self._ready = threading.Event()
+        self._closing = False
         setup = {
             "handler": handler,
             "host": host,
@@ -337,6 +341,18 @@ class MasterServer(Server):
         if not self._ready.is_set():
             self._error = self._error or OSError("the server's master process exited")
             self._ready.set()
+        elif not self._closing:
+            self._master_died()
+
+    def _master_died(self) -> None:
+        from ._children import describe_exit
+
+        self.failure = (
+            f"the server's master process (pid {self._master.pid}) ended on its own: "
+            f"{describe_exit(self._master.returncode)}; the {self.model} workers ended "
+            f"with it, and {self.host}:{self.port} no longer accepts connections"
+        )
+        log.error("%s", self.failure)
 
     def _handle(self, data: bytes) -> None:
         # This thread must go on reading whatever arrives: the server's
@@ -361,6 +377,7 @@ class MasterServer(Server):
         self._shutdown(grace)
 
     def _shutdown(self, grace: float) -> None:
+        self._closing = True
         if self._master.poll() is None:
             try:
                 self._stdin.write(b"stop %f\n" % grace)
@@ -427,7 +444,11 @@ def start(
 
 
 def serve(grace: float = 5.0, **options: Any) -> int:
-    """Serve until SIGINT or SIGTERM, then close gracefully; returns 0."""
+    """Serve until SIGINT or SIGTERM, then close gracefully; returns 0.
+
+    Returns 1 at once if the server stops on its own (a process model's
+    master died, which ends its workers too): exiting, rather than
+    starting a new master, lets a service manager see it and restart."""
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -435,8 +456,9 @@ def serve(grace: float = 5.0, **options: Any) -> int:
     try:
         with start(**options) as server:
             log.info("serving on %s:%d (model %s)", server.host, server.port, server.model)
-            while not stop.wait(0.5):
-                pass
+            while not stop.wait(0.2):
+                if server.failure is not None:
+                    return 1
             server.close(grace)
     finally:
         for sig, handler in previous.items():
