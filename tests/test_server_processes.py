@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -374,3 +375,59 @@ def test_a_record_longer_than_a_datagram_is_cut_not_lost(model, caplog):
         assert wait_until(lambda: caplog.text.count("messages=1 ended=client closed") >= 400, 5)
     assert 'ValueError: unknown command \'"""' in caplog.text
     assert "[cut]" in caplog.text
+
+
+def _read_until(proc: subprocess.Popen, text: str, limit: float) -> str:
+    """What the server wrote on stderr, up to and including ``text``."""
+    fd, seen = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + limit
+    while text.encode() not in seen and time.monotonic() < deadline:
+        readable, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+        chunk = os.read(fd, 65536) if readable else b""
+        if readable and not chunk:
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("model", ["thread", "async", "process", "prefork", "hybrid"])
+def test_ctrl_c_says_what_it_waits_for_and_a_second_stops_at_once(model):
+    proc, port = _serve("--model", model, "--workers", "2", "--grace", "30")
+    try:
+        _read_until(proc, "ended=client closed", 10)  # _serve's probe: no longer open
+        with connect(port) as sock:
+            assert ask(sock, "hi") == b"HI\n"
+            proc.send_signal(signal.SIGINT)
+            said = _read_until(proc, "Ctrl-C again to stop now", 10)
+            assert "stopping: waiting up to 30 s for 1 session; Ctrl-C again to stop now" in said
+            assert proc.poll() is None  # waiting for the session, which goes on
+            assert ask(sock, "still") == b"STILL\n"
+            pressed = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+            assert time.monotonic() - pressed < 3, "the second Ctrl-C did not stop it at once"
+            assert sock.recv(1024) == b""
+        said += proc.stderr.read()
+        assert "stopping now: closing the open sessions" in said
+        assert "ended=closed by server" in said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_ctrl_c_with_no_session_open_says_so_and_stops():
+    proc, _ = _serve("--model", "prefork", "--workers", "2")
+    try:
+        _read_until(proc, "ended=client closed", 10)  # _serve's probe: no longer open
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        said = proc.stderr.read()
+        assert "stopping: no open sessions" in said
+        assert "stopped" in said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

@@ -7,6 +7,7 @@ model:
     start()           the first children
     replenish()       keep children ready (process: spares; prefork: N)
     gone(pid, code)   a child was reaped (hybrid: re-fork its slot)
+    open_sessions()   how many connections the children serve now
     master_refuses    whether the master accepts to say "busy" when no
                       child is free (hybrid children say it themselves)
     full_title        whether a child rewrites its whole command line
@@ -104,7 +105,7 @@ class Events:
 # What a child writes on the master's state pipe (each record < PIPE_BUF, so
 # written whole): its pid, one of these, and the text that follows (the
 # peer's address; the errno of a failed accept).
-FREE, SERVING, LOG_DROPPED, ACCEPT_FAILED = 0, 1, 2, 3
+FREE, SERVING, LOG_DROPPED, ACCEPT_FAILED, ENDED = 0, 1, 2, 3, 4  # ENDED: one-shot, about to exit
 
 
 def state_record(pid: int, kind: int, text: str = "") -> bytes:
@@ -240,6 +241,9 @@ class Accepting:
     def gone(self, pid: int, code: int) -> None:
         pass
 
+    def open_sessions(self) -> int:
+        return sum(self.master.busy.values())
+
     def fork_child(self) -> None:
         master = self.master
         pid = master.fork(self.serve, self.child_name)
@@ -256,9 +260,8 @@ class Accepting:
         signal.set_wakeup_fd(wake_w)
         session = _Session()
 
-        def say_free() -> None:
-            if not self.one_shot:  # a one-shot child says it by exiting
-                os.write(master.state_w, state_record(me, FREE))
+        def say_free() -> None:  # a one-shot child is no longer counted, but does not take more
+            os.write(master.state_w, state_record(me, ENDED if self.one_shot else FREE))
 
         signal.signal(signal.SIGTERM, session.stop)
         signal.signal(signal.SIGINT, session.close_now)
@@ -351,7 +354,7 @@ class Hybrid:
         forward_logs(self.master.events, ("asyncio",))
         asyncio.run(self._serve(slot))
 
-    def _open_total(self) -> int:
+    def open_sessions(self) -> int:
         counts, workers = self.counts, self.master.workers
         return sum(struct.unpack_from("q", counts, 8 * i)[0] for i in range(workers))
 
@@ -369,7 +372,7 @@ class Hybrid:
             self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", open_here)
 
         def admit(_: object) -> bool:
-            if self._open_total() >= master.max_connections:
+            if self.open_sessions() >= master.max_connections:
                 return False
             count(1)
             return True

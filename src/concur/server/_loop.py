@@ -258,6 +258,8 @@ class LoopServer:
         self._connecting: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.TimerHandle] = []
         self._ticking: asyncio.TimerHandle | None = None
+        self.deadline = float("inf")  # when stopping: the end of the grace
+        self.hurried = False
 
     def admit(self, conn: Connection) -> bool:
         if not self._admit(conn):
@@ -322,16 +324,22 @@ class LoopServer:
             self.sock.close()  # refused from now on, not left in a backlog
 
     async def stop(self, grace: float, join: float = 0.0) -> None:
-        """Stop accepting; let sessions finish for ``grace`` s; close the rest."""
+        """Stop accepting; let sessions finish for ``grace`` s (or until
+        ``hurry``); close the rest; wait up to ``join`` s for handler threads."""
         self.stop_accepting()
-        deadline = time.monotonic() + grace
-        while self.open and time.monotonic() < deadline:
+        self.deadline = min(self.deadline, time.monotonic() + grace)
+        while self.open and time.monotonic() < self.deadline:
             await asyncio.sleep(0.01)
         self.close_all()
-        while self.open and time.monotonic() < deadline + 5:
+        while self.open and time.monotonic() < self.deadline + 5:
             await asyncio.sleep(0.01)
         if self.offload is not None:
-            self.offload.close(join)
+            self.offload.close(0.0 if self.hurried else join)
+
+    def hurry(self) -> None:
+        """End the grace now: close the open sessions, wait for no handler."""
+        self.hurried = True
+        self.deadline = min(self.deadline, time.monotonic())
 
     def close_all(self) -> None:
         for conn in list(self.open):

@@ -49,6 +49,7 @@ from typing import Any
 from .._proc import load_libc, set_pdeathsig, set_title
 from ._children import (
     ACCEPT_FAILED,
+    ENDED,
     LOG_DROPPED,
     MODELS,
     SERVING,
@@ -114,6 +115,7 @@ class Master:
         self.terminated = False
         self.last_refusal = 0.0
         self.next_drop_report = 0.0
+        self.partial = b""  # the start of a command line from the caller
         self.accept_errors: AcceptErrors | AcceptRelay = AcceptErrors()
         self.kind = MODELS[self.model](self)
 
@@ -137,6 +139,7 @@ class Master:
             self.reap()
             self.report_drops()
             if self.terminated:
+                self.terminated = False
                 self.stop(5.0)
             if self.stopping_since is not None:
                 if not self.children:
@@ -171,19 +174,25 @@ class Master:
             self.events.report_drops()
 
     def command(self) -> None:
-        line = os.read(sys.stdin.fileno(), 4096)
-        if not line:  # the caller is gone, however it died
+        """The caller's lines: ``stop GRACE`` (again: a shorter grace), ``count``."""
+        data = os.read(sys.stdin.fileno(), 4096)
+        if not data:  # the caller is gone, however it died
             self.sel.unregister(sys.stdin.fileno())
             for pid in self.children:
                 _kill(pid, signal.SIGKILL)
             self.stop(0.0)
             return
-        words = line.split()
-        if words[:1] == [b"stop"]:
-            self.stop(float(words[1]) if len(words) > 1 else 5.0)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            words = line.split()
+            if words[:1] == [b"stop"]:
+                self.stop(float(words[1]) if len(words) > 1 else 5.0)
+            elif words[:1] == [b"count"]:
+                self.events.send({"t": "open", "n": self.kind.open_sessions()})
 
     def stop(self, grace: float) -> None:
-        if self.stopping_since is not None:
+        if self.stopping_since is not None:  # a second stop can only hurry the first
+            self.grace = min(self.grace, time.monotonic() - self.stopping_since + grace)
             return
         self.stopping_since = time.monotonic()
         self.grace = grace
@@ -265,6 +274,8 @@ class Master:
                 self.events.dropped += 1
             elif kind == ACCEPT_FAILED:
                 self.accept_errors.failed(int(text))
+            elif kind == ENDED:  # neither serving nor free: about to exit
+                self.busy.pop(pid, None)
             elif pid in self.busy:
                 self.busy[pid] = kind == SERVING
                 if kind == SERVING:

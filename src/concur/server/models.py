@@ -23,6 +23,7 @@ ended); ``close(grace)`` stops accepting, lets open sessions finish for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -86,6 +87,10 @@ class Server:
     def close(self, grace: float = 5.0) -> None:
         raise NotImplementedError
 
+    def open_connections(self) -> int | None:
+        """How many connections are being served now (None: not known)."""
+        raise NotImplementedError
+
     def __enter__(self) -> Server:
         return self
 
@@ -118,7 +123,10 @@ class LocalServer(Server):
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._grace = 5.0
+        self._loop_server: LoopServer | None = None
+        self._deadline: float | None = None  # set by close: when open sessions are closed
+        self._closed = threading.Event()
+        self._hurried = False
         self._ready = threading.Event()
         self._accept_errors = AcceptErrors()
         self._start()
@@ -190,7 +198,8 @@ class LocalServer(Server):
 
     async def _async_main(self) -> None:
         self._sock.setblocking(False)
-        self._async_stop = asyncio.Event()
+        stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._async_stop = stop
         loop = asyncio.get_running_loop()
         self._loop = loop
         offload = Offload(self.threads)  # a handler that blocks must not stall the loop
@@ -204,30 +213,45 @@ class LocalServer(Server):
             offload,
         )
         server.start(self._sock)
+        self._loop_server = server
         self._ready.set()
-        await self._async_stop.wait()
-        await server.stop(self._grace, join=5.0)
+        await server.stop(await stop, join=5.0)
 
     # -- stopping --------------------------------------------------------------
 
-    def open_connections(self) -> int:
+    def open_connections(self) -> int | None:
         with self._lock:
             return len(self._open)
 
     def close(self, grace: float = 5.0) -> None:
-        if self._stopping.is_set():
+        """Stop accepting, let open sessions finish for ``grace`` s, close
+        the rest. A second call (another thread, while the first waits) can
+        only shorten the grace; it returns when the server has stopped."""
+        with self._lock:
+            deadline = time.monotonic() + grace
+            first = self._deadline is None
+            self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        if not first:
+            self._hurried = True
+            if self._loop_server is not None:
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):  # the loop has already ended
+                    self._loop.call_soon_threadsafe(self._loop_server.hurry)
+            self._closed.wait()  # the first close bounds it
             return
-        self._grace = grace
         self._stopping.set()
         if self.model == "async":  # the event loop applies the grace itself
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._async_stop.set)
+            self._loop.call_soon_threadsafe(self._async_stop.set_result, grace)
             self._threads[0].join(timeout=grace + 5)
             self._sock.close()
-            return
+        else:
+            self._close_threads()
+        self._closed.set()
+
+    def _close_threads(self) -> None:
         self._sock.close()
-        deadline = time.monotonic() + grace
-        while self.open_connections() and time.monotonic() < deadline:
+        while self.open_connections() and time.monotonic() < (self._deadline or 0):
             time.sleep(0.01)
         with self._lock:
             left = list(self._open)
@@ -236,8 +260,9 @@ class LocalServer(Server):
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for thread in list(self._threads):
-            thread.join(timeout=5)
+        for thread in list(self._threads):  # a handler that never returns: not waited on
+            allowance = 0.5 if self._hurried else 5.0
+            thread.join(max((self._deadline or 0) + allowance - time.monotonic(), 0))
 
 
 class MasterServer(Server):
@@ -272,6 +297,11 @@ class MasterServer(Server):
         self._error: OSError | None = None
         self._ready = threading.Event()
         self._closing = False
+        self._closed = threading.Event()
+        self._kill_at = float("inf")  # closing: when the master is killed if still there
+        self._lock = threading.Lock()  # one writer on the master's stdin at a time
+        self._count = threading.Event()
+        self._open: int | None = None
         setup = {
             "handler": handler,
             "host": host,
@@ -366,6 +396,9 @@ class MasterServer(Server):
             return
         if kind == "log":
             log.log(level, "%s", event.get("msg"))
+        elif kind == "open":
+            self._open = int(event["n"])
+            self._count.set()
         elif kind == "ready":
             self.port = int(event["port"])
             self._ready.set()
@@ -374,27 +407,49 @@ class MasterServer(Server):
             self._ready.set()
 
     def close(self, grace: float = 5.0) -> None:
+        """As ``LocalServer.close``: a second call can only shorten the grace."""
         self._shutdown(grace)
 
+    def open_connections(self) -> int | None:
+        """The connections the workers serve now; None if the master does
+        not answer within a second."""
+        with self._lock:
+            self._count.clear()
+            if not self._tell(b"count\n") or not self._count.wait(1.0):
+                return None
+            return self._open
+
+    def _tell(self, line: bytes) -> bool:
+        try:
+            self._stdin.write(line)
+            self._stdin.flush()
+        except (OSError, ValueError):  # the master is gone; stdin closed
+            return False
+        return True
+
     def _shutdown(self, grace: float) -> None:
-        self._closing = True
+        with self._lock:
+            first = not self._closing
+            self._closing = True
+            self._kill_at = min(self._kill_at, time.monotonic() + grace + 5)
+            if self._master.poll() is None:
+                self._tell(b"stop %f\n" % grace)  # again: the master shortens its grace
+        if not first:
+            self._closed.wait()  # the first call bounds it
+            return
+        while self._master.poll() is None and time.monotonic() < self._kill_at:
+            time.sleep(0.02)
         if self._master.poll() is None:
+            os.killpg(self._master.pid, signal.SIGKILL)
+            self._master.wait()
+        with self._lock:
             try:
-                self._stdin.write(b"stop %f\n" % grace)
-                self._stdin.flush()
+                self._stdin.close()
             except OSError:
                 pass
-            try:
-                self._master.wait(grace + 5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._master.pid, signal.SIGKILL)
-                self._master.wait()
-        try:
-            self._stdin.close()
-        except OSError:
-            pass
         self._reader.join(5)
         self._events.close()
+        self._closed.set()
 
 
 def start(
@@ -446,21 +501,49 @@ def start(
 def serve(grace: float = 5.0, **options: Any) -> int:
     """Serve until SIGINT or SIGTERM, then close gracefully; returns 0.
 
-    Returns 1 at once if the server stops on its own (a process model's
-    master died, which ends its workers too): exiting, rather than
-    starting a new master, lets a service manager see it and restart."""
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    The first signal stops accepting and logs what the close waits for; a
+    second one closes the open sessions at once. Returns 1 at once if the
+    server stops on its own (a process model's master died, which ends its
+    workers too): exiting, rather than starting a new master, lets a
+    service manager see it and restart."""
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with start(**options) as server:
             log.info("serving on %s:%d (model %s)", server.host, server.port, server.model)
             while not stop.wait(0.2):
                 if server.failure is not None:
                     return 1
-            server.close(grace)
+            _stop(server, grace, hurry)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _stop(server: Server, grace: float, hurry: threading.Event) -> None:
+    """Close ``server`` on a thread, so that this one (the main thread, which
+    runs the signal handlers) can turn a second signal into a close now."""
+    log.info("stopping: %s", _waiting_for(server.open_connections(), grace))
+    closer = threading.Thread(
+        target=server.close, args=(grace,), name="concur-server-close", daemon=True
+    )
+    closer.start()
+    while closer.is_alive():
+        if hurry.wait(0.05):
+            log.info("stopping now: closing the open sessions")
+            server.close(0.0)
+            break
+    closer.join()
+    log.info("stopped")
+
+
+def _waiting_for(sessions: int | None, grace: float) -> str:
+    if sessions == 0:
+        return "no open sessions"
+    what = "the open sessions" if sessions is None else f"{sessions} session{'s' * (sessions > 1)}"
+    return f"waiting up to {grace:g} s for {what}; Ctrl-C again to stop now"
