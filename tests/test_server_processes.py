@@ -431,3 +431,69 @@ def test_ctrl_c_with_no_session_open_says_so_and_stops():
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+ONE_AT_A_TIME = {"process": {"max_connections": 2, "workers": 1}, "prefork": {"workers": 2}}
+
+
+@pytest.mark.parametrize("model", ["process", "prefork"])
+def test_silent_connections_give_way_to_a_waiting_client(model, caplog):
+    caplog.set_level(logging.INFO, logger="concur.server")
+    with start(port=0, model=model, **ONE_AT_A_TIME[model]) as server:
+        quiet = connect(server.port)  # says nothing
+        try:
+            time.sleep(0.3)
+            with connect(server.port) as talker:  # both processes are taken
+                assert ask(talker, "hi") == b"HI\n"
+                waited = time.monotonic()
+                with connect(server.port) as third:
+                    assert ask(third, "let me in") == b"LET ME IN\n"  # not "busy"
+                assert time.monotonic() - waited < 3  # about the second of silence it takes
+                quiet.settimeout(5)
+                assert quiet.recv(1024) == b""  # silent longest: it gave way
+                assert ask(talker, "still here") == b"STILL HERE\n"
+        finally:
+            quiet.close()
+        assert wait_until(lambda: "ended=idle, gave way to a waiting client" in caplog.text, 5)
+
+
+class Slow(TextSession):
+    def on_message(self, text: str) -> tuple[str, bool]:
+        time.sleep(float(text))  # working, not silent: it never gives way
+        return text, False
+
+
+@pytest.mark.parametrize("model", ["process", "prefork"])
+def test_a_client_waits_for_a_busy_process_rather_than_hearing_busy(model):
+    options = {"max_connections": 1, "workers": 1}
+    with start(Slow, port=0, model=model, **options) as server, connect(server.port) as first:
+        first.sendall(b"1\n")
+        time.sleep(0.2)
+        with connect(server.port) as second:
+            assert ask(second, "0") == b"0\n"  # served once the first process is free
+        assert first.recv(1024) == b"1\n"
+
+
+@pytest.mark.parametrize("model", ["process", "prefork"])
+def test_a_client_that_waited_the_queue_timeout_hears_busy(model):
+    options = {"max_connections": 1, "workers": 1, "queue_timeout": 0.3}
+    with start(Slow, port=0, model=model, **options) as server, connect(server.port) as first:
+        first.sendall(b"1.5\n")
+        time.sleep(0.1)
+        waited = time.monotonic()
+        with connect(server.port) as second:
+            assert second.recv(1024).startswith(b"busy")
+        assert 0.25 < time.monotonic() - waited < 1.4  # the queue timeout, not the 1.5 s
+        assert first.recv(1024) == b"1.5\n"
+
+
+def test_prefork_by_default_serves_a_load_check_past_as_many_idle_sockets_as_workers():
+    with start(port=0, model="prefork") as server:
+        idle = [connect(server.port) for _ in range(2 * (os.cpu_count() or 1) + 1)]
+        try:
+            time.sleep(0.3)  # every worker holds a client that says nothing
+            report = run_load(port=server.port, connections=100, messages=100)
+            assert (report.sessions, report.errors) == (100, 0), report.samples
+        finally:
+            for sock in idle:
+                sock.close()

@@ -8,8 +8,8 @@ model:
     replenish()       keep children ready (process: spares; prefork: N)
     gone(pid, code)   a child was reaped (hybrid: re-fork its slot)
     open_sessions()   how many connections the children serve now
-    master_refuses    whether the master accepts to say "busy" when no
-                      child is free (hybrid children say it themselves)
+    backlog           (set on the master) process, prefork: the clients
+                      waiting for a free child; hybrid children say busy
     full_title        whether a child rewrites its whole command line
 
 and each model's children run its ``serve`` method after the fork.
@@ -28,13 +28,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._backlog import IDLE_GIVES_WAY, Backlog
 from ._drive import BACKOFF, OUT_OF_FDS, WARNING, drive, log, peer_name
 
 if TYPE_CHECKING:
     from ._drive import AcceptErrors
     from ._master import Master
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}  # USR1: give way
+GAVE_WAY = "idle, gave way to a waiting client"
 STATE = struct.Struct("iBB")  # pid, kind (FREE, ...), length of the text that follows
 
 
@@ -197,20 +199,29 @@ def forward_logs(events: Events, names: tuple[str, ...]) -> None:
 class _Session:
     """A serving child's state, changed by its signal handlers."""
 
-    def __init__(self) -> None:
+    def __init__(self, silent_for: Callable[[], float]) -> None:
         self.stopping = False
-        self.closing = False
+        self.closed_by: str | None = None  # why the server closed the connection
         self.conn: socket.socket | None = None
+        self.silent_for = silent_for
 
-    def is_closing(self) -> bool:
-        return self.closing
+    def why_closed(self) -> str | None:
+        return self.closed_by
 
     def stop(self, *_: object) -> None:  # SIGTERM: finish the session, accept no more
         self.stopping = True
 
     def close_now(self, *_: object) -> None:  # SIGINT: close the connection now
-        self.stopping = self.closing = True
+        self.stopping = True
+        self.close("closed by server")
+
+    def give_way(self, *_: object) -> None:  # SIGUSR1: a client waits; close if still idle
+        if self.silent_for() >= IDLE_GIVES_WAY / 2:  # its client may have spoken since
+            self.close(GAVE_WAY)
+
+    def close(self, why: str) -> None:
         if self.conn is not None:
+            self.closed_by = why
             try:
                 self.conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -220,15 +231,17 @@ class _Session:
 class Accepting:
     """prefork: ``workers`` children accept on the shared socket, each
     serving one connection at a time; they report busy / free on the
-    master's state pipe, and the master says "busy" when none is free."""
+    master's state pipe. When none is free, clients wait in the backlog
+    (``_backlog``) and the master says "busy" to who waited too long."""
 
-    master_refuses = True
     full_title = True
     one_shot = False
     child_name = "concur-prefork"
 
     def __init__(self, master: Master) -> None:
         self.master = master
+        slots = master.max_connections if self.one_shot else master.workers
+        master.backlog = self.backlog = Backlog(master.listener, master.queue_timeout, slots)
 
     def start(self) -> None:
         self.replenish()
@@ -239,32 +252,34 @@ class Accepting:
             self.fork_child()
 
     def gone(self, pid: int, code: int) -> None:
-        pass
+        self.backlog.release(pid)
 
     def open_sessions(self) -> int:
         return sum(self.master.busy.values())
 
     def fork_child(self) -> None:
-        master = self.master
-        pid = master.fork(self.serve, self.child_name)
+        master, slot = self.master, self.backlog.claim()
+        pid = master.fork(lambda: self.serve(slot), self.child_name)
+        self.backlog.hold(slot, pid)
         master.busy[pid] = False
         master.children[pid] = {"started": time.monotonic()}
 
-    def serve(self) -> None:
+    def serve(self, slot: int) -> None:
         """Accept on the shared socket and serve, until told to stop (or,
         one-shot, after one connection)."""
-        master, me = self.master, os.getpid()
+        master, me, backlog = self.master, os.getpid(), self.backlog
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        session = _Session()
+        session = _Session(lambda: backlog.silent_for(slot))
 
         def say_free() -> None:  # a one-shot child is no longer counted, but does not take more
             os.write(master.state_w, state_record(me, ENDED if self.one_shot else FREE))
 
         signal.signal(signal.SIGTERM, session.stop)
         signal.signal(signal.SIGINT, session.close_now)
+        signal.signal(signal.SIGUSR1, session.give_way)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         poller = select.poll()  # no selector object: fewer pages touched per child
         poller.register(master.listener.fileno(), select.POLLIN)
@@ -285,8 +300,16 @@ class Accepting:
             os.write(master.state_w, state_record(me, SERVING, peer))
             if self.one_shot:
                 master.listener.close()
-            session.conn = conn
-            drive(conn, peer, master.handler, master.idle_timeout, session.is_closing, say_free)
+            session.conn, session.closed_by = conn, None
+            drive(
+                conn,
+                peer,
+                master.handler,
+                master.idle_timeout,
+                session.why_closed,
+                say_free,
+                lambda silent: backlog.mark(slot, silent),
+            )
             session.conn = None
             if self.one_shot:
                 return
@@ -318,7 +341,6 @@ class Hybrid:
     together they keep to ``max_connections``; a child that exits is
     replaced in its slot."""
 
-    master_refuses = False
     full_title = True
 
     def __init__(self, master: Master) -> None:
@@ -395,6 +417,7 @@ class Hybrid:
 
         loop.add_signal_handler(signal.SIGTERM, stopped.set)  # finish the open sessions
         loop.add_signal_handler(signal.SIGINT, close_now)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # giving way is for one-connection children
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         await stopped.wait()
         await server.stop(grace=float("inf"))  # the master sends SIGINT when grace ends

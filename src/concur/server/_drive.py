@@ -123,24 +123,31 @@ def drive(
     peer: str,
     handler: Callable[[str], Session],
     idle_timeout: float,
-    stopping: Callable[[], bool],
+    closed_by: Callable[[], str | None],
     before_close: Callable[[], None] | None = None,
+    silent: Callable[[bool], None] | None = None,
 ) -> str:
     """Serve one connection to its end; return how it ended (also logged).
 
-    ``before_close`` runs just before the socket closes: a prefork worker
-    says it is free there, before its client can see the close and connect
-    again.
+    ``closed_by`` says why the server closed the connection, if it did
+    (its socket was shut down to wake this loop). ``before_close`` runs
+    just before the socket closes: a prefork worker says it is free there,
+    before its client can see the close and connect again. ``silent(True)``
+    is called whenever the loop starts waiting for the client, and
+    ``silent(False)`` when it stops (process, prefork: ``_backlog``).
     """
     started, session, how = time.monotonic(), None, "client closed"
     conn.settimeout(idle_timeout)
     try:
         session = handler(peer)
         while True:
+            if silent is not None:
+                silent(True)
             data = conn.recv(READ_SIZE)
+            if silent is not None:
+                silent(False)
             if not data:
-                if stopping():
-                    how = "closed by server"
+                how = closed_by() or how
                 break
             reply = session.feed(data)
             if reply.data:
@@ -151,11 +158,13 @@ def drive(
     except TimeoutError:
         how = "idle timeout"
     except OSError as exc:
-        how = "closed by server" if stopping() else f"socket error: {exc}"
+        how = closed_by() or f"socket error: {exc}"
     except Exception:
         how = "handler failed"
         log.exception("the session for %s failed; closing its connection", peer)
     finally:
+        if silent is not None:
+            silent(False)
         end_session(session, peer)
         if before_close is not None:
             before_close()

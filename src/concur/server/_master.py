@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import selectors
 import signal
 import socket
@@ -47,9 +46,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .._proc import load_libc, set_pdeathsig, set_title
+from ._backlog import POLL, Backlog
 from ._children import (
     ACCEPT_FAILED,
     ENDED,
+    FREE,
     LOG_DROPPED,
     MODELS,
     SERVING,
@@ -57,13 +58,12 @@ from ._children import (
     STOP_SIGNALS,
     AcceptRelay,
     Events,
-    accept_one,
     describe_exit,
     drain,
     state_record,
     tell,
 )
-from ._drive import BACKOFF, AcceptErrors, log, refuse
+from ._drive import BACKOFF, AcceptErrors, log
 from .protocol import Session
 
 
@@ -113,10 +113,11 @@ class Master:
         self.listening = False
         self.backoff_until = 0.0
         self.terminated = False
-        self.last_refusal = 0.0
         self.next_drop_report = 0.0
         self.partial = b""  # the start of a command line from the caller
         self.accept_errors: AcceptErrors | AcceptRelay = AcceptErrors()
+        self.queue_timeout: float = setup["queue_timeout"]
+        self.backlog: Backlog | None = None  # process, prefork: the clients waiting
         self.kind = MODELS[self.model](self)
 
     def on_sigterm(self, *_: object) -> None:
@@ -145,6 +146,7 @@ class Master:
                 if not self.children:
                     return 0
                 self.escalate()
+            arrived = False
             for key, _ in self.sel.select(timeout=self.tick()):
                 if key.fd == self.wake_r:
                     drain(self.wake_r)
@@ -153,8 +155,10 @@ class Master:
                 elif key.fd == self.state_r:
                     self.read_states()
                     self.replenish()
-                elif self.listening:  # not closed by a stop earlier in this round
-                    self.accept()
+                else:
+                    arrived = True  # the listener: a client found no child free
+            if arrived or (self.backlog is not None and self.backlog.waiting()):
+                self.watch_backlog()
             self.update_listening()
 
     def tick(self) -> float | None:
@@ -163,6 +167,8 @@ class Master:
         if self.backoff_until:
             return BACKOFF
         waits = [self.accept_errors.tick()]
+        if self.backlog is not None and self.backlog.waiting():
+            waits.append(POLL)
         if self.events.dropped:
             waits.append(1.0)  # to report them, once the caller reads again
         return min((wait for wait in waits if wait is not None), default=None)
@@ -216,11 +222,13 @@ class Master:
     # -- the busy reply and keeping children ready -----------------------------
 
     def update_listening(self) -> None:
-        # the master accepts only to say busy, when no child is free
+        # the master listens for the first client that finds no child free;
+        # while clients wait, it looks at the queue every POLL seconds instead
         want = (
             self.stopping_since is None
             and time.monotonic() >= self.backoff_until
-            and self.kind.master_refuses
+            and self.backlog is not None
+            and not self.backlog.waiting()
             and not self.idle_workers()
         )
         if self.backoff_until and time.monotonic() >= self.backoff_until:
@@ -234,33 +242,19 @@ class Master:
     def idle_workers(self) -> int:
         return sum(1 for serving in self.busy.values() if not serving)
 
-    def accept(self) -> None:
-        """Every child is busy: turn the client away with a busy reply."""
-        flooded = time.monotonic() - self.last_refusal < 0.1
-        if not flooded and self.a_worker_frees_up():
-            return  # that child takes the connection
-        self.last_refusal = time.monotonic()  # in a flood, refuse without waiting
-        accepted = accept_one(self.listener, self.accept_errors)
-        if isinstance(accepted, OSError):
-            self.backoff_until = time.monotonic() + BACKOFF  # the loop stops listening a while
-        elif accepted is not None:
-            refuse(accepted[0])
+    def watch_backlog(self) -> None:
+        """Clients wait for a free child (``_backlog``): count them, say busy
+        to who waited too long, ask an idle connection to give way."""
+        if self.backlog is None or self.stopping_since is not None:
+            return  # (hybrid children say busy themselves)
+        error = self.backlog.watch(self.idle_workers())
+        if error is not None:
+            self.accept_errors.failed(error.errno or 0)
+            self.backoff_until = time.monotonic() + BACKOFF  # the loop stops looking a while
 
     def replenish(self) -> None:
         if self.stopping_since is None:
             self.kind.replenish()
-
-    def a_worker_frees_up(self, wait: float = 0.02) -> bool:
-        """Every child looked busy when a client arrived. Refuse it only if,
-        for ``wait`` seconds, no child says anything: one that has just
-        finished (or a fresh spare) would race the master for the connection,
-        and the client would be turned away for nothing."""
-        readable, _, _ = select.select([self.state_r], [], [], wait)
-        if readable:
-            self.read_states()
-            self.replenish()
-            return True
-        return self.idle_workers() > 0
 
     def read_states(self) -> None:
         data = drain(self.state_r)
@@ -280,6 +274,13 @@ class Master:
                 self.busy[pid] = kind == SERVING
                 if kind == SERVING:
                     self.children[pid].update(peer=text, since=time.monotonic())
+            if self.backlog is not None:
+                if kind == SERVING:
+                    self.backlog.taken()
+                elif kind == FREE:
+                    self.backlog.done(pid)
+                elif kind == ENDED:  # its slot is free for the next child now
+                    self.backlog.release(pid)
 
     # -- children -------------------------------------------------------------
 

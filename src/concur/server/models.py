@@ -47,6 +47,7 @@ MODELS = ("thread", "async", "process", "prefork", "hybrid")
 DEFAULT_MODEL = "async"
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_QUEUE_TIMEOUT = 5.0
 DEFAULT_HYBRID_THREADS = 8
 BACKLOG = 1024
 EVENT_SIZE = 1 << 17  # more than the largest event the master's side sends
@@ -183,9 +184,12 @@ class LocalServer(Server):
 
     def _serve_thread(self, conn: socket.socket, peer: str) -> None:
         try:
-            drive(conn, peer, self.handler, self.idle_timeout, self._stopping.is_set)
+            drive(conn, peer, self.handler, self.idle_timeout, self._closed_by)
         finally:
             self._release(conn)
+
+    def _closed_by(self) -> str | None:
+        return "closed by server" if self._stopping.is_set() else None
 
     # -- async model ---------------------------------------------------------
 
@@ -285,6 +289,7 @@ class MasterServer(Server):
         idle_timeout: float,
         workers: int,
         threads: int,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     ) -> None:
         import cloudpickle
 
@@ -311,6 +316,7 @@ class MasterServer(Server):
             "idle_timeout": idle_timeout,
             "workers": workers,
             "threads": threads,
+            "queue_timeout": queue_timeout,
             "backlog": BACKLOG,
             "log_level": log.getEffectiveLevel(),  # read once: children send only what shows
         }
@@ -462,6 +468,7 @@ def start(
     max_message: int | None = None,
     workers: int | None = None,
     threads: int = DEFAULT_HYBRID_THREADS,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> Server:
     """Start serving in the background; return the running Server.
 
@@ -470,7 +477,10 @@ def start(
     (default one per core) and ``process`` (the spare processes kept ready
     for the next clients; default one per core). ``threads`` is the pool an
     event loop (async, hybrid) moves a handler to once a call of it is slow.
-    ``max_message`` caps a line for TextSession handlers.
+    ``max_message`` caps a line for TextSession handlers. ``queue_timeout``
+    (process, prefork) is how long a client may wait for a free process
+    before the busy reply; meanwhile a connection silent for a second or
+    more gives way to it.
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
@@ -482,6 +492,8 @@ def start(
         raise ValueError("workers must be >= 1")
     if threads < 1:
         raise ValueError("threads must be >= 1")
+    if not queue_timeout >= 0:
+        raise ValueError("queue_timeout must be >= 0 seconds")
     session: Callable[[str], Session] = handler or UppercaseSession
     if max_message is not None:
         if max_message < 1:
@@ -495,7 +507,9 @@ def start(
         workers = 2 * cores + 1 if model == "prefork" else cores
     if model == "prefork":  # each process serves one connection at a time
         workers = min(workers, max_connections)
-    return MasterServer(session, host, port, model, max_connections, idle_timeout, workers, threads)
+    return MasterServer(
+        session, host, port, model, max_connections, idle_timeout, workers, threads, queue_timeout
+    )
 
 
 def serve(grace: float = 5.0, **options: Any) -> int:
