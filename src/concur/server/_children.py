@@ -8,6 +8,7 @@ model:
     replenish()       keep children ready (process: spares; prefork: N)
     gone(pid, code)   a child was reaped (hybrid: re-fork its slot)
     open_sessions()   how many connections the children serve now
+    heard(pid, kind)  a child's record on the state pipe (prefork: the backlog)
     backlog           (set on the master) process, prefork: the clients
                       waiting for a free child; hybrid children say busy
     full_title        whether a child rewrites its whole command line
@@ -25,7 +26,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._backlog import IDLE_GIVES_WAY, Backlog
@@ -63,6 +64,7 @@ class Events:
             pass  # the system's default: a few hundred lines
         self.sock = sock
         self.dropped = 0  # the master's count, told with the next report
+        self.next_report = 0.0
         self.on_drop: Callable[[], None] = self.count_drop
 
     def count_drop(self) -> None:
@@ -88,10 +90,12 @@ class Events:
         return self.send({"t": "log", "level": level, "msg": text}, counted)
 
     def report_drops(self) -> None:
-        """In the master: say how many records were dropped, if the caller
-        reads again (the report itself is not counted when it is dropped)."""
-        if not self.dropped:
+        """In the master, at most once a second: say how many records were
+        dropped, if the caller reads again (a report dropped is not counted)."""
+        now = time.monotonic()
+        if not self.dropped or now < self.next_report:
             return
+        self.next_report = now + 1.0
         dropped = self.dropped
         told = self.log(
             WARNING,
@@ -113,6 +117,16 @@ FREE, SERVING, LOG_DROPPED, ACCEPT_FAILED, ENDED = 0, 1, 2, 3, 4  # ENDED: one-s
 def state_record(pid: int, kind: int, text: str = "") -> bytes:
     data = text.encode()[:200]
     return STATE.pack(pid, kind, len(data)) + data
+
+
+def state_records(data: bytes) -> Iterator[tuple[int, int, str]]:
+    """The (pid, kind, text) of each record in what the master read."""
+    offset = 0
+    while offset + STATE.size <= len(data):
+        pid, kind, size = STATE.unpack_from(data, offset)
+        offset += STATE.size
+        yield pid, kind, data[offset : offset + size].decode(errors="replace")
+        offset += size
 
 
 def tell(fd: int, record: bytes) -> None:
@@ -254,6 +268,14 @@ class Accepting:
     def gone(self, pid: int, code: int) -> None:
         self.backlog.release(pid)
 
+    def heard(self, pid: int, kind: int) -> None:
+        if kind == SERVING:
+            self.backlog.taken()
+        elif kind == FREE:
+            self.backlog.done(pid)
+        elif kind == ENDED:  # its slot is free for the next child now
+            self.backlog.release(pid)
+
     def open_sessions(self) -> int:
         return sum(self.master.busy.values())
 
@@ -354,6 +376,9 @@ class Hybrid:
 
     def replenish(self) -> None:
         pass  # a slot is re-forked when its child is reaped
+
+    def heard(self, pid: int, kind: int) -> None:
+        pass  # hybrid children report no serving state: they count in shared memory
 
     def gone(self, pid: int, code: int) -> None:
         slot = self.slots.pop(pid, None)

@@ -12,7 +12,8 @@ reaps every one of them the moment SIGCHLD says it ended:
 
 The loop here is the same for all three; what differs is one small object
 per model (``_children``): which children to keep, what they run, and
-whether the master itself turns clients away with "busy".
+whether the master watches the clients waiting for a free child (process,
+prefork: ``_backlog``), saying "busy" to those that waited too long.
 
 Lifelines. The caller keeps the master's stdin open: end of file means the
 caller is gone (even by SIGKILL), and the master kills its children and
@@ -23,7 +24,8 @@ Stopping (a ``stop GRACE`` line on stdin): stop accepting; SIGTERM tells
 prefork and hybrid children to stop accepting and finish their sessions;
 after GRACE seconds SIGINT makes every child close its connections (logged
 as "closed by server"); one second later SIGKILL; the master exits when its
-last child is reaped.
+last child is reaped. A second ``stop`` can only shorten the grace; a
+``count`` line is answered with the number of open connections.
 
 Children log through a datagram socket to the caller, which re-emits each
 record on the ``concur.server`` logger: one log line per connection, and
@@ -50,17 +52,16 @@ from ._backlog import POLL, Backlog
 from ._children import (
     ACCEPT_FAILED,
     ENDED,
-    FREE,
     LOG_DROPPED,
     MODELS,
     SERVING,
-    STATE,
     STOP_SIGNALS,
     AcceptRelay,
     Events,
     describe_exit,
     drain,
     state_record,
+    state_records,
     tell,
 )
 from ._drive import BACKOFF, AcceptErrors, log
@@ -113,7 +114,6 @@ class Master:
         self.listening = False
         self.backoff_until = 0.0
         self.terminated = False
-        self.next_drop_report = 0.0
         self.partial = b""  # the start of a command line from the caller
         self.accept_errors: AcceptErrors | AcceptRelay = AcceptErrors()
         self.queue_timeout: float = setup["queue_timeout"]
@@ -138,7 +138,7 @@ class Master:
         self.events.send({"t": "ready", "port": self.listener.getsockname()[1]})
         while True:
             self.reap()
-            self.report_drops()
+            self.events.report_drops()
             if self.terminated:
                 self.terminated = False
                 self.stop(5.0)
@@ -172,12 +172,6 @@ class Master:
         if self.events.dropped:
             waits.append(1.0)  # to report them, once the caller reads again
         return min((wait for wait in waits if wait is not None), default=None)
-
-    def report_drops(self) -> None:
-        now = time.monotonic()
-        if self.events.dropped and now >= self.next_drop_report:
-            self.next_drop_report = now + 1.0
-            self.events.report_drops()
 
     def command(self) -> None:
         """The caller's lines: ``stop GRACE`` (again: a shorter grace), ``count``."""
@@ -257,13 +251,7 @@ class Master:
             self.kind.replenish()
 
     def read_states(self) -> None:
-        data = drain(self.state_r)
-        offset = 0
-        while offset + STATE.size <= len(data):
-            pid, kind, size = STATE.unpack_from(data, offset)
-            offset += STATE.size
-            text = data[offset : offset + size].decode(errors="replace")
-            offset += size
+        for pid, kind, text in state_records(drain(self.state_r)):
             if kind == LOG_DROPPED:
                 self.events.dropped += 1
             elif kind == ACCEPT_FAILED:
@@ -274,13 +262,7 @@ class Master:
                 self.busy[pid] = kind == SERVING
                 if kind == SERVING:
                     self.children[pid].update(peer=text, since=time.monotonic())
-            if self.backlog is not None:
-                if kind == SERVING:
-                    self.backlog.taken()
-                elif kind == FREE:
-                    self.backlog.done(pid)
-                elif kind == ENDED:  # its slot is free for the next child now
-                    self.backlog.release(pid)
+            self.kind.heard(pid, kind)
 
     # -- children -------------------------------------------------------------
 
