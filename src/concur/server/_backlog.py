@@ -44,8 +44,10 @@ class Backlog:
         self.listener = listener
         self.timeout = timeout
         self.arrived: collections.deque[float] = collections.deque()
-        self.page = mmap.mmap(-1, _SILENT.size * max(slots, 1))  # shared with the children
-        self.free = list(range(slots - 1, -1, -1))
+        # shared with the children; the kernel gives it pages only as slots are used
+        self.page = mmap.mmap(-1, _SILENT.size * max(slots, 1))
+        self.free: list[int] = []  # slots released, reused first
+        self.unused = 0  # slots from here on were never used
         self.pids: dict[int, int] = {}  # slot -> the pid of the child that holds it
         self.asked: dict[int, float] = {}  # pid -> when it was asked to give way
 
@@ -53,7 +55,10 @@ class Backlog:
 
     def claim(self) -> int:
         """A slot for the next child (before the fork: the child needs it)."""
-        return self.free.pop()
+        if self.free:
+            return self.free.pop()
+        self.unused += 1
+        return self.unused - 1
 
     def hold(self, slot: int, pid: int) -> None:
         self.pids[slot] = pid
