@@ -81,7 +81,10 @@ def test_invalid_utf8_gets_an_error_and_the_session_goes_on(server):
 
 
 def test_busy_reply_at_the_connection_limit(model):
-    with start(port=0, model=model, max_connections=1) as server, connect(server) as first:
+    # queue_timeout=0: process and prefork say busy at once (by default a
+    # client waits for a free process, and an idle one gives way to it)
+    limited = start(port=0, model=model, max_connections=1, queue_timeout=0)
+    with limited as server, connect(server) as first:
         first.sendall(b"x\n")
         assert read_until(first, b"X\n") == b"X\n"
         with connect(server) as second:

@@ -288,11 +288,20 @@ def advise(target: str, source: IO[str], sample: int, items: int | None) -> None
     help="Longest line, in characters; a longer one gets an error and a close.",
 )
 @click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="process, prefork: seconds a client may wait for a free process before "
+    "the busy reply (meanwhile a connection silent for 1 s gives way).",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=5.0,
     show_default=True,
-    help="On SIGINT/SIGTERM, seconds open sessions get to finish.",
+    help="On SIGINT/SIGTERM, seconds open sessions get to finish; "
+    "a second Ctrl-C closes them at once.",
 )
 def serve(
     host: str,
@@ -303,6 +312,7 @@ def serve(
     max_connections: int,
     idle_timeout: float,
     max_message: int,
+    queue_timeout: float,
     grace: float,
 ) -> None:
     """Serve the uppercase service (the seed's server) until SIGINT or SIGTERM."""
@@ -322,6 +332,7 @@ def serve(
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             max_message=max_message,
+            queue_timeout=queue_timeout,
         )
     except OSError as exc:
         message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"

@@ -7,8 +7,10 @@ model:
     start()           the first children
     replenish()       keep children ready (process: spares; prefork: N)
     gone(pid, code)   a child was reaped (hybrid: re-fork its slot)
-    master_refuses    whether the master accepts to say "busy" when no
-                      child is free (hybrid children say it themselves)
+    open_sessions()   how many connections the children serve now
+    heard(pid, kind)  a child's record on the state pipe (prefork: the backlog)
+    backlog           (set on the master) process, prefork: the clients
+                      waiting for a free child; hybrid children say busy
     full_title        whether a child rewrites its whole command line
 
 and each model's children run its ``serve`` method after the fork.
@@ -16,7 +18,6 @@ and each model's children run its ``serve`` method after the fork.
 
 from __future__ import annotations
 
-import errno
 import json
 import mmap
 import os
@@ -25,40 +26,153 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._drive import BACKOFF, back_off, drive, log, peer_name
+from ._backlog import IDLE_GIVES_WAY, Backlog
+from ._drive import BACKOFF, OUT_OF_FDS, WARNING, drive, log, peer_name
 
 if TYPE_CHECKING:
+    from ._drive import AcceptErrors
     from ._master import Master
 
-OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-STATE = struct.Struct("iBB")  # pid, serving, length of the peer name that follows
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}  # USR1: give way
+GAVE_WAY = "idle, gave way to a waiting client"
+STATE = struct.Struct("iBB")  # pid, kind (FREE, ...), length of the text that follows
 
 
-def send(sock: socket.socket, event: dict[str, Any]) -> None:
+class Events:
+    """The datagram socket to the caller, shared by the master and every child.
+
+    It never blocks. A server process that waited for the caller to read
+    would stop serving: one caller whose logging stalls (a paused terminal,
+    a full pipe) and every child hangs in its next log line, its client
+    with it. So the socket is non-blocking (one open file for all the
+    server's processes, so one call sets it for all) with a send buffer
+    that holds a few thousand log lines; a record it has no room for is
+    dropped and counted (``on_drop``), and the master says how many, once
+    the caller reads again.
+    """
+
+    LIMIT = 60_000  # bytes in one datagram; the caller reads up to 64 KiB
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        except OSError:
+            pass  # the system's default: a few hundred lines
+        self.sock = sock
+        self.dropped = 0  # the master's count, told with the next report
+        self.next_report = 0.0
+        self.on_drop: Callable[[], None] = self.count_drop
+
+    def count_drop(self) -> None:
+        self.dropped += 1
+
+    def send(self, event: dict[str, Any], counted: bool = True) -> bool:
+        """Send ``event`` if there is room now; False if it was dropped."""
+        try:
+            self.sock.send(json.dumps(event, ensure_ascii=False).encode())
+        except BlockingIOError:
+            if counted:
+                self.on_drop()
+            return False
+        except OSError:  # the caller is gone; nobody to tell
+            return False
+        return True
+
+    def log(self, level: int, text: str, counted: bool = True) -> bool:
+        data = json.dumps(text, ensure_ascii=False).encode()
+        while len(data) > self.LIMIT:  # a traceback of 1 MB still gets its start told
+            text = text[: len(text) * self.LIMIT // len(data) - 64] + " [cut]"
+            data = json.dumps(text, ensure_ascii=False).encode()
+        return self.send({"t": "log", "level": level, "msg": text}, counted)
+
+    def report_drops(self) -> None:
+        """In the master, at most once a second: say how many records were
+        dropped, if the caller reads again (a report dropped is not counted)."""
+        now = time.monotonic()
+        if not self.dropped or now < self.next_report:
+            return
+        self.next_report = now + 1.0
+        dropped = self.dropped
+        told = self.log(
+            WARNING,
+            f"{dropped} log record{'s' * (dropped != 1)} of the server's processes "
+            f"dropped: the calling process (pid {os.getppid()}) did not read them in "
+            "time (is its logging blocked or slow?); serving went on",
+            counted=False,
+        )
+        if told:
+            self.dropped -= dropped
+
+
+# What a child writes on the master's state pipe (each record < PIPE_BUF, so
+# written whole): its pid, one of these, and the text that follows (the
+# peer's address; the errno of a failed accept).
+FREE, SERVING, LOG_DROPPED, ACCEPT_FAILED, ENDED = 0, 1, 2, 3, 4  # ENDED: one-shot, about to exit
+
+
+def state_record(pid: int, kind: int, text: str = "") -> bytes:
+    data = text.encode()[:200]
+    return STATE.pack(pid, kind, len(data)) + data
+
+
+def state_records(data: bytes) -> Iterator[tuple[int, int, str]]:
+    """The (pid, kind, text) of each record in what the master read."""
+    offset = 0
+    while offset + STATE.size <= len(data):
+        pid, kind, size = STATE.unpack_from(data, offset)
+        offset += STATE.size
+        yield pid, kind, data[offset : offset + size].decode(errors="replace")
+        offset += size
+
+
+def tell(fd: int, record: bytes) -> None:
+    """A child's record to the master, on the state pipe."""
     try:
-        sock.send(json.dumps(event).encode())
-    except OSError:
+        os.write(fd, record)
+    except OSError:  # the master is gone: this child is about to be too
         pass
 
 
-def state_record(pid: int, serving: bool, peer: str) -> bytes:
-    name = peer.encode()[:200]
-    return STATE.pack(pid, serving, len(name)) + name  # < PIPE_BUF: written whole
+class AcceptRelay:
+    """In a child, in place of the master's ``AcceptErrors``: each failed
+    accept goes to the master, which tells them for the whole server."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pid = fd, os.getpid()
+
+    def failed(self, code: int) -> None:
+        tell(self.fd, state_record(self.pid, ACCEPT_FAILED, str(code)))
+
+    def tick(self) -> float | None:
+        return None  # the master's own loop ticks
 
 
-def accept_one(listener: socket.socket) -> tuple[socket.socket, Any] | OSError | None:
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"process crashed ({name})"
+    return f"process exited with code {code}"
+
+
+def accept_one(
+    listener: socket.socket, errors: AcceptErrors | AcceptRelay
+) -> tuple[socket.socket, Any] | OSError | None:
     """A blocking connection and its address; None when another process took
-    it first; the error (already logged) when out of file descriptors."""
+    it first; the error (counted in ``errors``) when out of file descriptors."""
     try:
         conn, address = listener.accept()
     except BlockingIOError:
         return None
     except OSError as exc:
         if exc.errno in OUT_OF_FDS:
-            back_off(exc)
+            errors.failed(exc.errno)
             return exc
         raise
     conn.setblocking(True)
@@ -78,7 +192,7 @@ def drain(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
+def forward_logs(events: Events, names: tuple[str, ...]) -> None:
     """Send the records of these loggers (asyncio's, in a hybrid worker) to
     the caller too. Imports logging, so only where threads run anyway."""
     import logging
@@ -86,9 +200,8 @@ def forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
     class EventHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             try:
-                text = self.format(record)[:60_000]
-                send(events, {"t": "log", "level": record.levelno, "msg": text})
-            except Exception:  # the caller is gone; nothing to tell
+                events.log(record.levelno, self.format(record))
+            except Exception:  # a record that cannot be formatted: nothing to tell
                 pass
 
     for name in names:
@@ -100,20 +213,29 @@ def forward_logs(events: socket.socket, names: tuple[str, ...]) -> None:
 class _Session:
     """A serving child's state, changed by its signal handlers."""
 
-    def __init__(self) -> None:
+    def __init__(self, silent_for: Callable[[], float]) -> None:
         self.stopping = False
-        self.closing = False
+        self.closed_by: str | None = None  # why the server closed the connection
         self.conn: socket.socket | None = None
+        self.silent_for = silent_for
 
-    def is_closing(self) -> bool:
-        return self.closing
+    def why_closed(self) -> str | None:
+        return self.closed_by
 
     def stop(self, *_: object) -> None:  # SIGTERM: finish the session, accept no more
         self.stopping = True
 
     def close_now(self, *_: object) -> None:  # SIGINT: close the connection now
-        self.stopping = self.closing = True
+        self.stopping = True
+        self.close("closed by server")
+
+    def give_way(self, *_: object) -> None:  # SIGUSR1: a client waits; close if still idle
+        if self.silent_for() >= IDLE_GIVES_WAY / 2:  # its client may have spoken since
+            self.close(GAVE_WAY)
+
+    def close(self, why: str) -> None:
         if self.conn is not None:
+            self.closed_by = why
             try:
                 self.conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -123,15 +245,17 @@ class _Session:
 class Accepting:
     """prefork: ``workers`` children accept on the shared socket, each
     serving one connection at a time; they report busy / free on the
-    master's state pipe, and the master says "busy" when none is free."""
+    master's state pipe. When none is free, clients wait in the backlog
+    (``_backlog``) and the master says "busy" to who waited too long."""
 
-    master_refuses = True
     full_title = True
     one_shot = False
     child_name = "concur-prefork"
 
     def __init__(self, master: Master) -> None:
         self.master = master
+        slots = master.max_connections if self.one_shot else master.workers
+        master.backlog = self.backlog = Backlog(master.listener, master.queue_timeout, slots)
 
     def start(self) -> None:
         self.replenish()
@@ -142,30 +266,42 @@ class Accepting:
             self.fork_child()
 
     def gone(self, pid: int, code: int) -> None:
-        pass
+        self.backlog.release(pid)
+
+    def heard(self, pid: int, kind: int) -> None:
+        if kind == SERVING:
+            self.backlog.taken()
+        elif kind == FREE:
+            self.backlog.done(pid)
+        elif kind == ENDED:  # its slot is free for the next child now
+            self.backlog.release(pid)
+
+    def open_sessions(self) -> int:
+        return sum(self.master.busy.values())
 
     def fork_child(self) -> None:
-        master = self.master
-        pid = master.fork(self.serve, self.child_name)
+        master, slot = self.master, self.backlog.claim()
+        pid = master.fork(lambda: self.serve(slot), self.child_name)
+        self.backlog.hold(slot, pid)
         master.busy[pid] = False
         master.children[pid] = {"started": time.monotonic()}
 
-    def serve(self) -> None:
+    def serve(self, slot: int) -> None:
         """Accept on the shared socket and serve, until told to stop (or,
         one-shot, after one connection)."""
-        master, me = self.master, os.getpid()
+        master, me, backlog = self.master, os.getpid(), self.backlog
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        session = _Session()
+        session = _Session(lambda: backlog.silent_for(slot))
 
-        def say_free() -> None:
-            if not self.one_shot:  # a one-shot child says it by exiting
-                os.write(master.state_w, state_record(me, False, ""))
+        def say_free() -> None:  # a one-shot child is no longer counted, but does not take more
+            os.write(master.state_w, state_record(me, ENDED if self.one_shot else FREE))
 
         signal.signal(signal.SIGTERM, session.stop)
         signal.signal(signal.SIGINT, session.close_now)
+        signal.signal(signal.SIGUSR1, session.give_way)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         poller = select.poll()  # no selector object: fewer pages touched per child
         poller.register(master.listener.fileno(), select.POLLIN)
@@ -175,7 +311,7 @@ class Accepting:
             drain(wake_r)
             if session.stopping:  # set by a signal handler, which the wakeup fd reports
                 return
-            accepted = accept_one(master.listener)
+            accepted = accept_one(master.listener, master.accept_errors)
             if isinstance(accepted, OSError):
                 time.sleep(BACKOFF)
                 continue
@@ -183,11 +319,19 @@ class Accepting:
                 continue
             conn, address = accepted
             peer = peer_name(address)
-            os.write(master.state_w, state_record(me, True, peer))
+            os.write(master.state_w, state_record(me, SERVING, peer))
             if self.one_shot:
                 master.listener.close()
-            session.conn = conn
-            drive(conn, peer, master.handler, master.idle_timeout, session.is_closing, say_free)
+            session.conn, session.closed_by = conn, None
+            drive(
+                conn,
+                peer,
+                master.handler,
+                master.idle_timeout,
+                session.why_closed,
+                say_free,
+                lambda silent: backlog.mark(slot, silent),
+            )
             session.conn = None
             if self.one_shot:
                 return
@@ -219,7 +363,6 @@ class Hybrid:
     together they keep to ``max_connections``; a child that exits is
     replaced in its slot."""
 
-    master_refuses = False
     full_title = True
 
     def __init__(self, master: Master) -> None:
@@ -233,6 +376,9 @@ class Hybrid:
 
     def replenish(self) -> None:
         pass  # a slot is re-forked when its child is reaped
+
+    def heard(self, pid: int, kind: int) -> None:
+        pass  # hybrid children report no serving state: they count in shared memory
 
     def gone(self, pid: int, code: int) -> None:
         slot = self.slots.pop(pid, None)
@@ -252,10 +398,10 @@ class Hybrid:
     def serve(self, slot: int) -> None:
         import asyncio
 
-        forward_logs(self.master.events, ("asyncio",))  # its own accept back-off
+        forward_logs(self.master.events, ("asyncio",))
         asyncio.run(self._serve(slot))
 
-    def _open_total(self) -> int:
+    def open_sessions(self) -> int:
         counts, workers = self.counts, self.master.workers
         return sum(struct.unpack_from("q", counts, 8 * i)[0] for i in range(workers))
 
@@ -273,7 +419,7 @@ class Hybrid:
             self.counts[8 * slot : 8 * slot + 8] = struct.pack("q", open_here)
 
         def admit(_: object) -> bool:
-            if self._open_total() >= master.max_connections:
+            if self.open_sessions() >= master.max_connections:
                 return False
             count(1)
             return True
@@ -284,9 +430,10 @@ class Hybrid:
             master.idle_timeout,
             admit,
             lambda _: count(-1),
+            master.accept_errors,
             Offload(master.threads),
         )
-        await server.start(master.listener)
+        server.start(master.listener)
         stopped = asyncio.Event()
 
         def close_now() -> None:
@@ -295,6 +442,7 @@ class Hybrid:
 
         loop.add_signal_handler(signal.SIGTERM, stopped.set)  # finish the open sessions
         loop.add_signal_handler(signal.SIGINT, close_now)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # giving way is for one-connection children
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         await stopped.wait()
         await server.stop(grace=float("inf"))  # the master sends SIGINT when grace ends

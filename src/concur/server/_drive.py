@@ -15,6 +15,8 @@ pages that the fork then has to copy). ``log`` writes to the
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -34,10 +36,10 @@ class Log:
     """
 
     def __init__(self) -> None:
-        self._emit: Callable[[int, str], None] | None = None
+        self._emit: Callable[[int, str], object] | None = None
         self._level = INFO
 
-    def to_events(self, emit: Callable[[int, str], None], level: int) -> None:
+    def to_events(self, emit: Callable[[int, str], object], level: int) -> None:
         self._emit, self._level = emit, level
 
     def log(
@@ -121,24 +123,31 @@ def drive(
     peer: str,
     handler: Callable[[str], Session],
     idle_timeout: float,
-    stopping: Callable[[], bool],
+    closed_by: Callable[[], str | None],
     before_close: Callable[[], None] | None = None,
+    silent: Callable[[bool], None] | None = None,
 ) -> str:
     """Serve one connection to its end; return how it ended (also logged).
 
-    ``before_close`` runs just before the socket closes: a prefork worker
-    says it is free there, before its client can see the close and connect
-    again.
+    ``closed_by`` says why the server closed the connection, if it did
+    (its socket was shut down to wake this loop). ``before_close`` runs
+    just before the socket closes: a prefork worker says it is free there,
+    before its client can see the close and connect again. ``silent(True)``
+    is called whenever the loop starts waiting for the client, and
+    ``silent(False)`` when it stops (process, prefork: ``_backlog``).
     """
     started, session, how = time.monotonic(), None, "client closed"
     conn.settimeout(idle_timeout)
     try:
         session = handler(peer)
         while True:
+            if silent is not None:
+                silent(True)
             data = conn.recv(READ_SIZE)
+            if silent is not None:
+                silent(False)
             if not data:
-                if stopping():
-                    how = "closed by server"
+                how = closed_by() or how
                 break
             reply = session.feed(data)
             if reply.data:
@@ -149,11 +158,13 @@ def drive(
     except TimeoutError:
         how = "idle timeout"
     except OSError as exc:
-        how = "closed by server" if stopping() else f"socket error: {exc}"
+        how = closed_by() or f"socket error: {exc}"
     except Exception:
         how = "handler failed"
         log.exception("the session for %s failed; closing its connection", peer)
     finally:
+        if silent is not None:
+            silent(False)
         end_session(session, peer)
         if before_close is not None:
             before_close()
@@ -162,14 +173,72 @@ def drive(
     return how
 
 
-BACKOFF = 0.1
-_backoff_logged = 0.0
+BACKOFF = 0.1  # seconds a server stops accepting after an accept failed
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_REMEDY = {
+    errno.EMFILE: "raise the open-files limit (ulimit -n) or lower max_connections",
+    errno.ENFILE: "the whole system is out of file descriptors (fs.file-max)",
+    errno.ENOBUFS: "the kernel is short of socket memory",
+    errno.ENOMEM: "the kernel is short of memory",
+}
 
 
-def back_off(exc: OSError) -> None:
-    """An accept failed (out of file descriptors, say): log it once a second."""
-    global _backoff_logged
-    now = time.monotonic()
-    if now - _backoff_logged > 1.0:
-        _backoff_logged = now
-        log.warning("accept failed (%s); backing off %.1f s", exc.strerror or exc, BACKOFF)
+class AcceptErrors:
+    """One server's failed accepts, however many of its processes hit them,
+    told in a few lines rather than one per failure (a full accept queue
+    fails thousands of times a second):
+
+    * the first at once, with its cause and what to do about it;
+    * while they go on, one line every ``REPEAT`` seconds counting them;
+    * ``QUIET`` seconds after the last, one line with the total.
+
+    ``failed(code)`` counts one; ``tick()`` says what is due and returns the
+    seconds until something may be (None: all is well), for a loop's timeout.
+    """
+
+    REPEAT = 10.0
+    QUIET = 2.0
+
+    def __init__(self) -> None:
+        self.total = self.untold = self.code = 0
+        self.first = self.last = self.told = 0.0
+
+    def failed(self, code: int) -> None:
+        now = time.monotonic()
+        if not self.total:
+            self.first = self.told = now
+            log.warning(
+                "accept failed (%s): %s; accepting pauses %.1f s at a time until it works",
+                os.strerror(code),
+                _REMEDY.get(code, "the server goes on"),
+                BACKOFF,
+            )
+        else:
+            self.untold += 1
+        self.total += 1
+        self.last, self.code = now, code
+        self.tick(now)
+
+    def tick(self, now: float | None = None) -> float | None:
+        if not self.total:
+            return None
+        now = time.monotonic() if now is None else now
+        if now - self.last >= self.QUIET:
+            log.info(
+                "accepting again: %d accept%s failed (%s) over %.1f s",
+                self.total,
+                "s" * (self.total != 1),
+                os.strerror(self.code),
+                self.last - self.first,
+            )
+            self.total = self.untold = 0
+            return None
+        if self.untold and now - self.told >= self.REPEAT:
+            log.warning(
+                "accept still failing (%s): %d more times in the last %.0f s",
+                os.strerror(self.code),
+                self.untold,
+                now - self.told,
+            )
+            self.untold, self.told = 0, now
+        return max(min(self.QUIET - (now - self.last), self.REPEAT - (now - self.told)), 0.01)

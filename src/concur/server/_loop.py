@@ -10,10 +10,14 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..threads import ThreadPool
-from ._drive import BUSY, end_session, log, logline, peer_name
+from ._drive import BACKOFF, BUSY, AcceptErrors, end_session, log, logline, peer_name
 from .protocol import Reply, Session
+
+if TYPE_CHECKING:
+    from ._children import AcceptRelay
 
 
 class Offload:
@@ -220,7 +224,17 @@ def _timed(feed: Callable[[bytes], Reply], data: bytes) -> tuple[Reply, float]:
 
 class LoopServer:
     """What the connections of one event loop share: the handler, the limits,
-    the open connections, and (hybrid) the thread pool for slow handlers."""
+    the open connections, and (hybrid) the thread pool for slow handlers.
+
+    It accepts on its own rather than through ``loop.create_server``, whose
+    accept loop, out of file descriptors, reports the error once per
+    connection waiting in the backlog and schedules as many retries, each of
+    which does it again: thousands of tracebacks a second. Here a failed
+    accept is counted in ``errors`` (a server's ``AcceptErrors``, or a
+    child's relay to its master's) and accepting pauses for ``BACKOFF``.
+    """
+
+    ACCEPTS = 100  # per wake-up: a busy listener must not starve the connections
 
     def __init__(
         self,
@@ -229,16 +243,23 @@ class LoopServer:
         idle_timeout: float,
         admit: Callable[[Connection], bool],
         release: Callable[[Connection], None],
+        errors: AcceptErrors | AcceptRelay,
         offload: Offload | None = None,
     ) -> None:
         self.loop = loop
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.offload = offload
+        self.errors = errors
         self._admit = admit
         self._release = release
         self.open: set[Connection] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.sock: socket.socket | None = None
+        self._connecting: set[asyncio.Task[Any]] = set()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._ticking: asyncio.TimerHandle | None = None
+        self.deadline = float("inf")  # when stopping: the end of the grace
+        self.hurried = False
 
     def admit(self, conn: Connection) -> bool:
         if not self._admit(conn):
@@ -250,23 +271,75 @@ class LoopServer:
         self.open.discard(conn)
         self._release(conn)
 
-    async def start(self, sock: socket.socket) -> None:
-        self.server = await self.loop.create_server(
-            lambda: Connection(self), sock=sock, backlog=1024
-        )
+    def start(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        for _ in range(self.ACCEPTS):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                self.errors.failed(exc.errno or 0)
+                self.loop.remove_reader(self.sock.fileno())
+                self._later(BACKOFF, self._resume)
+                return
+            task = self.loop.create_task(self._connect(conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: Connection(self), conn)
+        except OSError:  # the client left before its transport was made
+            conn.close()
+
+    def _resume(self) -> None:
+        if self.sock is not None and self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            if self._ticking is None:
+                self._tick()
+
+    def _tick(self) -> None:
+        self._ticking = None
+        wait = self.errors.tick()  # in the end, the line that says accepting works again
+        if wait is not None:
+            self._ticking = self._later(wait, self._tick)
+
+    def _later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        self._timers = [timer for timer in self._timers if not timer.cancelled()]
+        timer = self.loop.call_later(delay, callback)
+        self._timers.append(timer)
+        return timer
+
+    def stop_accepting(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self.sock is not None and self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()  # refused from now on, not left in a backlog
 
     async def stop(self, grace: float, join: float = 0.0) -> None:
-        """Stop accepting; let sessions finish for ``grace`` s; close the rest."""
-        if self.server is not None:
-            self.server.close()
-        deadline = time.monotonic() + grace
-        while self.open and time.monotonic() < deadline:
+        """Stop accepting; let sessions finish for ``grace`` s (or until
+        ``hurry``); close the rest; wait up to ``join`` s for handler threads."""
+        self.stop_accepting()
+        self.deadline = min(self.deadline, time.monotonic() + grace)
+        while self.open and time.monotonic() < self.deadline:
             await asyncio.sleep(0.01)
         self.close_all()
-        while self.open and time.monotonic() < deadline + 5:
+        while self.open and time.monotonic() < self.deadline + 5:
             await asyncio.sleep(0.01)
         if self.offload is not None:
-            self.offload.close(join)
+            self.offload.close(0.0 if self.hurried else join)
+
+    def hurry(self) -> None:
+        """End the grace now: close the open sessions, wait for no handler."""
+        self.hurried = True
+        self.deadline = min(self.deadline, time.monotonic())
 
     def close_all(self) -> None:
         for conn in list(self.open):

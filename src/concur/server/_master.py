@@ -12,7 +12,8 @@ reaps every one of them the moment SIGCHLD says it ended:
 
 The loop here is the same for all three; what differs is one small object
 per model (``_children``): which children to keep, what they run, and
-whether the master itself turns clients away with "busy".
+whether the master watches the clients waiting for a free child (process,
+prefork: ``_backlog``), saying "busy" to those that waited too long.
 
 Lifelines. The caller keeps the master's stdin open: end of file means the
 caller is gone (even by SIGKILL), and the master kills its children and
@@ -23,18 +24,21 @@ Stopping (a ``stop GRACE`` line on stdin): stop accepting; SIGTERM tells
 prefork and hybrid children to stop accepting and finish their sessions;
 after GRACE seconds SIGINT makes every child close its connections (logged
 as "closed by server"); one second later SIGKILL; the master exits when its
-last child is reaped.
+last child is reaped. A second ``stop`` can only shorten the grace; a
+``count`` line is answered with the number of open connections.
 
 Children log through a datagram socket to the caller, which re-emits each
 record on the ``concur.server`` logger: one log line per connection, and
-tracebacks, appear where the user configured logging.
+tracebacks, appear where the user configured logging. No server process
+ever waits on that socket (``_children.Events``): when the caller does not
+read, records are dropped, counted on the state pipe, and the master tells
+the caller how many once it reads again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import selectors
 import signal
 import socket
@@ -44,8 +48,23 @@ from collections.abc import Callable
 from typing import Any
 
 from .._proc import load_libc, set_pdeathsig, set_title
-from ._children import MODELS, STATE, STOP_SIGNALS, accept_one, drain, send
-from ._drive import BACKOFF, log, refuse
+from ._backlog import POLL, Backlog
+from ._children import (
+    ACCEPT_FAILED,
+    ENDED,
+    LOG_DROPPED,
+    MODELS,
+    SERVING,
+    STOP_SIGNALS,
+    AcceptRelay,
+    Events,
+    describe_exit,
+    drain,
+    state_record,
+    state_records,
+    tell,
+)
+from ._drive import BACKOFF, AcceptErrors, log
 from .protocol import Session
 
 
@@ -67,7 +86,7 @@ class Master:
     What differs by model is ``self.kind`` (see ``_children``).
     """
 
-    def __init__(self, setup: dict[str, Any], events: socket.socket) -> None:
+    def __init__(self, setup: dict[str, Any], events: Events) -> None:
         self.model: str = setup["model"]
         self.handler: Callable[[str], Session] = setup["handler"]
         self.max_connections: int = setup["max_connections"]
@@ -95,7 +114,10 @@ class Master:
         self.listening = False
         self.backoff_until = 0.0
         self.terminated = False
-        self.last_refusal = 0.0
+        self.partial = b""  # the start of a command line from the caller
+        self.accept_errors: AcceptErrors | AcceptRelay = AcceptErrors()
+        self.queue_timeout: float = setup["queue_timeout"]
+        self.backlog: Backlog | None = None  # process, prefork: the clients waiting
         self.kind = MODELS[self.model](self)
 
     def on_sigterm(self, *_: object) -> None:
@@ -113,15 +135,18 @@ class Master:
         self.sel.register(self.state_r, selectors.EVENT_READ)
         self.kind.start()
         self.update_listening()
-        send(self.events, {"t": "ready", "port": self.listener.getsockname()[1]})
+        self.events.send({"t": "ready", "port": self.listener.getsockname()[1]})
         while True:
             self.reap()
+            self.events.report_drops()
             if self.terminated:
+                self.terminated = False
                 self.stop(5.0)
             if self.stopping_since is not None:
                 if not self.children:
                     return 0
                 self.escalate()
+            arrived = False
             for key, _ in self.sel.select(timeout=self.tick()):
                 if key.fd == self.wake_r:
                     drain(self.wake_r)
@@ -130,8 +155,10 @@ class Master:
                 elif key.fd == self.state_r:
                     self.read_states()
                     self.replenish()
-                elif self.listening:  # not closed by a stop earlier in this round
-                    self.accept()
+                else:
+                    arrived = True  # the listener: a client found no child free
+            if arrived or (self.backlog is not None and self.backlog.waiting()):
+                self.watch_backlog()
             self.update_listening()
 
     def tick(self) -> float | None:
@@ -139,22 +166,33 @@ class Master:
             return 0.05
         if self.backoff_until:
             return BACKOFF
-        return None
+        waits = [self.accept_errors.tick()]
+        if self.backlog is not None and self.backlog.waiting():
+            waits.append(POLL)
+        if self.events.dropped:
+            waits.append(1.0)  # to report them, once the caller reads again
+        return min((wait for wait in waits if wait is not None), default=None)
 
     def command(self) -> None:
-        line = os.read(sys.stdin.fileno(), 4096)
-        if not line:  # the caller is gone, however it died
+        """The caller's lines: ``stop GRACE`` (again: a shorter grace), ``count``."""
+        data = os.read(sys.stdin.fileno(), 4096)
+        if not data:  # the caller is gone, however it died
             self.sel.unregister(sys.stdin.fileno())
             for pid in self.children:
                 _kill(pid, signal.SIGKILL)
             self.stop(0.0)
             return
-        words = line.split()
-        if words[:1] == [b"stop"]:
-            self.stop(float(words[1]) if len(words) > 1 else 5.0)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            words = line.split()
+            if words[:1] == [b"stop"]:
+                self.stop(float(words[1]) if len(words) > 1 else 5.0)
+            elif words[:1] == [b"count"]:
+                self.events.send({"t": "open", "n": self.kind.open_sessions()})
 
     def stop(self, grace: float) -> None:
-        if self.stopping_since is not None:
+        if self.stopping_since is not None:  # a second stop can only hurry the first
+            self.grace = min(self.grace, time.monotonic() - self.stopping_since + grace)
             return
         self.stopping_since = time.monotonic()
         self.grace = grace
@@ -178,11 +216,13 @@ class Master:
     # -- the busy reply and keeping children ready -----------------------------
 
     def update_listening(self) -> None:
-        # the master accepts only to say busy, when no child is free
+        # the master listens for the first client that finds no child free;
+        # while clients wait, it looks at the queue every POLL seconds instead
         want = (
             self.stopping_since is None
             and time.monotonic() >= self.backoff_until
-            and self.kind.master_refuses
+            and self.backlog is not None
+            and not self.backlog.waiting()
             and not self.idle_workers()
         )
         if self.backoff_until and time.monotonic() >= self.backoff_until:
@@ -196,46 +236,33 @@ class Master:
     def idle_workers(self) -> int:
         return sum(1 for serving in self.busy.values() if not serving)
 
-    def accept(self) -> None:
-        """Every child is busy: turn the client away with a busy reply."""
-        flooded = time.monotonic() - self.last_refusal < 0.1
-        if not flooded and self.a_worker_frees_up():
-            return  # that child takes the connection
-        self.last_refusal = time.monotonic()  # in a flood, refuse without waiting
-        accepted = accept_one(self.listener)
-        if isinstance(accepted, OSError):
-            self.backoff_until = time.monotonic() + BACKOFF  # the loop stops listening a while
-        elif accepted is not None:
-            refuse(accepted[0])
+    def watch_backlog(self) -> None:
+        """Clients wait for a free child (``_backlog``): count them, say busy
+        to who waited too long, ask an idle connection to give way."""
+        if self.backlog is None or self.stopping_since is not None:
+            return  # (hybrid children say busy themselves)
+        error = self.backlog.watch(self.idle_workers())
+        if error is not None:
+            self.accept_errors.failed(error.errno or 0)
+            self.backoff_until = time.monotonic() + BACKOFF  # the loop stops looking a while
 
     def replenish(self) -> None:
         if self.stopping_since is None:
             self.kind.replenish()
 
-    def a_worker_frees_up(self, wait: float = 0.02) -> bool:
-        """Every child looked busy when a client arrived. Refuse it only if,
-        for ``wait`` seconds, no child says anything: one that has just
-        finished (or a fresh spare) would race the master for the connection,
-        and the client would be turned away for nothing."""
-        readable, _, _ = select.select([self.state_r], [], [], wait)
-        if readable:
-            self.read_states()
-            self.replenish()
-            return True
-        return self.idle_workers() > 0
-
     def read_states(self) -> None:
-        data = drain(self.state_r)
-        offset = 0
-        while offset + STATE.size <= len(data):
-            pid, serving, size = STATE.unpack_from(data, offset)
-            offset += STATE.size
-            peer = data[offset : offset + size].decode(errors="replace")
-            offset += size
-            if pid in self.busy:
-                self.busy[pid] = bool(serving)
-                if serving:
-                    self.children[pid].update(peer=peer, since=time.monotonic())
+        for pid, kind, text in state_records(drain(self.state_r)):
+            if kind == LOG_DROPPED:
+                self.events.dropped += 1
+            elif kind == ACCEPT_FAILED:
+                self.accept_errors.failed(int(text))
+            elif kind == ENDED:  # neither serving nor free: about to exit
+                self.busy.pop(pid, None)
+            elif pid in self.busy:
+                self.busy[pid] = kind == SERVING
+                if kind == SERVING:
+                    self.children[pid].update(peer=text, since=time.monotonic())
+            self.kind.heard(pid, kind)
 
     # -- children -------------------------------------------------------------
 
@@ -267,6 +294,9 @@ class Master:
         set_pdeathsig()  # the master is single-threaded: this follows the master
         if os.getppid() != self.pid:
             os._exit(0)
+        drop = state_record(os.getpid(), LOG_DROPPED)
+        self.events.on_drop = lambda: tell(self.state_w, drop)  # the master counts
+        self.accept_errors = AcceptRelay(self.state_w)  # and tells, for the whole server
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in (self.sel.fileno(), self.wake_r, self.wake_w, self.state_r):
@@ -292,22 +322,14 @@ class Master:
                     "connection peer=%s duration=%.3fs messages=? ended=%s",
                     facts.get("peer", "?"),
                     time.monotonic() - facts.get("since", facts["started"]),
-                    _death(code),
+                    describe_exit(code),
                 )
             elif code != 0 and self.stopping_since is None:
-                log.warning("%s worker %d %s; starting another", self.model, pid, _death(code))
+                log.warning(
+                    "%s worker %d %s; starting another", self.model, pid, describe_exit(code)
+                )
             self.kind.gone(pid, code)
             self.replenish()
-
-
-def _death(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"process crashed ({name})"
-    return f"process exited with code {code}"
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -319,19 +341,15 @@ def _kill(pid: int, sig: int) -> None:
 
 def main() -> int:
     load_libc()  # loaded once here, not in every child
-    events = socket.socket(fileno=int(sys.argv[1]))
-
-    def emit(level: int, text: str) -> None:
-        send(events, {"t": "log", "level": level, "msg": text[:60_000]})
-
+    events = Events(socket.socket(fileno=int(sys.argv[1])))
     try:
         setup = _read_setup()
-        log.to_events(emit, setup["log_level"])
+        log.to_events(events.log, setup["log_level"])
         set_title(f"concur-server ({setup['model']} model)", "concur-server")
         master = Master(setup, events)
     except Exception as exc:
         errno_ = exc.errno if isinstance(exc, OSError) else None
-        send(events, {"t": "error", "errno": errno_, "msg": f"{type(exc).__name__}: {exc}"})
+        events.send({"t": "error", "errno": errno_, "msg": f"{type(exc).__name__}: {exc}"})
         return 1
     return master.run()
 

@@ -23,6 +23,7 @@ ended); ``close(grace)`` stops accepting, lets open sessions finish for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._drive import BACKOFF, back_off, drive, peer_name, refuse
+from ._drive import BACKOFF, AcceptErrors, drive, peer_name, refuse
 from ._loop import LoopServer, Offload
 from .protocol import MaxMessage, Session, UppercaseSession
 
@@ -46,8 +47,10 @@ MODELS = ("thread", "async", "process", "prefork", "hybrid")
 DEFAULT_MODEL = "async"
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_QUEUE_TIMEOUT = 5.0
 DEFAULT_HYBRID_THREADS = 8
 BACKLOG = 1024
+EVENT_SIZE = 1 << 17  # more than the largest event the master's side sends
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -73,13 +76,20 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 class Server:
     """A running server: ``host``, ``port`` (the bound one, useful with
-    ``port=0``), ``model``; ``close(grace)`` stops it."""
+    ``port=0``), ``model``; ``close(grace)`` stops it. ``failure`` is None
+    while it serves; it says why if the server stopped on its own (the
+    process models' master process died)."""
 
     host: str
     port: int
     model: str
+    failure: str | None = None
 
     def close(self, grace: float = 5.0) -> None:
+        raise NotImplementedError
+
+    def open_connections(self) -> int | None:
+        """How many connections are being served now (None: not known)."""
         raise NotImplementedError
 
     def __enter__(self) -> Server:
@@ -114,8 +124,12 @@ class LocalServer(Server):
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._grace = 5.0
+        self._loop_server: LoopServer | None = None
+        self._deadline: float | None = None  # set by close: when open sessions are closed
+        self._closed = threading.Event()
+        self._hurried = False
         self._ready = threading.Event()
+        self._accept_errors = AcceptErrors()
         self._start()
 
     def _start(self) -> None:
@@ -145,13 +159,15 @@ class LocalServer(Server):
             try:
                 conn, address = self._sock.accept()
             except TimeoutError:
+                self._accept_errors.tick()
                 continue
             except OSError as exc:
                 if self._stopping.is_set():
                     return
-                back_off(exc)
+                self._accept_errors.failed(exc.errno or 0)
                 time.sleep(BACKOFF)
                 continue
+            self._accept_errors.tick()
             if not self._admit(conn):
                 refuse(conn)
                 continue
@@ -168,9 +184,12 @@ class LocalServer(Server):
 
     def _serve_thread(self, conn: socket.socket, peer: str) -> None:
         try:
-            drive(conn, peer, self.handler, self.idle_timeout, self._stopping.is_set)
+            drive(conn, peer, self.handler, self.idle_timeout, self._closed_by)
         finally:
             self._release(conn)
+
+    def _closed_by(self) -> str | None:
+        return "closed by server" if self._stopping.is_set() else None
 
     # -- async model ---------------------------------------------------------
 
@@ -183,38 +202,60 @@ class LocalServer(Server):
 
     async def _async_main(self) -> None:
         self._sock.setblocking(False)
-        self._async_stop = asyncio.Event()
+        stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._async_stop = stop
         loop = asyncio.get_running_loop()
         self._loop = loop
         offload = Offload(self.threads)  # a handler that blocks must not stall the loop
         server = LoopServer(
-            loop, self.handler, self.idle_timeout, self._admit, self._release, offload
+            loop,
+            self.handler,
+            self.idle_timeout,
+            self._admit,
+            self._release,
+            self._accept_errors,
+            offload,
         )
-        await server.start(self._sock)
+        server.start(self._sock)
+        self._loop_server = server
         self._ready.set()
-        await self._async_stop.wait()
-        await server.stop(self._grace, join=5.0)
+        await server.stop(await stop, join=5.0)
 
     # -- stopping --------------------------------------------------------------
 
-    def open_connections(self) -> int:
+    def open_connections(self) -> int | None:
         with self._lock:
             return len(self._open)
 
     def close(self, grace: float = 5.0) -> None:
-        if self._stopping.is_set():
+        """Stop accepting, let open sessions finish for ``grace`` s, close
+        the rest. A second call (another thread, while the first waits) can
+        only shorten the grace; it returns when the server has stopped."""
+        with self._lock:
+            deadline = time.monotonic() + grace
+            first = self._deadline is None
+            self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        if not first:
+            self._hurried = True
+            if self._loop_server is not None:
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):  # the loop has already ended
+                    self._loop.call_soon_threadsafe(self._loop_server.hurry)
+            self._closed.wait()  # the first close bounds it
             return
-        self._grace = grace
         self._stopping.set()
         if self.model == "async":  # the event loop applies the grace itself
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._async_stop.set)
+            self._loop.call_soon_threadsafe(self._async_stop.set_result, grace)
             self._threads[0].join(timeout=grace + 5)
             self._sock.close()
-            return
+        else:
+            self._close_threads()
+        self._closed.set()
+
+    def _close_threads(self) -> None:
         self._sock.close()
-        deadline = time.monotonic() + grace
-        while self.open_connections() and time.monotonic() < deadline:
+        while self.open_connections() and time.monotonic() < (self._deadline or 0):
             time.sleep(0.01)
         with self._lock:
             left = list(self._open)
@@ -223,8 +264,9 @@ class LocalServer(Server):
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for thread in list(self._threads):
-            thread.join(timeout=5)
+        for thread in list(self._threads):  # a handler that never returns: not waited on
+            allowance = 0.5 if self._hurried else 5.0
+            thread.join(max((self._deadline or 0) + allowance - time.monotonic(), 0))
 
 
 class MasterServer(Server):
@@ -247,6 +289,7 @@ class MasterServer(Server):
         idle_timeout: float,
         workers: int,
         threads: int,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     ) -> None:
         import cloudpickle
 
@@ -258,6 +301,12 @@ class MasterServer(Server):
         self.workers = workers
         self._error: OSError | None = None
         self._ready = threading.Event()
+        self._closing = False
+        self._closed = threading.Event()
+        self._kill_at = float("inf")  # closing: when the master is killed if still there
+        self._lock = threading.Lock()  # one writer on the master's stdin at a time
+        self._count = threading.Event()
+        self._open: int | None = None
         setup = {
             "handler": handler,
             "host": host,
@@ -267,6 +316,7 @@ class MasterServer(Server):
             "idle_timeout": idle_timeout,
             "workers": workers,
             "threads": threads,
+            "queue_timeout": queue_timeout,
             "backlog": BACKLOG,
             "log_level": log.getEffectiveLevel(),  # read once: children send only what shows
         }
@@ -312,7 +362,7 @@ class MasterServer(Server):
         self._events.settimeout(0.1)
         while True:
             try:
-                data = self._events.recv(65536)
+                data = self._events.recv(EVENT_SIZE)
             except TimeoutError:
                 if self._master.poll() is not None:
                     break
@@ -321,18 +371,40 @@ class MasterServer(Server):
         self._events.setblocking(False)
         while True:  # what the last children said before the master reaped them
             try:
-                self._handle(self._events.recv(65536))
+                self._handle(self._events.recv(EVENT_SIZE))
             except BlockingIOError:
                 break
         if not self._ready.is_set():
             self._error = self._error or OSError("the server's master process exited")
             self._ready.set()
+        elif not self._closing:
+            self._master_died()
+
+    def _master_died(self) -> None:
+        from ._children import describe_exit
+
+        self.failure = (
+            f"the server's master process (pid {self._master.pid}) ended on its own: "
+            f"{describe_exit(self._master.returncode)}; the {self.model} workers ended "
+            f"with it, and {self.host}:{self.port} no longer accepts connections"
+        )
+        log.error("%s", self.failure)
 
     def _handle(self, data: bytes) -> None:
-        event = json.loads(data)
-        kind = event.get("t")
+        # This thread must go on reading whatever arrives: the server's
+        # processes never wait for it, so what it misses is lost.
+        try:
+            event = json.loads(data)
+            kind = event.get("t")
+            level = int(event.get("level", logging.WARNING))
+        except (ValueError, AttributeError, TypeError):
+            log.warning("a malformed event from the server's processes: %r", data[:200])
+            return
         if kind == "log":
-            log.log(int(event["level"]), "%s", event["msg"])
+            log.log(level, "%s", event.get("msg"))
+        elif kind == "open":
+            self._open = int(event["n"])
+            self._count.set()
         elif kind == "ready":
             self.port = int(event["port"])
             self._ready.set()
@@ -341,26 +413,49 @@ class MasterServer(Server):
             self._ready.set()
 
     def close(self, grace: float = 5.0) -> None:
+        """As ``LocalServer.close``: a second call can only shorten the grace."""
         self._shutdown(grace)
 
+    def open_connections(self) -> int | None:
+        """The connections the workers serve now; None if the master does
+        not answer within a second."""
+        with self._lock:
+            self._count.clear()
+            if not self._tell(b"count\n") or not self._count.wait(1.0):
+                return None
+            return self._open
+
+    def _tell(self, line: bytes) -> bool:
+        try:
+            self._stdin.write(line)
+            self._stdin.flush()
+        except (OSError, ValueError):  # the master is gone; stdin closed
+            return False
+        return True
+
     def _shutdown(self, grace: float) -> None:
+        with self._lock:
+            first = not self._closing
+            self._closing = True
+            self._kill_at = min(self._kill_at, time.monotonic() + grace + 5)
+            if self._master.poll() is None:
+                self._tell(b"stop %f\n" % grace)  # again: the master shortens its grace
+        if not first:
+            self._closed.wait()  # the first call bounds it
+            return
+        while self._master.poll() is None and time.monotonic() < self._kill_at:
+            time.sleep(0.02)
         if self._master.poll() is None:
+            os.killpg(self._master.pid, signal.SIGKILL)
+            self._master.wait()
+        with self._lock:
             try:
-                self._stdin.write(b"stop %f\n" % grace)
-                self._stdin.flush()
+                self._stdin.close()
             except OSError:
                 pass
-            try:
-                self._master.wait(grace + 5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._master.pid, signal.SIGKILL)
-                self._master.wait()
-        try:
-            self._stdin.close()
-        except OSError:
-            pass
         self._reader.join(5)
         self._events.close()
+        self._closed.set()
 
 
 def start(
@@ -373,6 +468,7 @@ def start(
     max_message: int | None = None,
     workers: int | None = None,
     threads: int = DEFAULT_HYBRID_THREADS,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> Server:
     """Start serving in the background; return the running Server.
 
@@ -381,7 +477,10 @@ def start(
     (default one per core) and ``process`` (the spare processes kept ready
     for the next clients; default one per core). ``threads`` is the pool an
     event loop (async, hybrid) moves a handler to once a call of it is slow.
-    ``max_message`` caps a line for TextSession handlers.
+    ``max_message`` caps a line for TextSession handlers. ``queue_timeout``
+    (process, prefork) is how long a client may wait for a free process
+    before the busy reply; meanwhile a connection silent for a second or
+    more gives way to it.
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
@@ -393,6 +492,8 @@ def start(
         raise ValueError("workers must be >= 1")
     if threads < 1:
         raise ValueError("threads must be >= 1")
+    if not queue_timeout >= 0:
+        raise ValueError("queue_timeout must be >= 0 seconds")
     session: Callable[[str], Session] = handler or UppercaseSession
     if max_message is not None:
         if max_message < 1:
@@ -406,22 +507,57 @@ def start(
         workers = 2 * cores + 1 if model == "prefork" else cores
     if model == "prefork":  # each process serves one connection at a time
         workers = min(workers, max_connections)
-    return MasterServer(session, host, port, model, max_connections, idle_timeout, workers, threads)
+    return MasterServer(
+        session, host, port, model, max_connections, idle_timeout, workers, threads, queue_timeout
+    )
 
 
 def serve(grace: float = 5.0, **options: Any) -> int:
-    """Serve until SIGINT or SIGTERM, then close gracefully; returns 0."""
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    """Serve until SIGINT or SIGTERM, then close gracefully; returns 0.
+
+    The first signal stops accepting and logs what the close waits for; a
+    second one closes the open sessions at once. Returns 1 at once if the
+    server stops on its own (a process model's master died, which ends its
+    workers too): exiting, rather than starting a new master, lets a
+    service manager see it and restart."""
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with start(**options) as server:
             log.info("serving on %s:%d (model %s)", server.host, server.port, server.model)
-            while not stop.wait(0.5):
-                pass
-            server.close(grace)
+            while not stop.wait(0.2):
+                if server.failure is not None:
+                    return 1
+            _stop(server, grace, hurry)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _stop(server: Server, grace: float, hurry: threading.Event) -> None:
+    """Close ``server`` on a thread, so that this one (the main thread, which
+    runs the signal handlers) can turn a second signal into a close now."""
+    log.info("stopping: %s", _waiting_for(server.open_connections(), grace))
+    closer = threading.Thread(
+        target=server.close, args=(grace,), name="concur-server-close", daemon=True
+    )
+    closer.start()
+    while closer.is_alive():
+        if hurry.wait(0.05):
+            log.info("stopping now: closing the open sessions")
+            server.close(0.0)
+            break
+    closer.join()
+    log.info("stopped")
+
+
+def _waiting_for(sessions: int | None, grace: float) -> str:
+    if sessions == 0:
+        return "no open sessions"
+    what = "the open sessions" if sessions is None else f"{sessions} session{'s' * (sessions > 1)}"
+    return f"waiting up to {grace:g} s for {what}; Ctrl-C again to stop now"
