@@ -347,3 +347,62 @@ def test_concur_backend_dask_is_refused_by_a_local_auto_pool(monkeypatch):
     monkeypatch.setenv("CONCUR_BACKEND", "dask")
     with pytest.raises(ValueError, match="DaskPool"):
         concur.AutoPool()
+
+
+class _Concurrency:
+    """How many calls run at once, at most, and the slowest call."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.slowest = 0.0
+
+    def get(self, url):
+        from concur.bench.workloads import http_get
+
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        started = time.perf_counter()
+        try:
+            return http_get(url)
+        finally:
+            with self.lock:
+                self.now -= 1
+                self.slowest = max(self.slowest, time.perf_counter() - started)
+
+
+def test_a_server_that_serves_few_at_a_time_gets_no_more_than_it_holds():
+    # 5 served at a time, 20 ms each, a backlog of 5: past 11 connections
+    # at once, SYNs are dropped and retried after a second. Threads sized
+    # by the wait ratio alone opened ~100 and the run took over a second.
+    from concur.bench import capacity
+
+    calls = _Concurrency()
+    with capacity.running() as url:
+        results = concur.map(calls.get, [url] * 80)
+    assert results == [2] * 80
+    assert results.decision.backend == "thread"
+    assert 4 <= calls.most <= 11, calls.most
+    assert calls.slowest < 0.9, calls.slowest  # no connection waited for a retry
+
+
+class _HoldsALock:
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()  # cannot be pickled: nor can this object's methods
+
+    def work(self, n):
+        return spin(n)
+
+
+def test_a_function_that_cannot_be_pickled_never_goes_to_processes():
+    # Computing that processes would speed up, through a bound method of an
+    # object holding a lock: the run used to fail with SerializationError
+    # when auto picked processes.
+    results = concur.map(_HoldsALock().work, [1_000_000] * 8)
+    assert results == [1_000_000] * 8
+    assert results.decision.backend != "process"

@@ -132,3 +132,49 @@ def test_estimates_rank_the_backends(measured, n, fastest):
     assert min(times, key=times.__getitem__) == fastest
     assert 1 <= threads <= n
     assert times["inline"] == pytest.approx(n * measured.wall)
+
+
+def _ramp_against(capacity: int, service_s: float, cap: int = 256) -> tuple[int, int]:
+    """Drive a Ramp with a server that serves ``capacity`` at a time, each in
+    ``service_s``; at L in flight items take service × L / capacity (they
+    queue) once L passes the capacity. Returns (settled level, highest)."""
+    from concur.auto.ramp import Ramp
+
+    ramp = Ramp(cap)
+    now = 0.0
+    ramp.started(now)
+    highest = ramp.level
+    for _ in range(5_000):
+        if ramp.settled:
+            break
+        latency = service_s * max(1.0, ramp.level / capacity)
+        now += latency / ramp.level  # one completion per latency / level
+        ramp.completed(1, latency, now)
+        highest = max(highest, ramp.level)
+    assert ramp.settled
+    return ramp.level, highest
+
+
+# (capacity of the far end, where the level may settle, the most it may ever reach)
+RAMPS = [
+    (1, (1, 5), 8),  # the first doubling, before any step shows queueing
+    (5, (5, 10), 10),  # a backlog of 5 holds 6 more: 11 in flight drop no SYN
+    (20, (20, 40), 40),
+    (100, (100, 200), 200),
+    (10**6, (256, 256), 256),  # no limit: up to the cap
+]
+
+
+@pytest.mark.parametrize(("capacity", "settles", "most"), RAMPS)
+def test_a_ramp_finds_the_capacity_without_overshooting_it(capacity, settles, most):
+    level, highest = _ramp_against(capacity, 0.02)
+    assert settles[0] <= level <= settles[1]
+    assert highest <= most
+
+
+def test_a_ramp_never_passes_its_cap_and_starts_small():
+    from concur.auto.ramp import START, Ramp
+
+    assert Ramp(2).level == 2
+    assert Ramp(100).level == START
+    assert _ramp_against(10**6, 0.02, cap=10) == (10, 10)

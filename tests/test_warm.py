@@ -75,7 +75,8 @@ def test_a_bad_keep_warm_value_says_what_to_write(monkeypatch):
 def test_a_failed_run_hands_no_worker_to_the_next():
     with pytest.raises(ValueError, match="item 3"):
         concur.map(fail_on, range(40), backend="process")
-    # Its workers may still have run its chunks: they are stopped, not kept.
+    # Its workers may still have run its chunks: they are stopped, not kept,
+    # even when the failed chunk was the last in flight.
     assert worker_pids() == set()
 
 

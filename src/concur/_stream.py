@@ -214,7 +214,8 @@ class Placement(Protocol):
         """What a collected chunk of ``count`` items cost where it ran."""
 
     def release(self, abort: bool, settled: bool) -> None:
-        """The stream ended (``abort``: by Ctrl-C); ``settled``: nothing ran."""
+        """The stream ended (``abort``: by Ctrl-C); ``settled``: every item
+        was delivered and nothing runs."""
 
 
 class _Block:
@@ -250,6 +251,7 @@ class Stream(Iterator[Any]):
         self._blocks: deque[_Block] = deque()
         self._index = 0
         self._started = False
+        self._ended = False  # every item delivered
 
     def __iter__(self) -> Stream:
         return self
@@ -301,6 +303,7 @@ class Stream(Iterator[Any]):
                 return
             self._fill()
             if not self.inflight:
+                self._ended = True
                 self.close()
                 raise StopIteration
             self._collect()
@@ -357,9 +360,10 @@ class Stream(Iterator[Any]):
 
     def close(self, abort: bool = False) -> None:
         """Stop reading input, cancel what has not started (``abort``: what
-        runs too), and release the placement."""
+        runs too), and release the placement: settled only when every item
+        was delivered (a run that failed, timed out or was left early is not)."""
         self.cursor.close()
-        settled = self.inflight.all_done()
+        settled = self._ended and self.inflight.all_done()
         self.inflight.cancel(running_too=abort)
         self.placement.release(abort, settled)
 

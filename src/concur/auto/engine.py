@@ -3,16 +3,20 @@ probes the work, runs each chunk where the judge decided, and re-decides."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from .. import _task
 from .._pool import ChunkResult, TaskOptions
 from .._stream import Stream
+from ..errors import SerializationError
 from ..threads import ThreadPool
 from .inline import Done, Watchdog, run_inline
 from .judge import Judge
 from .probe import Probe
+from .ramp import Ramp
 from .rules import LONG_RUN, Decision, environment_override, forced, items_per_chunk
 from .warm import Pools, RunPools
 
@@ -94,6 +98,7 @@ class AutoPlacement:
         self.pools: Pools = pools or RunPools()
         self._fn_blob: bytes | None = None
         self._watchdog = Watchdog()
+        self.ramp: Ramp | None = None  # threads for work that waits on the outside world
         self.judge = Judge(workers, chunksize, forced_backend or environment_override("this run"))
         if self.judge.forced is not None:
             source = "backend=" if forced_backend else "CONCUR_BACKEND"
@@ -112,7 +117,20 @@ class AutoPlacement:
             limit = 2 * d.workers
         elif d.backend == "thread":
             limit = d.workers + 1
+            ramp = self._ramp_for(d.workers)
+            if ramp is not None:
+                limit = ramp.level
         return limit if self._max_inflight is None else min(limit, self._max_inflight)
+
+    def _ramp_for(self, workers: int) -> Ramp | None:
+        """The ramp for threads that wait on the outside world (see ``ramp``),
+        unless the caller fixed the worker count."""
+        if not self.judge.outside or self.judge.workers is not None:
+            return None
+        if self.ramp is None:
+            self.ramp = Ramp(workers)
+        self.ramp.cap = max(1, workers)
+        return self.ramp
 
     def chunk_size(self, stream: Stream) -> int | None:
         d = self.judge.decision
@@ -136,17 +154,21 @@ class AutoPlacement:
         options = self._options.for_chunk(len(chunk))
         items = stream.cursor.as_args(chunk)
         if d.backend == "thread":
+            if self.ramp is not None:
+                self.ramp.started(time.perf_counter())
             future = self.thread_pool().submit_chunk(self.fn, items, None, options)
         else:
             processes = self.pools.processes(self.process_workers())
             if self._fn_blob is None:
-                self._fn_blob = processes.prepare_fn(self.fn)
+                self._fn_blob = processes.prepare_fn(self.fn)  # raises: it cannot travel
             future = processes.submit_chunk(self.fn, items, self._fn_blob, options)
         return future, len(chunk), d.backend
 
     def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
         # Inline chunks were observed as they ran; the probe item was measured
         # by the probe (beside a spinner that contends for the GIL on purpose).
+        if tag == "thread" and self.ramp is not None:
+            self.ramp.completed(count, wall, time.perf_counter())
         if tag not in ("inline", "probe"):
             self._observe(count, wall, cpu, tag, stream)
 
@@ -154,6 +176,16 @@ class AutoPlacement:
         warm = self.pools.warm(self.process_workers())
         left, more = stream.left(), stream.cursor.has_input()
         self.judge.observe(count, wall, cpu, tag, left, more, warm)
+
+    def callable_travels(self) -> bool:
+        """Whether the function can be sent to a worker process (pickled here
+        once, and kept for the processes if it can)."""
+        if self._fn_blob is None:
+            try:
+                self._fn_blob = _task.serialize_callable(self.fn)
+            except SerializationError:
+                return False
+        return True
 
     def run_inline(self, chunk: list[Any], stream: Stream) -> tuple[Done, int]:
         return run_inline(self.call, chunk, self._watchdog, stream.cursor)

@@ -33,6 +33,7 @@ class Judge:
         self.utilization: float | None = None
         self.transfer = 0.0
         self.warm = False  # a process pool of the right size runs already
+        self.outside = False  # the probe waited on a socket, pipe or file (not a sleep)
         self.clock = (time.perf_counter(), time.process_time())
 
     @property

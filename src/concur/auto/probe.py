@@ -85,8 +85,8 @@ class ThreadClock:
     def state(self) -> str | None:
         """What the thread does right now (Linux: from /proc): "running"
         (or ready to), "lock" (blocked on a futex: waiting for the GIL or a
-        lock), "io" (blocked in any other call: a read, a sleep, a poll), or
-        None where that cannot be read.
+        lock), "sleep" (in a timed sleep), "io" (blocked in any other call: a
+        read, a poll), or None where that cannot be read.
 
         Low CPU over wall time alone cannot tell a thread that waits from one
         that is ready but not scheduled on a busy machine, nor from one that
@@ -104,29 +104,39 @@ class ThreadClock:
         after_name = stat.rfind(b")") + 2  # the name may hold spaces and brackets
         if stat[after_name : after_name + 1] not in (b"S", b"D"):
             return "running"
-        return "lock" if _in_futex(task) else "io"
+        return _blocked_in(task)
 
 
-# The futex call's number, where the thread's current call is read by number.
-_FUTEX = {"x86_64": 202, "i686": 240, "aarch64": 98, "armv7l": 240, "riscv64": 98}.get(
-    platform.machine()
-)
+# The numbers of futex and of the sleep calls, where the thread's current
+# call is read by number.
+_CALLS = {
+    "x86_64": (202, (35, 230)),
+    "aarch64": (98, (101, 115)),
+    "riscv64": (98, (101, 115)),
+    "i686": (240, (162, 267)),
+    "armv7l": (240, (162, 265)),
+}.get(platform.machine())
 
 
-def _in_futex(task: str) -> bool:
-    """Whether a blocked thread waits in futex (the GIL, a lock, a condition)."""
+def _blocked_in(task: str) -> str:
+    """What a blocked thread waits in: "lock" (futex: the GIL, a lock, a
+    condition), "sleep" (a timed sleep) or "io" (any other call: a socket,
+    a pipe, a file, a poll)."""
     try:
         with open(f"{task}/syscall", "rb") as handle:
             number = handle.read().split(maxsplit=1)[0]
-        if _FUTEX is not None and number.isdigit():
-            return int(number) == _FUTEX
+        if _CALLS is not None and number.isdigit():
+            futex, sleeps = _CALLS
+            call = int(number)
+            return "lock" if call == futex else "sleep" if call in sleeps else "io"
     except (OSError, IndexError):
         pass
     try:  # the kernel function it sleeps in
         with open(f"{task}/wchan", "rb") as handle:
-            return b"futex" in handle.read()
+            where = handle.read()
     except OSError:
-        return False
+        return "io"
+    return "lock" if b"futex" in where else "sleep" if b"nanosleep" in where else "io"
 
 
 class Probe:
@@ -144,7 +154,8 @@ class Probe:
         self.judge = placement.judge
 
     def note_transfer(self, first: list[Any], result: Any) -> None:
-        self.judge.transfer = transfer_cost(self.stream.cursor.as_args(first)[0], result)
+        cost = transfer_cost(self.stream.cursor.as_args(first)[0], result)
+        self.judge.transfer = cost if self.placement.callable_travels() else math.inf
 
     def run(self) -> None:
         first = self.stream.cursor.take(1)
@@ -187,7 +198,7 @@ class Probe:
         Decides, and returns whether item 0 computes (holds a CPU, maybe the GIL)."""
         self.note_transfer(first, None)
         window = PROBE_WAIT_S
-        states_seen: set[str] = set()  # "running", "lock", "io" at the looks
+        states_seen: set[str] = set()  # "running", "lock", "sleep", "io" at the looks
         gil_tests = 0
         while True:
             elapsed = time.perf_counter() - wall0
@@ -196,11 +207,14 @@ class Probe:
             state = clock.state()
             if state is not None:
                 states_seen.add(state)
+            if state == "io":  # a socket, a pipe, a file: its threads ramp up (see ramp)
+                self.judge.outside = True
             # Blocked on a lock is no proof of waiting: it is where a thread
             # waits for the GIL while another thread of the program computes.
-            if busy < WAITING and state in ("io", None):
+            if busy < WAITING and state in ("io", "sleep", None):
                 # Waiting, for an unknown time yet: the ratio measured so far is
-                # only a lower bound, so start as many threads as allowed.
+                # only a lower bound, so allow as many threads as that bound
+                # asks; what waits on the outside world ramps up to them.
                 m = self.judge.measure(elapsed, min(used, elapsed / THREAD_BOUND), 1)
                 self.judge.adopt(choose(m, self.stream.left()))
                 return False
