@@ -298,3 +298,15 @@ def test_a_thread_task_receives_the_shared_object_itself():
         assert pool.submit(lambda d: d is data, shared).result()
         assert pool.submit(lambda *, d: d is data, d=shared).result()
         assert list(pool.map(first_of, [shared] * 4)) == [first_of(data)] * 4
+
+
+def _maps_ours(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as fh:
+        return f"memfd:concur-{os.getpid()}" in fh.read()
+
+
+def test_an_idle_worker_maps_nothing(pool):
+    big = np.ones(4 * MB // 8)
+    assert list(pool.map(total, [big] * 8, chunksize=1)) == [float(big.size)] * 8
+    pids = [w.pid for w in pool.workers()]
+    wait_until(lambda: not any(_maps_ours(pid) for pid in pids))

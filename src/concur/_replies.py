@@ -177,10 +177,10 @@ def _done(
             body, buffers = _task.unpack(body, writable=True)
         except SerializationError as exc:
             outcome = (_task.RAISED, exc)
-        if following is None:
-            _send_bytes(worker, RELEASE_MESSAGE)
     if following is not None:
         send(worker, following)
+    elif flags & _task.SHARED or task.keep:
+        _send_bytes(worker, RELEASE_MESSAGE)  # idle: it lets go of every mapping
     if outcome is None:
         outcome = unpickled(body, buffers)
     future = task.future

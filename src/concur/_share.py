@@ -83,7 +83,7 @@ def _plain(value: Any) -> Any:
 def _attach(places: list[_shm.Place]) -> Any:
     """In a worker: the shared object, its buffers mapped read-only."""
     try:
-        first, *buffers = _shm.map_places(places, writable=False)
+        first, *buffers = _shm.map_places(places, False, _shm.worker_mappings)
     except _shm.SharedMemoryError as exc:
         raise SerializationError(f"a shared object is gone: {exc}", what="shared object") from exc
     return _namespace.loads(first, buffers)

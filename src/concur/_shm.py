@@ -20,7 +20,8 @@ Who holds what:
 
 * arguments: the caller's task record holds the segment until the task is
   settled (a retry reads it again); a worker maps it read-only, so an array
-  argument is read-only there and a write raises;
+  argument is read-only there and a write raises, and keeps the mapping for
+  its next task (``Mappings``) until the pool says RELEASE as it goes idle;
 * results: the worker holds its reply's segment until the pool's next
   message to it (the next task, or ``RELEASE``, sent once the caller mapped
   it); the caller maps it copy-on-write, so a result array is writable and
@@ -230,28 +231,72 @@ def current_outgoing() -> Outgoing | None:
     return _local.outgoing
 
 
-def incoming(body: memoryview, writable: bool) -> tuple[memoryview, list[memoryview]]:
+class Mappings:
+    """A worker's read-only mappings, kept from one task to the next.
+
+    Mapping a segment is cheap; touching it page by page the first time is
+    not (a fault per page). The tasks of one ``map`` that refer to the same
+    segment reuse the mapping the previous task made. ``next_task`` drops
+    every mapping the previous task used and this one does not; ``release``
+    drops them all (the pool says RELEASE when the worker goes idle).
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[tuple[int, int, int], memoryview] = {}
+        self.previous: dict[tuple[int, int, int], memoryview] = {}
+
+    def next_task(self) -> None:
+        self.previous, self.current = self.current, {}
+
+    def done_with_previous(self) -> None:
+        self.previous = {}
+
+    def release(self) -> None:
+        self.current, self.previous = {}, {}
+
+    def get(self, pid: int, fd: int, ino: int) -> memoryview:
+        key = (pid, fd, ino)
+        view = self.current.get(key)
+        if view is None:
+            view = self.previous.pop(key, None) or _map(pid, fd, ino, writable=False)
+            self.current[key] = view
+        return view
+
+
+def incoming(
+    body: memoryview, writable: bool, mappings: Mappings | None = None
+) -> tuple[memoryview, list[memoryview]]:
     """Split a shared message's body into its pickle and its mapped buffers.
 
     ``writable`` maps copy-on-write (a caller's result); otherwise read-only
-    (a worker's arguments: a write raises). Raises SharedMemoryError when
-    the sender is gone.
+    (a worker's arguments: a write raises), reusing ``mappings``. Raises
+    SharedMemoryError when the sender is gone.
     """
     (length,) = _TABLE_LEN.unpack_from(body)
     end = _TABLE_LEN.size + length
     places: list[Place] = pickle.loads(body[_TABLE_LEN.size : end])
-    return body[end:], map_places(places, writable)
+    return body[end:], map_places(places, writable, mappings)
 
 
-def map_places(places: list[Place], writable: bool) -> list[memoryview]:
+def map_places(
+    places: list[Place], writable: bool, mappings: Mappings | None = None
+) -> list[memoryview]:
     maps: dict[tuple[int, int], memoryview] = {}
     buffers = []
     for pid, fd, ino, offset, length in places:
         view = maps.get((pid, fd))
         if view is None:
-            view = maps[(pid, fd)] = _map(pid, fd, ino, writable)
+            if mappings is not None and not writable:
+                view = mappings.get(pid, fd, ino)
+            else:
+                view = _map(pid, fd, ino, writable)
+            maps[(pid, fd)] = view
         buffers.append(view[offset : offset + length])
     return buffers
+
+
+# The worker's mappings (one task at a time: no lock needed).
+worker_mappings = Mappings()
 
 
 def _map(pid: int, fd: int, ino: int, writable: bool) -> memoryview:

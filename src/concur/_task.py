@@ -137,11 +137,13 @@ def pack(obj: object, limit: int = _shm.THRESHOLD) -> tuple[bytes, bool, list[An
     return table + data, True, out.keep
 
 
-def unpack(body: memoryview, writable: bool) -> tuple[memoryview, list[memoryview] | None]:
+def unpack(
+    body: memoryview, writable: bool, mappings: _shm.Mappings | None = None
+) -> tuple[memoryview, list[memoryview] | None]:
     """A shared body's pickle and its buffers, mapped here; raises
     SerializationError when the sender's memory is gone."""
     try:
-        return _shm.incoming(body, writable)
+        return _shm.incoming(body, writable, mappings)
     except _shm.SharedMemoryError as exc:
         raise SerializationError(str(exc), what="result") from exc
 
@@ -153,7 +155,7 @@ def open_message(data: bytes) -> tuple[int, int, memoryview, list[memoryview] | 
     body = memoryview(data)[TASK_HEAD.size :]
     if not flags & SHARED:
         return kind, task_id, body, None
-    body, buffers = unpack(body, writable=False)
+    body, buffers = unpack(body, writable=False, mappings=_shm.worker_mappings)
     return kind, task_id, body, buffers
 
 

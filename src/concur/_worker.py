@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _logs, _namespace, _proc, _supervise, _task
+from . import _logs, _namespace, _proc, _shm, _supervise, _task
 from .errors import SerializationError
 from .ps import own_rss
 
@@ -140,6 +140,7 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
     done = 0
     cached: tuple[bytes | None, Any] = (None, None)
     held: list[Any] = []  # the last reply's shared memory, until the parent mapped it
+    mappings = _shm.worker_mappings  # the arguments' shared memory, reused by the next task
     show = _supervise.task_titles(settings.title)
     if show is not None:
         show(None, 0)
@@ -149,13 +150,16 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
         except (EOFError, OSError):
             return
         held.clear()
+        mappings.next_task()
         kind, task_id, body, buffers = _opened(data)
         if kind == _task.EXIT:
             return
         if kind == _task.RELEASE:
+            mappings.release()
             continue
         start = _task.clock()
         outcome, items, cached = _run(kind, task_id, body, buffers, cached, show)
+        mappings.done_with_previous()
         del data, body, buffers
         done += items
         retiring = (settings.max_tasks is not None and done >= settings.max_tasks) or (
