@@ -289,7 +289,9 @@ def test_nothing_is_left_after_the_parent_is_sigkilled(tmp_path):
             parent.wait()
         parent.stdout.close()
         parent.stderr.close()
-    assert set(os.listdir("/dev/shm")) <= shm_before
+    # Other programs on this machine may add their own entries meanwhile.
+    new = set(os.listdir("/dev/shm")) - shm_before
+    assert not [n for n in new if "concur" in n or str(parent.pid) in n], new
 
 
 def test_a_thread_task_receives_the_shared_object_itself():

@@ -14,6 +14,7 @@ while a task that refers to it is not settled.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from . import _namespace, _shm, _task
@@ -57,7 +58,7 @@ class Shared:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         if self._places is None:
             return (_plain, (self.value,))
         if not self._keep:
@@ -66,10 +67,12 @@ class Shared:
                 "(or keep the handle open until the tasks that use it are submitted)",
                 what="shared object",
             )
-        out = _shm.current_outgoing()
-        if out is not None:
-            out.keep.extend(self._keep)  # held until the task is settled
-        return (_attach, (self._places,))
+        # The token's buffer tells the message's pickler to hold the segment
+        # until the task is settled (``_shm.Token``).
+        token = _shm.Token(b"s")
+        token.held = self._keep
+        mark = pickle.PickleBuffer(token) if protocol >= 5 else None
+        return (_attach, (self._places, mark))
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -80,7 +83,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _attach(places: list[_shm.Place]) -> Any:
+def _attach(places: list[_shm.Place], _mark: Any = None) -> Any:
     """In a worker: the shared object, its buffers mapped read-only."""
     try:
         first, *buffers = _shm.map_places(places, False, _shm.worker_mappings)

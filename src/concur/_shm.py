@@ -127,7 +127,6 @@ class Placement:
 
 class _Local(threading.local):
     placement: Placement | None = None
-    outgoing: Outgoing | None = None
 
 
 _local = _Local()
@@ -143,6 +142,15 @@ def placing() -> Iterator[None]:
         _local.placement = saved
 
 
+class Token(bytearray):
+    """A ``concur.share()`` handle's mark in a pickle: a one-byte buffer the
+    handle pickles, so the pickler's ``buffer_callback`` sees it and keeps
+    ``held`` (the handle's segment) alive with the message."""
+
+    __slots__ = ("held",)
+    held: Any
+
+
 class Outgoing:
     """The out-of-band buffers of one message being pickled.
 
@@ -151,6 +159,8 @@ class Outgoing:
     ``keep`` is every segment the message refers to, which its sender must
     hold until the receiver has mapped them.
     """
+
+    __slots__ = ("final", "keep", "new", "placement", "places", "threshold")
 
     def __init__(self, threshold: int = THRESHOLD) -> None:
         self.threshold = threshold if ENABLED else None
@@ -164,21 +174,18 @@ class Outgoing:
         self.new: list[tuple[Any, memoryview]] = []
         self.keep: list[Any] = []
 
-    def __enter__(self) -> Outgoing:
-        self.saved, _local.outgoing = _local.outgoing, self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _local.outgoing = self.saved
-
     def callback(self, buffer: pickle.PickleBuffer) -> bool:
         """False (out of band) for a large buffer, True (in the pickle) otherwise."""
-        if self.threshold is None:
-            return True
-        raw = buffer.raw()
-        if raw.nbytes < self.threshold:
-            return True
         owner = memoryview(buffer).obj
+        if type(owner) is Token:
+            self.keep.append(owner.held)
+            return True
+        if self.threshold is None or memoryview(buffer).nbytes < self.threshold:
+            return True
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: pickle decides
+            return True
         found = None if self.placement is None else self.placement.placed.get(id(owner))
         if found is not None and found[0] is owner:
             _, segment, offset, length = found
@@ -188,10 +195,6 @@ class Outgoing:
             self.places.append(len(self.new))
             self.new.append((owner, raw))
         return False
-
-    @property
-    def shared(self) -> bool:
-        return bool(self.places)
 
     def finish(self, first: bytes = b"") -> bytes:
         """Write the new buffers (after ``first``, if given, as buffer 0) and
@@ -225,10 +228,27 @@ class Outgoing:
             self.placement.placed[id(owner)] = (owner, segment, offset, length)
 
 
-def current_outgoing() -> Outgoing | None:
-    """The message this thread is pickling now, if any (for handles that
-    must keep their segment alive with it)."""
-    return _local.outgoing
+class OutOfBand(Exception):
+    """Raised by ``PROBE``: this message needs an ``Outgoing``."""
+
+
+class Probe:
+    """A first attempt at a message, with nothing allocated: its callback
+    keeps small buffers in the pickle and raises OutOfBand at a large one
+    or a handle's token, so the message is pickled again with an
+    ``Outgoing``."""
+
+    @staticmethod
+    def callback(buffer: pickle.PickleBuffer) -> bool:
+        if memoryview(buffer).nbytes < THRESHOLD and type(memoryview(buffer).obj) is not Token:
+            return True
+        raise OutOfBand
+
+    def reset(self) -> None:
+        pass
+
+
+PROBE = Probe()
 
 
 class Mappings:
@@ -246,10 +266,12 @@ class Mappings:
         self.previous: dict[tuple[int, int, int], memoryview] = {}
 
     def next_task(self) -> None:
-        self.previous, self.current = self.current, {}
+        if self.current:
+            self.previous, self.current = self.current, {}
 
     def done_with_previous(self) -> None:
-        self.previous = {}
+        if self.previous:
+            self.previous = {}
 
     def release(self) -> None:
         self.current, self.previous = {}, {}

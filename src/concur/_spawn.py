@@ -79,8 +79,8 @@ class Worker:
         mp_context: multiprocessing.context.BaseContext | str | None,
     ) -> None:
         _supervise.check_not_bootstrapping("A concur.spawn(kind='process') worker")
-        payload = _task.serialize_call(0, fn, args, kwargs)
-        self._keep = payload.keep  # its shared memory, until the child is done
+        payload, self._keep = _task.serialize_call(0, fn, args, kwargs)  # _keep: its
+        # shared memory, until the child is done
         ctx = get_context(mp_context)
         reader, writer = ctx.Pipe(duplex=False)
         lifeline = Connection(os.dup(_supervise.lifeline_fd()), writable=False)
@@ -90,7 +90,7 @@ class Worker:
         title = f"concur-spawn {name or _task.describe(fn)}"
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_process_main,
-            args=(payload.data, writer, lifeline, title, pdeathsig),
+            args=(payload, writer, lifeline, title, pdeathsig),
             name=name,
             daemon=daemon,
         )

@@ -93,8 +93,7 @@ class Task:
     ) -> None:
         self.id = task_id
         self.future = future
-        self.payload = payload.data
-        self.keep = payload.keep
+        self.payload, self.keep = payload
         self.label = label
         self.items = items
         self.timeout = options.timeout

@@ -50,7 +50,7 @@ import traceback
 import types
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import cloudpickle
 
@@ -84,7 +84,7 @@ _MAIN_MARK = b"__main__"
 Outcome = tuple[int, Any]
 
 
-def dumps(obj: object, out: _shm.Outgoing | None = None) -> bytes:
+def dumps(obj: object, out: _shm.Outgoing | _shm.Probe | None = None) -> bytes:
     """Pickle ``obj`` fast, by value where it has to be.
 
     The C pickler is ten times cheaper than cloudpickle on small messages, but
@@ -93,42 +93,44 @@ def dumps(obj: object, out: _shm.Outgoing | None = None) -> bytes:
     plain pickler refuses) go through cloudpickle. With ``out``, large
     buffers are left out of the pickle for shared memory (``_shm``).
     """
-    if out is None:
-        try:
-            data = pickle.dumps(obj, _PROTOCOL)
-        except Exception:
-            return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
-        if _MAIN_MARK in data:
-            return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+    callback = None if out is None else out.callback
+    try:
+        data: bytes | None = pickle.dumps(obj, _PROTOCOL, buffer_callback=callback)
+    except _shm.OutOfBand:
+        raise
+    except Exception:
+        data = None
+    if data is not None and _MAIN_MARK not in data:
         return data
-    with out:
-        try:
-            data = pickle.dumps(obj, _PROTOCOL, buffer_callback=out.callback)
-            if _MAIN_MARK not in data:
-                return data
-        except Exception:
-            pass
-        out.reset()
-        return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=out.callback)  # type: ignore[no-any-return]
+    if out is not None:
+        out.reset()  # forget the buffers the first attempt recorded
+    return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
 
 
 loads = pickle.loads
 
 
-class Payload(NamedTuple):
-    """A message to a worker, and what its sender must keep until the task
-    is settled: the shared memory it refers to."""
-
-    data: bytes
-    keep: tuple[Any, ...] = ()
+# A message to a worker, and what its sender must keep until the task is
+# settled: the shared memory it refers to.
+Payload = tuple[bytes, tuple[Any, ...]]
 
 
-def pack(obj: object, limit: int = _shm.THRESHOLD) -> tuple[bytes, bool, list[Any]]:
-    """``obj`` pickled, its buffers of ``limit`` bytes or more in shared
-    memory: (body, whether it is shared, the segments to hold meanwhile)."""
-    out = _shm.Outgoing(limit)
+def pack(obj: object) -> tuple[bytes, bool, list[Any]]:
+    """``obj`` pickled, its large buffers in shared memory: (body, whether
+    it is shared, the segments to hold until the receiver mapped them).
+
+    Most messages have no large buffer: they are pickled once, with nothing
+    allocated for shared memory; one that has is pickled again for it.
+    """
+    if not _shm.ENABLED:
+        return dumps(obj), False, []
+    try:
+        return dumps(obj, _shm.PROBE), False, []
+    except _shm.OutOfBand:
+        pass
+    out = _shm.Outgoing()
     data = dumps(obj, out)
-    if not out.shared:
+    if not out.places:
         return data, False, out.keep  # what concur.share() handles in it hold
     try:
         table = out.finish()
@@ -192,7 +194,7 @@ def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
 
 def _shared_message(kind: int, task_id: int, obj: object) -> Payload:
     body, shared, keep = pack(obj)
-    return Payload(TASK_HEAD.pack(kind, SHARED if shared else 0, task_id) + body, tuple(keep))
+    return TASK_HEAD.pack(kind, SHARED if shared else 0, task_id) + body, tuple(keep)
 
 
 # Functions pickled bigger are pickled per call, and kept by neither side.
