@@ -70,7 +70,12 @@ def _panel(ax: Any, name: str, rows: list[dict[str, Any]]) -> None:
     ax.set_yticks(positions, labels, fontsize=8)
     ax.invert_yaxis()
     better = "more is better" if scenario.higher_is_better else "less is better"
-    unit = {"s": "seconds", "µs/call": "µs per call", "results": "results"}[scenario.unit]
+    unit = {
+        "s": "seconds",
+        "µs/call": "µs per call",
+        "results": "results",
+        "× size": "peak rise, in result sizes",
+    }[scenario.unit]
     ax.set_xlabel(f"{unit} ({better})", fontsize=8)
     ax.set_title(name, fontsize=10, loc="left")
     ax.tick_params(axis="x", labelsize=7)
@@ -104,4 +109,6 @@ def _short(value: float, unit: str) -> str:
         return f"{value:.0f}"
     if unit == "µs/call":
         return f"{value:.0f} µs"
+    if unit == "× size":
+        return f"{value:.2f}×"
     return f"{value * 1e3:.0f} ms" if value < 1 else f"{value:.2f} s"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
+from typing import Any
 
 
 def count_to(n: int) -> int:
@@ -72,3 +74,28 @@ def crash_one(args: tuple[int, int, int, float]) -> int:
             os._exit(1)
         raise RuntimeError("this task would have killed the whole process")
     return index
+
+
+def array_total(array: Any) -> float:
+    """Reads all of a (large) array: its sum."""
+    return float(array.sum())
+
+
+def shared_total(array: Any, _index: int) -> float:
+    """``array_total`` for mpire's ``shared_objects`` (the object comes first)."""
+    return array_total(array)
+
+
+@dataclass(frozen=True)
+class Fill:
+    """What ``filled`` makes (one argument, not a tuple: mpire unpacks tuples)."""
+
+    size: int
+    value: int
+
+
+def filled(spec: Fill) -> Any:
+    """A new array of ``spec.size`` bytes, every byte ``spec.value``."""
+    import numpy as np
+
+    return np.full(spec.size, spec.value, dtype=np.uint8)
