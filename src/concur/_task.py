@@ -49,7 +49,7 @@ import time
 import traceback
 import types
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -115,7 +115,7 @@ loads = pickle.loads
 Payload = tuple[bytes, tuple[Any, ...]]
 
 
-def pack(obj: object) -> tuple[bytes, bool, list[Any]]:
+def pack(obj: object) -> tuple[bytes, bool, Sequence[Any]]:
     """``obj`` pickled, its large buffers in shared memory: (body, whether
     it is shared, the segments to hold until the receiver mapped them).
 
@@ -123,9 +123,9 @@ def pack(obj: object) -> tuple[bytes, bool, list[Any]]:
     allocated for shared memory; one that has is pickled again for it.
     """
     if not _shm.ENABLED:
-        return dumps(obj), False, []
+        return dumps(obj), False, ()
     try:
-        return dumps(obj, _shm.PROBE), False, []
+        return dumps(obj, _shm.PROBE), False, ()
     except _shm.OutOfBand:
         pass
     out = _shm.Outgoing()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -149,8 +149,10 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
             data = tasks.recv_bytes()
         except (EOFError, OSError):
             return
-        held.clear()
-        mappings.next_task()
+        if held:
+            held.clear()
+        if mappings.current:
+            mappings.next_task()
         kind, task_id, body, buffers = _opened(data)
         if kind == _task.EXIT:
             return
@@ -159,14 +161,16 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
             continue
         start = _task.clock()
         outcome, items, cached = _run(kind, task_id, body, buffers, cached, show)
-        mappings.done_with_previous()
+        if mappings.previous:
+            mappings.done_with_previous()
         del data, body, buffers
         done += items
         retiring = (settings.max_tasks is not None and done >= settings.max_tasks) or (
             settings.max_memory is not None and own_rss() > settings.max_memory
         )
         reply, shared, keep = _pack_outcome(outcome)
-        held.extend(keep)
+        if keep:
+            held.extend(keep)
         del outcome, keep
         wall, cpu = _task.spent(start)
         replies.send(
@@ -231,7 +235,7 @@ def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outco
         return (_task.ERR, _task.pack_exception(exc))
 
 
-def _pack_outcome(outcome: _task.Outcome) -> tuple[bytes, bool, list[Any]]:
+def _pack_outcome(outcome: _task.Outcome) -> tuple[bytes, bool, Sequence[Any]]:
     """The outcome packed (``_task.pack``); one that cannot be becomes an
     error for the task.
 
@@ -244,14 +248,14 @@ def _pack_outcome(outcome: _task.Outcome) -> tuple[bytes, bool, list[Any]]:
         return _task.pack(outcome)
     except BaseException as exc:
         if not isinstance(exc, Exception):
-            return _task.dumps((_task.ERR, _task.pack_exception(exc))), False, []
+            return _task.dumps((_task.ERR, _task.pack_exception(exc))), False, ()
         what = "result" if outcome[0] != _task.ERR else "exception"
         error = SerializationError(
             f"the task's {what} could not be pickled to send it back: "
             f"{type(exc).__name__}: {_task.safe_str(exc)}. Return picklable data.",
             what=what,
         )
-        return _task.dumps((_task.ERR, _task.pack_exception(error))), False, []
+        return _task.dumps((_task.ERR, _task.pack_exception(error))), False, ()
 
 
 def _unpickle_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
