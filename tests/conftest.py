@@ -1,8 +1,11 @@
-"""Shared fixtures: every test must leave no child process and no stray thread."""
+"""Shared fixtures: every test must leave no child process, no stray thread
+and no shared-memory segment."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -72,6 +75,19 @@ def leftover_children() -> list[psutil.Process]:
     return found
 
 
+def shared_segments() -> list[str]:
+    """concur's shared-memory segments this process still holds (``_shm``)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("/memfd:concur-"):
+            found.append(link)
+    return found
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
     threads_before = set(threading.enumerate())
@@ -88,7 +104,9 @@ def no_leftovers() -> Iterator[None]:
             for t in threading.enumerate()
             if t not in threads_before and t.is_alive() and (not t.daemon or "concur" in t.name)
         ]
-        if not children and not threads:
+        gc.collect()  # a segment is closed when the last task or result using it goes
+        segments = shared_segments()
+        if not children and not threads and not segments:
             return
         if time.monotonic() > deadline:
             break
@@ -100,7 +118,8 @@ def no_leftovers() -> Iterator[None]:
         except psutil.NoSuchProcess:
             pass
     pytest.fail(
-        f"test left behind child processes {described} and threads {[t.name for t in threads]}"
+        f"test left behind child processes {described}, threads {[t.name for t in threads]} "
+        f"and shared-memory segments {segments}"
     )
 
 

@@ -251,3 +251,21 @@ def test_an_embedded_local_cluster_refuses_other_programs(cluster):
 def test_joining_with_cluster_options_is_refused(cluster):
     with pytest.raises(TypeError, match="cluster options apply to a local cluster"):
         concur.DaskPool(cluster.scheduler_address, n_workers=3)
+
+
+def _ends(array) -> float:
+    return float(array[0] + array[-1])
+
+
+def test_a_shared_handle_is_scattered_once_and_received_as_the_object(pool):
+    import numpy as np
+
+    data = np.arange(1 << 20, dtype=np.int64)
+    with concur.share(data) as shared:
+        assert pool.submit(_ends, shared).result(timeout=60) == _ends(data)
+        assert pool.submit(lambda *, a: _ends(a), a=shared).result(timeout=60) == _ends(data)
+        assert list(pool.map(_ends, [shared] * 6)) == [_ends(data)] * 6
+        held = {key for keys in pool.client.has_what().values() for key in keys}
+        assert len([key for key in held if "ndarray" in str(key)]) == 1, held
+    with pytest.raises(concur.SerializationError, match="closed"):
+        pool.submit(_ends, shared)

@@ -21,6 +21,7 @@ def test_public_api_is_pinned():
         "RemoteTraceback",
         "Results",
         "SerializationError",
+        "Shared",
         "TaskOptions",
         "TaskTimeout",
         "ThreadNotKillable",
@@ -37,6 +38,7 @@ def test_public_api_is_pinned():
         "map",
         "process",
         "run",
+        "share",
         "spawn",
         "thread",
     )

@@ -38,12 +38,15 @@ _WHERE = {
     "Worker": "._spawn",
     "process": "._spawn",
     "spawn": "._spawn",
+    "share": "._share",
+    "Shared": "._share",
     "thread": "._spawn",
     "ThreadPool": ".threads",
 }
 
 if TYPE_CHECKING:
     from ._pool import PoolView, TaskOptions
+    from ._share import Shared, share
     from ._spawn import Worker, process, spawn, thread
     from .api import Results, imap, map, run
     from .auto import AutoPool, Decision, Measurements, advise
@@ -118,6 +121,7 @@ __all__ = (
     "RemoteTraceback",
     "Results",
     "SerializationError",
+    "Shared",
     "TaskOptions",
     "TaskTimeout",
     "ThreadNotKillable",
@@ -134,6 +138,7 @@ __all__ = (
     "map",
     "process",
     "run",
+    "share",
     "spawn",
     "thread",
 )

@@ -94,9 +94,9 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def loads(data: bytes | memoryview) -> Any:
+def loads(data: bytes | memoryview, buffers: list[memoryview] | None = None) -> Any:
     """``pickle.loads`` that binds by-value functions to the shared namespaces."""
-    return _Unpickler(io.BytesIO(data)).load()
+    return _Unpickler(io.BytesIO(data), buffers=buffers).load()
 
 
 class _Functions:
@@ -123,9 +123,11 @@ class _Functions:
 _functions = _Functions()
 
 
-def load_call(data: bytes | memoryview) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+def load_call(
+    data: bytes | memoryview, buffers: list[memoryview] | None = None
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """A CALL message's ``(fn, args, kwargs)``, its function loaded once per blob."""
-    fn, args, kwargs = loads(data)
+    fn, args, kwargs = loads(data, buffers)
     if isinstance(fn, bytes):
         fn = _functions.get(fn)
     return fn, args, kwargs

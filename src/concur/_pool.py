@@ -322,6 +322,11 @@ class PoolBase(Executor):
         """Serialize the callable once per map/imap call (processes only)."""
         return None
 
+    def _placing(self) -> contextlib.AbstractContextManager[None]:
+        """Around one ``map``'s submissions: where a process pool writes a
+        large buffer sent to many of its tasks once (see ``_shm``)."""
+        return contextlib.nullcontext()
+
     def _chunks_allowed(self, options: TaskOptions) -> bool:
         """Whether ``chunksize="auto"`` may batch items. Items with a time
         limit go one by one, so each gets its own."""
@@ -366,10 +371,11 @@ class PoolBase(Executor):
             size = ChunkSizer(chunksize, self._max_workers, self._kind).next_size(None)
         fn_blob = self.prepare_fn(fn) if items else None
         futures = []
-        for start in range(0, len(items), size):
-            chunk = items[start : start + size]
-            future = self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk)))
-            futures.append((future, start))
+        with self._placing():
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                future = self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk)))
+                futures.append((future, start))
         return _map_results(futures, end_time)
 
     # -- imap --------------------------------------------------------------

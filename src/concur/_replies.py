@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ._supervisor import PoolState, Task
     from ._workerproc import WorkerProcess
 
+RELEASE_MESSAGE = _task.task_message(_task.RELEASE, 0)
 EXIT_GRACE_S = 2.0  # how long a worker whose initializer failed gets to exit
 _RETRIES = 3  # how often an interrupted settle is tried again
 _SLICE_S = 0.02  # how often a reading caller looks whether its future was settled
@@ -134,7 +135,7 @@ def take(state: PoolState, worker: WorkerProcess, data: bytes) -> Settle | None:
     kind, flags, task_id, wall, cpu = _task.REPLY_HEAD.unpack_from(data)
     body = memoryview(data)[_task.REPLY_HEAD.size :]
     if kind == _task.DONE:
-        return _done(state, worker, task_id, bool(flags & _task.RETIRING), body, (wall, cpu))
+        return _done(state, worker, task_id, flags, body, (wall, cpu))
     if kind == _task.READY:
         task = state.worker_ready(worker)
         if task is not None:
@@ -161,26 +162,45 @@ def _done(
     state: PoolState,
     worker: WorkerProcess,
     task_id: int,
-    retiring: bool,
+    flags: int,
     body: memoryview,
     times: tuple[float, float],
 ) -> Settle | None:
-    task, following = state.task_done(worker, task_id, retiring)
+    task, following = state.task_done(worker, task_id, bool(flags & _task.RETIRING))
     if task is None:
         _log.warning("worker %s answered task %s, not its own", worker.pid, task_id)
+        if flags & _task.SHARED:
+            _send_bytes(worker, RELEASE_MESSAGE)
         return None
+    buffers: list[memoryview] | None = None
+    outcome: Any = None
+    if flags & _task.SHARED:
+        # Mapped before the worker hears from us: then it lets go of them.
+        try:
+            body, buffers = _task.unpack(body, writable=True)
+        except SerializationError as exc:
+            outcome = (_task.RAISED, exc)
     if following is not None:
         send(worker, following)
+    elif flags & _task.SHARED or task.keep:
+        _send_bytes(worker, RELEASE_MESSAGE)  # idle: it lets go of every mapping
     future = task.future
     # Unpickled when settled, after the reader let go of the pipe: the
     # longest step is then one that can be interrupted and run again.
-    return lambda: _settle_reply(future, body, times)
+    return lambda: _settle_reply(future, body, buffers, outcome, times)
 
 
-def _settle_reply(future: Future[Any], body: memoryview, times: tuple[float, float]) -> None:
+def _settle_reply(
+    future: Future[Any],
+    body: memoryview,
+    buffers: list[memoryview] | None,
+    outcome: Any,
+    times: tuple[float, float],
+) -> None:
     if future.done():
         return
-    outcome = unpickled(body)
+    if outcome is None:
+        outcome = unpickled(body, buffers)
     if outcome[0] == _task.CHUNK_DONE:
         _pool.settle(future, (outcome[1], *times))
     else:
@@ -188,16 +208,20 @@ def _settle_reply(future: Future[Any], body: memoryview, times: tuple[float, flo
 
 
 def send(worker: WorkerProcess, task: Task) -> None:
+    _send_bytes(worker, task.payload)
+
+
+def _send_bytes(worker: WorkerProcess, data: bytes) -> None:
     try:
-        worker.tx.send_bytes(task.payload)
+        worker.tx.send_bytes(data)
     except OSError:
         pass  # the worker died; the supervisor sees its exit and fails the task
 
 
-def unpickled(body: memoryview) -> Any:
+def unpickled(body: memoryview, buffers: list[memoryview] | None = None) -> Any:
     """A reply's body; one that cannot be unpickled here becomes the task's error."""
     try:
-        return _task.loads(body)
+        return _task.loads(body, buffers=buffers)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:

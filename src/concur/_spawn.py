@@ -60,6 +60,7 @@ class Worker:
         self.kind = kind
         self._outcome: Any = _NO_OUTCOME
         self._reader: Connection | None = None
+        self._keep: tuple[Any, ...] = ()
         self._stopped_by: str | None = None  # "kill()" or "terminate()", once called
         if kind == "process":
             self._start_process(fn, args, kwargs, name, daemon, mp_context)
@@ -78,7 +79,8 @@ class Worker:
         mp_context: multiprocessing.context.BaseContext | str | None,
     ) -> None:
         _supervise.check_not_bootstrapping("A concur.spawn(kind='process') worker")
-        payload = _task.serialize_call(0, fn, args, kwargs)
+        payload, self._keep = _task.serialize_call(0, fn, args, kwargs)  # _keep: its
+        # shared memory, until the child is done
         ctx = get_context(mp_context)
         reader, writer = ctx.Pipe(duplex=False)
         lifeline = Connection(os.dup(_supervise.lifeline_fd()), writable=False)
@@ -197,6 +199,7 @@ class Worker:
             elif self._process.sentinel in ready and not self._reader.poll(0):
                 self._reader.close()
                 self._reader = None
+        self._keep = ()  # the child has mapped its arguments, or is gone
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self._process.join(left)
 
@@ -255,7 +258,8 @@ def _process_main(
 ) -> None:
     _supervise.child_setup(lifeline.fileno(), title, pdeathsig, short="concur-spawn")
     try:
-        fn, args, kwargs = _namespace.load_call(memoryview(payload)[_task.TASK_HEAD.size :])
+        _, _, body, buffers = _task.open_message(payload)
+        fn, args, kwargs = _namespace.load_call(body, buffers)
         outcome: _task.Outcome = (_task.OK, fn(*args, **kwargs))
     except BaseException as exc:
         outcome = (_task.ERR, _task.pack_exception(exc))

@@ -65,7 +65,8 @@ class Task:
     """One submitted call or chunk, as the pool tracks it.
 
     It keeps the task's label, not its function, so a finished future
-    holds on to nothing the caller passed in.
+    holds on to nothing the caller passed in. ``keep`` holds the shared
+    memory its message refers to, for as long as the task lives.
     """
 
     __slots__ = (
@@ -73,6 +74,7 @@ class Task:
         "future",
         "id",
         "items",
+        "keep",
         "label",
         "payload",
         "retries",
@@ -84,14 +86,14 @@ class Task:
         self,
         task_id: int,
         future: _pool.RunningFuture,
-        payload: bytes,
+        payload: _task.Payload,
         label: str,
         items: int,
         options: _pool.TaskOptions,
     ) -> None:
         self.id = task_id
         self.future = future
-        self.payload = payload
+        self.payload, self.keep = payload
         self.label = label
         self.items = items
         self.timeout = options.timeout

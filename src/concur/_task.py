@@ -20,10 +20,11 @@ bytes, so such a function from ``__main__``, which travels by value, is
 neither pickled nor rebuilt per call. Any other callable is pickled with
 each call.
 
-    caller → worker   TASK_HEAD (kind, task_id) + body
-                      CALL   body: (fn or fn_blob, args, kwargs)
-                      CHUNK  body: (fn_blob, [args, ...])
-                      EXIT   no body: exit cleanly
+    caller → worker   TASK_HEAD (kind, flags, task_id) + body
+                      CALL     body: (fn or fn_blob, args, kwargs)
+                      CHUNK    body: (fn_blob, [args, ...])
+                      EXIT     no body: exit cleanly
+                      RELEASE  no body: the last reply's shared memory is mapped
     worker → caller   REPLY_HEAD (kind, flags, task_id, wall_s, cpu_s) + body
                       READY        no body: set-up and initializer done
                       INIT_FAILED  body: packed exception of the initializer
@@ -31,6 +32,11 @@ each call.
                       LOG          body: a log record's attributes (_logs)
                       outcome: (OK, value) | (ERR, packed exception)
                                | (CHUNK_DONE, [outcome, ...])
+
+A message whose flags have SHARED carries its large buffers in shared
+memory: its body starts with the table of their places (``_shm``), and
+the pickle refers to them out of band. A worker answers a shared reply's
+RELEASE, or its next task, by closing that reply's memory.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import time
 import traceback
 import types
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -53,17 +59,18 @@ try:
 except ImportError:  # not on this platform
     resource = None  # type: ignore[assignment]
 
+from . import _shm
 from .errors import RemoteError, SerializationError, remote_traceback
 
 # Per-thread resource usage (Linux); None elsewhere.
 _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
 
 # Message kinds, caller → worker.
-CALL, CHUNK, EXIT = 1, 2, 3
-TASK_HEAD = struct.Struct("<Bq")
-# Message kinds, worker → caller, and the reply flags.
+CALL, CHUNK, EXIT, RELEASE = 1, 2, 3, 4
+TASK_HEAD = struct.Struct("<BBq")
+# Message kinds, worker → caller, and the flags of either direction.
 READY, INIT_FAILED, DONE, LOG = 1, 2, 3, 4
-RETIRING = 1
+RETIRING, SHARED = 1, 2
 REPLY_HEAD = struct.Struct("<BBqdd")
 
 OK = 0
@@ -77,24 +84,81 @@ _MAIN_MARK = b"__main__"
 Outcome = tuple[int, Any]
 
 
-def dumps(obj: object) -> bytes:
+def dumps(obj: object, out: _shm.Outgoing | _shm.Probe | None = None) -> bytes:
     """Pickle ``obj`` fast, by value where it has to be.
 
     The C pickler is ten times cheaper than cloudpickle on small messages, but
     it pickles functions and classes of ``__main__`` by reference, which a
     spawned worker cannot resolve; those (and lambdas, closures, anything the
-    plain pickler refuses) go through cloudpickle.
+    plain pickler refuses) go through cloudpickle. With ``out``, large
+    buffers are left out of the pickle for shared memory (``_shm``).
     """
+    callback = None if out is None else out.callback
     try:
-        data = pickle.dumps(obj, _PROTOCOL)
+        data: bytes | None = pickle.dumps(obj, _PROTOCOL, buffer_callback=callback)
+    except _shm.OutOfBand:
+        raise
     except Exception:
-        return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
-    if _MAIN_MARK in data:
-        return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
-    return data
+        data = None
+    if data is not None and _MAIN_MARK not in data:
+        return data
+    if out is not None:
+        out.reset()  # forget the buffers the first attempt recorded
+    return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
 
 
 loads = pickle.loads
+
+
+# A message to a worker, and what its sender must keep until the task is
+# settled: the shared memory it refers to.
+Payload = tuple[bytes, tuple[Any, ...]]
+
+
+def pack(obj: object) -> tuple[bytes, bool, Sequence[Any]]:
+    """``obj`` pickled, its large buffers in shared memory: (body, whether
+    it is shared, the segments to hold until the receiver mapped them).
+
+    Most messages have no large buffer: they are pickled once, with nothing
+    allocated for shared memory; one that has is pickled again for it.
+    """
+    if not _shm.ENABLED:
+        return dumps(obj), False, ()
+    try:
+        return dumps(obj, _shm.PROBE), False, ()
+    except _shm.OutOfBand:
+        pass
+    out = _shm.Outgoing()
+    data = dumps(obj, out)
+    if not out.places:
+        return data, False, out.keep  # what concur.share() handles in it hold
+    try:
+        table = out.finish()
+    except _shm.SharedMemoryError as exc:
+        raise SerializationError(f"cannot send the data through shared memory: {exc}") from exc
+    return table + data, True, out.keep
+
+
+def unpack(
+    body: memoryview, writable: bool, mappings: _shm.Mappings | None = None
+) -> tuple[memoryview, list[memoryview] | None]:
+    """A shared body's pickle and its buffers, mapped here; raises
+    SerializationError when the sender's memory is gone."""
+    try:
+        return _shm.incoming(body, writable, mappings)
+    except _shm.SharedMemoryError as exc:
+        raise SerializationError(str(exc), what="result") from exc
+
+
+def open_message(data: bytes) -> tuple[int, int, memoryview, list[memoryview] | None]:
+    """A task message's (kind, task_id, pickle, shared buffers or None); the
+    worker's view: buffers map read-only."""
+    kind, flags, task_id = TASK_HEAD.unpack_from(data)
+    body = memoryview(data)[TASK_HEAD.size :]
+    if not flags & SHARED:
+        return kind, task_id, body, None
+    body, buffers = unpack(body, writable=False, mappings=_shm.worker_mappings)
+    return kind, task_id, body, buffers
 
 
 def describe(fn: object) -> str:
@@ -140,7 +204,12 @@ def renumbered(error: BaseException, first: int) -> BaseException:
 
 
 def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
-    return TASK_HEAD.pack(kind, task_id) + body
+    return TASK_HEAD.pack(kind, 0, task_id) + body
+
+
+def _shared_message(kind: int, task_id: int, obj: object) -> Payload:
+    body, shared, keep = pack(obj)
+    return TASK_HEAD.pack(kind, SHARED if shared else 0, task_id) + body, tuple(keep)
 
 
 # Functions pickled bigger are pickled per call, and kept by neither side.
@@ -235,18 +304,22 @@ def function_blob(fn: object) -> bytes | None:
 
 def serialize_call(
     task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> bytes:
+) -> Payload:
     """The message for one call; raises SerializationError naming the culprit."""
     try:
         blob = function_blob(fn)
-        return task_message(CALL, task_id, dumps((fn if blob is None else blob, args, kwargs)))
+        return _shared_message(CALL, task_id, (fn if blob is None else blob, args, kwargs))
+    except SerializationError:
+        raise
     except Exception as error:
         raise _culprit(error, fn, args, kwargs) from error
 
 
-def serialize_chunk(task_id: int, fn_blob: bytes, items: list[tuple[Any, ...]]) -> bytes:
+def serialize_chunk(task_id: int, fn_blob: bytes, items: list[tuple[Any, ...]]) -> Payload:
     try:
-        return task_message(CHUNK, task_id, dumps((fn_blob, items)))
+        return _shared_message(CHUNK, task_id, (fn_blob, items))
+    except SerializationError:
+        raise
     except Exception as error:
         for index, args in enumerate(items):
             _check_item(index, args)

@@ -14,14 +14,15 @@ the same pipe (``_logs``), under a lock, since any thread may log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _logs, _namespace, _proc, _safepath, _supervise, _task
+from . import _logs, _namespace, _proc, _safepath, _shm, _supervise, _task
 from .errors import SerializationError
 from .ps import own_rss
 
@@ -99,8 +100,9 @@ class _Replies:
         wall: float = 0.0,
         cpu: float = 0.0,
         retiring: bool = False,
+        shared: bool = False,
     ) -> None:
-        flags = _task.RETIRING if retiring else 0
+        flags = (_task.RETIRING if retiring else 0) | (_task.SHARED if shared else 0)
         head = _task.REPLY_HEAD.pack(kind, flags, task_id, wall, cpu)
         with self.lock:
             self.conn.send_bytes(head + body)
@@ -141,6 +143,8 @@ def main(
 def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
     done = 0
     cached: tuple[bytes | None, Any] = (None, None)
+    held: list[Any] = []  # the last reply's shared memory, until the parent mapped it
+    mappings = _shm.worker_mappings  # the arguments' shared memory, reused by the next task
     show = _supervise.task_titles(settings.title)
     if show is not None:
         show(None, 0)
@@ -149,36 +153,69 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
             data = tasks.recv_bytes()
         except (EOFError, OSError):
             return
-        kind, task_id = _task.TASK_HEAD.unpack_from(data)
+        if held:
+            held.clear()
+        if mappings.current:
+            mappings.next_task()
+        kind, task_id, body, buffers = _opened(data)
         if kind == _task.EXIT:
             return
+        if kind == _task.RELEASE:
+            mappings.release()
+            continue
         start = _task.clock()
-        body = memoryview(data)[_task.TASK_HEAD.size :]
-        outcome, items, cached = _run(kind, task_id, body, cached, show)
+        outcome, items, cached = _run(kind, task_id, body, buffers, cached, show)
+        if mappings.previous:
+            mappings.done_with_previous()
+        del data, body, buffers
         done += items
         retiring = (settings.max_tasks is not None and done >= settings.max_tasks) or (
             settings.max_memory is not None and own_rss() > settings.max_memory
         )
+        reply, shared, keep = _pack_outcome(outcome)
+        if keep:
+            held.extend(keep)
+        del outcome, keep
         wall, cpu = _task.spent(start)
         replies.send(
-            _task.DONE, task_id, _pack_outcome(outcome), wall=wall, cpu=cpu, retiring=retiring
+            _task.DONE, task_id, reply, wall=wall, cpu=cpu, retiring=retiring, shared=shared
         )
         if retiring:
+            if shared:  # the parent maps the reply, then says RELEASE
+                with contextlib.suppress(EOFError, OSError):
+                    tasks.recv_bytes()
             return
         if show is not None:
             show(None, task_id)
+
+
+def _opened(data: bytes) -> tuple[int, int, memoryview, list[memoryview] | BaseException | None]:
+    """``open_message``, with a failure to map the shared memory kept as the
+    task's error."""
+    try:
+        return _task.open_message(data)
+    except SerializationError as exc:
+        kind, _, task_id = _task.TASK_HEAD.unpack_from(data)
+        return kind, task_id, memoryview(b""), exc
 
 
 def _run(
     kind: int,
     task_id: int,
     body: memoryview,
+    buffers: list[memoryview] | BaseException | None,
     cached: tuple[bytes | None, Any],
     show: Callable[[str | None, int], None] | None,
 ) -> tuple[_task.Outcome, int, tuple[bytes | None, Any]]:
     """Run one CALL or CHUNK: (outcome, items run, the chunk function cache)."""
     try:
-        message: Any = _namespace.load_call(body) if kind == _task.CALL else _namespace.loads(body)
+        if isinstance(buffers, BaseException):
+            raise buffers
+        message: Any = (
+            _namespace.load_call(body, buffers)
+            if kind == _task.CALL
+            else _namespace.loads(body, buffers)
+        )
         if kind == _task.CHUNK and cached[0] != message[0]:
             cached = (message[0], _namespace.loads(message[0]))
     except BaseException as exc:
@@ -202,28 +239,32 @@ def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outco
         return (_task.ERR, _task.pack_exception(exc))
 
 
-def _pack_outcome(outcome: _task.Outcome) -> bytes:
-    """The outcome pickled; one that cannot be becomes an error for the task.
+def _pack_outcome(outcome: _task.Outcome) -> tuple[bytes, bool, Sequence[Any]]:
+    """The outcome packed (``_task.pack``); one that cannot be becomes an
+    error for the task.
 
-    An ``Exception`` while pickling becomes a SerializationError; anything
-    else (``SystemExit`` from a ``__reduce__``) is sent back as it is, as
-    ``ProcessPoolExecutor`` does, rather than ending the worker.
+    An ``Exception`` while pickling becomes a SerializationError (so does a
+    result too large for the memory left); anything else (``SystemExit``
+    from a ``__reduce__``) is sent back as it is, as ``ProcessPoolExecutor``
+    does, rather than ending the worker.
     """
     try:
-        return _task.dumps(outcome)
+        return _task.pack(outcome)
     except BaseException as exc:
         if not isinstance(exc, Exception):
-            return _task.dumps((_task.ERR, _task.pack_exception(exc)))
+            return _task.dumps((_task.ERR, _task.pack_exception(exc))), False, ()
         what = "result" if outcome[0] != _task.ERR else "exception"
         error = SerializationError(
             f"the task's {what} could not be pickled to send it back: "
             f"{type(exc).__name__}: {_task.safe_str(exc)}. Return picklable data.",
             what=what,
         )
-        return _task.dumps((_task.ERR, _task.pack_exception(error)))
+        return _task.dumps((_task.ERR, _task.pack_exception(error))), False, ()
 
 
 def _unpickle_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    if isinstance(exc, SerializationError):  # shared memory that is gone: says so itself
+        return _task.pack_exception(exc)
     error = SerializationError(
         f"the worker could not unpickle the task: {type(exc).__name__}: {_task.safe_str(exc)}. "
         "Is the function or an argument's class defined in a module the worker can import?",

@@ -34,13 +34,14 @@ import importlib.util
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _pool, _task
+from . import _pool, _share, _task
 from ._deadlines import Deadlines
-from .errors import PoolClosed, TaskTimeout, WorkerCrashed
+from .errors import PoolClosed, SerializationError, TaskTimeout, WorkerCrashed
 
 # A local cluster: on loopback only, and TLS with temporary credentials (see above).
 _LOCAL_ONLY = {"dashboard_address": "127.0.0.1:0", "host": "127.0.0.1", "security": True}
@@ -149,6 +150,7 @@ class DaskPool(_pool.PoolBase):
         self._lock = threading.Lock()
         self._live: set[_DaskFuture] = set()
         self._deadlines = Deadlines("concur-dask-deadlines")
+        self._scattered: weakref.WeakKeyDictionary[_share.Shared, Any] = weakref.WeakKeyDictionary()
 
     @property
     def client(self) -> Any:
@@ -172,6 +174,9 @@ class DaskPool(_pool.PoolBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Future[Any]:
+        args = self._placed(args)
+        keys, values = tuple(kwargs), self._placed(tuple(kwargs.values()))
+        kwargs = dict(zip(keys, values, strict=True))
         return self._submit(options, _call, (fn, args, kwargs), _task.describe(fn), False)
 
     def submit_chunk(
@@ -182,7 +187,28 @@ class DaskPool(_pool.PoolBase):
         options: _pool.TaskOptions,
     ) -> Future[_pool.ChunkResult]:
         label = f"{_task.describe(fn)} ×{len(items)}"
+        items = [self._placed(args) for args in items]
         return self._submit(options, _task.run_chunk, (fn, items, True), label, True)
+
+    def _placed(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``args`` with each ``concur.share()`` handle replaced by its object
+        scattered to every worker, once per handle (Dask's own way to place
+        data once); the tasks receive the object itself."""
+        if not any(type(arg) is _share.Shared for arg in args):
+            return args
+        return tuple(self._scatter(a) if type(a) is _share.Shared else a for a in args)
+
+    def _scatter(self, handle: _share.Shared) -> Any:
+        if handle.closed:
+            raise SerializationError(
+                "this concur.share() handle was closed: share the object again",
+                what="shared object",
+            )
+        placed = self._scattered.get(handle)
+        if placed is None:
+            placed = self._client.scatter(handle.value, broadcast=True, hash=False)
+            self._scattered[handle] = placed  # on the cluster while the handle lives
+        return placed
 
     def _submit(
         self,

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
-from . import _pool, _replies, _supervise, _task, _worker
+from . import _pool, _replies, _shm, _supervise, _task, _worker
 from ._exit import register_exit_hook
 from ._proc import cpu_count
 from ._replies import send
@@ -288,7 +288,7 @@ class ProcessPool(_pool.PoolBase):
 
     def _enqueue(
         self,
-        payload_for: Callable[[int], bytes],
+        payload_for: Callable[[int], _task.Payload],
         fn: Callable[..., Any],
         items: int,
         options: _pool.TaskOptions,
@@ -329,6 +329,9 @@ class ProcessPool(_pool.PoolBase):
 
     def prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         return _task.serialize_callable(fn)
+
+    def _placing(self) -> contextlib.AbstractContextManager[None]:
+        return _shm.placing()
 
     def submit_chunk(
         self,

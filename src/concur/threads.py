@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _pool, _task
+from . import _pool, _share, _task
 from ._deadlines import Deadlines
 from ._exit import register_exit_hook
 from .errors import TaskTimeout, ThreadPoolBroken
@@ -156,6 +156,9 @@ class ThreadPool(_pool.PoolBase):
         with self._lock:
             self._check_open()
             future: Future[Any] = _pool.RunningFuture()
+            args = _share.values(args)
+            if any(type(v) is _share.Shared for v in kwargs.values()):
+                kwargs = {k: v.value if type(v) is _share.Shared else v for k, v in kwargs.items()}
             item = _WorkItem(future, fn, args, kwargs, options.timeout, label_fn or fn)
             self._queue.put(item)
             self._adjust()
@@ -168,6 +171,7 @@ class ThreadPool(_pool.PoolBase):
         fn_blob: bytes | None,
         options: _pool.TaskOptions,
     ) -> Future[_pool.ChunkResult]:
+        items = [_share.values(args) for args in items]
         return self._submit_with(options, _task.run_chunk, (fn, items, False), {}, fn)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
-from .. import _gil, _task
+from .. import _gil, _shm, _task
 from .._pool import ChunkResult
 from .._stream import Stream
 from .rules import (
@@ -36,14 +36,29 @@ if TYPE_CHECKING:
     from .engine import AutoPlacement
 
 
+# Seconds per byte to write a large buffer into shared memory (one memory
+# copy, a few GB/s): what such a buffer costs a process, instead of a pickle.
+SHARED_COPY_S_PER_BYTE = 0.3e-9
+
+
 def transfer_cost(args: tuple[Any, ...], result: Any) -> float:
+    """Seconds to send the arguments and the result once each: pickling all
+    but their large buffers, plus one copy of those (see ``_shm``)."""
     start = time.perf_counter()
     try:
-        _task.dumps(args)
-        _task.dumps(result)
+        shared = _shared_bytes(args) + _shared_bytes(result)
     except Exception:
         return math.inf  # cannot be pickled: processes are out
-    return time.perf_counter() - start
+    return time.perf_counter() - start + shared * SHARED_COPY_S_PER_BYTE
+
+
+def _shared_bytes(obj: Any) -> int:
+    """Pickle ``obj`` as a process pool sends it; the bytes of the buffers
+    that would go through shared memory (written nowhere here)."""
+    out = _shm.Outgoing()
+    out.placement = None
+    _task.dumps(obj, out)
+    return sum(raw.nbytes for _, raw in out.new)
 
 
 class ThreadClock:

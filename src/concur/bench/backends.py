@@ -10,6 +10,7 @@ kill their worker), plus ``close()``. A peer whose library is missing says so
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import multiprocessing
@@ -59,6 +60,11 @@ class Runner:
     def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
         """How many of ``fn(item)`` come back by ``deadline``."""
         raise NotImplementedError
+
+    def map_same(self, fn: Fn, obj: Any, n: int) -> list[Any]:
+        """``fn(obj)`` ``n`` times, the same object given to every task, the
+        library's own way (here: as every task's argument)."""
+        return self.map(fn, [obj] * n)
 
     def close(self) -> None:
         """Release the workers (nothing to do for serial)."""
@@ -239,10 +245,11 @@ class MpireRunner(Runner):
     def __init__(self, workers: int | None) -> None:
         from mpire.pool import WorkerPool
 
-        self.pool = WorkerPool(n_jobs=workers or cpu_count(), keep_alive=True)
+        self.n_jobs = workers or cpu_count()
+        self.pool = WorkerPool(n_jobs=self.n_jobs, keep_alive=True)
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
-        return list(self.pool.map(fn, items))
+        return list(self.pool.map(fn, items, concatenate_numpy_output=False))
 
     def call(self, fn: Fn, arg: Any) -> Any:
         return self.pool.apply(fn, (arg,))
@@ -256,8 +263,19 @@ class MpireRunner(Runner):
             pass  # the map stops at the first failure
         return delivered
 
+    def map_same(self, fn: Fn, obj: Any, n: int) -> list[Any]:
+        # shared_objects are set when a pool starts: a pool of its own.
+        from mpire.pool import WorkerPool
+
+        with WorkerPool(n_jobs=self.n_jobs, shared_objects=obj) as pool:
+            return list(pool.map(functools.partial(_shared_call, fn), range(n)))
+
     def close(self) -> None:
         self.pool.terminate()
+
+
+def _shared_call(fn: Fn, shared: Any, _index: int) -> Any:
+    return fn(shared)
 
 
 class PebbleRunner(Runner):
@@ -358,6 +376,10 @@ class DaskRunner(Runner):
     def deliver(self, fn: Fn, items: list[Any], deadline: float) -> int:
         # Dask's futures answer result(timeout=) as concurrent.futures' do
         return count_futures(self.client.map(fn, items, pure=False), deadline)
+
+    def map_same(self, fn: Fn, obj: Any, n: int) -> list[Any]:
+        (placed,) = self.client.scatter([obj], broadcast=True)
+        return list(self.client.gather(self.client.map(fn, [placed] * n, pure=False)))
 
     def close(self) -> None:
         self.client.close()

@@ -110,7 +110,12 @@ def _panel(ax: Any, name: str, rows: list[dict[str, Any]]) -> None:
     ax.set_yticks(positions, labels, fontsize=8)
     ax.invert_yaxis()
     better = "more is better" if scenario.higher_is_better else "less is better"
-    unit = {"s": "seconds", "µs/call": "µs per call", "results": "results"}[scenario.unit]
+    unit = {
+        "s": "seconds",
+        "µs/call": "µs per call",
+        "results": "results",
+        "× size": "peak rise, in result sizes",
+    }[scenario.unit]
     ax.set_xlabel(f"{unit} ({better})", fontsize=8)
     ax.set_title(name, fontsize=10, loc="left")
     ax.tick_params(axis="x", labelsize=7)
@@ -158,6 +163,8 @@ def value_label(value: float, unit: str) -> str:
     """A value at a readable size: µs, ms or s for times, never "0 ms"."""
     if unit == "results":
         return f"{value:.0f}"
+    if unit == "× size":
+        return f"{value:.2f}×"
     seconds = value * 1e-6 if unit == "µs/call" else value
     scale, name = 1e-6, "µs"
     for bigger, called in ((1.0, "s"), (1e-3, "ms")):

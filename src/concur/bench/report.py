@@ -101,6 +101,8 @@ def _num(value: float | None, unit: str) -> str:
         return "—"
     if unit == "results":
         return f"{value:.0f}"
+    if unit == "× size":
+        return f"{value:.2f}"
     return f"{value:.1f}" if unit != "s" else f"{value:.3f}"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import auto_scenarios, workloads
+from . import auto_scenarios, bigdata, workloads
 from .backends import BACKENDS, Backend, close_shared
 
 
@@ -267,6 +267,27 @@ SCENARIOS: dict[str, Scenario] = {
             "µs/call",
             _latency,
             extra=("bare-pipe",),
+        ),
+        Scenario(
+            "big-args",
+            "16 tasks given the same 80 MB array (8 MB with --quick), 2 warm workers",
+            "s",
+            bigdata.big_args,
+            skip=bigdata.needs_numpy,
+        ),
+        Scenario(
+            "big-results",
+            "16 tasks returning a 16 MB array each (4 MB with --quick), 2 warm workers",
+            "s",
+            bigdata.big_results,
+            skip=bigdata.needs_numpy,
+        ),
+        Scenario(
+            "result-peak",
+            "caller's peak memory rise for one 200 MB result (32 MB with --quick)",
+            "× size",
+            bigdata.result_peak,
+            skip=bigdata.peak_unavailable,
         ),
         Scenario(
             "startup",

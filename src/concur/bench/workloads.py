@@ -8,6 +8,8 @@ import os
 import time
 import urllib.request
 import zlib
+from dataclasses import dataclass
+from typing import Any
 
 
 def count_to(n: int) -> int:
@@ -115,3 +117,28 @@ def nested(n: int) -> int:
 def counts_for(ms: float) -> int:
     """How far ``count_to`` counts in about ``ms`` milliseconds."""
     return int(ms * _COUNTS_PER_MS)
+
+
+def array_total(array: Any) -> float:
+    """Reads all of a (large) array: its sum."""
+    return float(array.sum())
+
+
+def shared_total(array: Any, _index: int) -> float:
+    """``array_total`` for mpire's ``shared_objects`` (the object comes first)."""
+    return array_total(array)
+
+
+@dataclass(frozen=True)
+class Fill:
+    """What ``filled`` makes (one argument, not a tuple: mpire unpacks tuples)."""
+
+    size: int
+    value: int
+
+
+def filled(spec: Fill) -> Any:
+    """A new array of ``spec.size`` bytes, every byte ``spec.value``."""
+    import numpy as np
+
+    return np.full(spec.size, spec.value, dtype=np.uint8)
