@@ -101,7 +101,7 @@ class AutoPool(_pool_base.PoolBase):
         route = self._route(fn)
         call = functools.partial(fn, **kwargs) if kwargs else fn
         backend = route.decision.backend if route.decision else "thread"
-        outer: Future[Any] = Future()
+        outer = _pool_base.RunningFuture()
         if backend == "inline":
             outer.set_running_or_notify_cancel()
             outcomes, wall, cpu = _task.run_chunk(call, [args], False)
@@ -114,9 +114,14 @@ class AutoPool(_pool_base.PoolBase):
         else:
             pool, blob = self._threads, None
         inner = pool.submit_chunk(call, [args], blob, options)
+        # Cancelling the call stops it where it runs: a process worker is killed.
+        outer._stop = inner.cancel
 
         def finished(done: Future[ChunkResult]) -> None:
             if outer.cancelled():
+                return
+            if done.cancelled():  # by outer.cancel(), or by the pool's own stop
+                outer.cancel()
                 return
             try:
                 outcomes, wall, cpu = done.result()
