@@ -33,6 +33,8 @@ def test_public_api_is_pinned():
         "WorkerStateError",
         "__version__",
         "advise",
+        "amap",
+        "arun",
         "imap",
         "map",
         "process",

@@ -29,6 +29,7 @@ from .rules import (
 )
 
 if TYPE_CHECKING:
+    from .._async import AsyncResults
     from ..processes import ProcessPool
 
 log = logging.getLogger("concur.auto")
@@ -236,6 +237,29 @@ class AutoPool(_pool_base.PoolBase):
             pools=_OwnPools(self),
         )
         return _TrackedMap(stream, self)
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: Any = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+    ) -> AsyncResults:
+        """``imap``'s run (measured, decided, re-decided) driven by an event loop."""
+        from .._async import AsyncResults
+
+        tracked = self.imap(
+            fn,
+            *iterables,
+            ordered=ordered,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+            max_inflight=max_inflight,
+        )
+        assert isinstance(tracked, _TrackedMap)
+        return AsyncResults(tracked.stream)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._threads.shutdown(wait, cancel_futures=cancel_futures)
