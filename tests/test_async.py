@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -96,11 +97,13 @@ async def test_arun_raises_the_functions_error(backend: str) -> None:
         await concur.arun(fail_on_three, 3, backend=backend)
 
 
-async def test_arun_past_its_timeout_is_killed() -> None:
+async def test_arun_past_its_timeout_is_killed(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
     started = time.monotonic()
-    with pytest.raises(concur.TaskTimeout):
-        await concur.arun(time.sleep, 30, timeout=0.3)
+    with pytest.raises(concur.TaskTimeout, match=r"test_async\.report_and_sleep"):
+        await concur.arun(report_and_sleep, str(marker), 30, timeout=0.3)
     assert time.monotonic() - started < 10
+    assert await gone_after([int(marker.read_text())], time.monotonic()) < KILL_BOUND_S
 
 
 async def test_bad_backend_says_what_to_use() -> None:
@@ -265,6 +268,33 @@ async def test_asyncio_wait_for_and_task_cancel_kill_the_worker(tmp_path: Path) 
             with pytest.raises(asyncio.CancelledError):
                 await pending
         assert await gone_after([pid, other], cancelled) < KILL_BOUND_S
+
+
+@pytest.mark.parametrize("how", ["pool", "run"])
+def test_ctrl_c_stops_the_process_an_event_loop_awaits(
+    anyio_backend: str, how: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    script = Path(__file__).parent / "scripts" / "async_ctrl_c.py"
+    child = subprocess.Popen(
+        [sys.executable, str(script), anyio_backend, how, str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text()):
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.01)
+        worker = int(marker.read_text())
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert out == "interrupted\n", err
+    assert not alive(worker)
 
 
 # -- the event loop stays free ------------------------------------------------

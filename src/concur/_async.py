@@ -106,12 +106,15 @@ class AsyncResults(AsyncIterator[Any]):
                 if not futures:
                     break
                 await self._waker.wait(futures)
+        except BaseException:
+            # Cancelled, Ctrl-C (trio raises it in the task), or the stream
+            # failed: what is in flight is abandoned, so it is stopped.
+            await self._close(abort=True)
+            raise
+        try:
             return next(stream)  # ready: this does not wait
         except StopIteration:
             raise StopAsyncIteration from None
-        except anyio.get_cancelled_exc_class():
-            await self._close(abort=True)
-            raise
 
     async def aclose(self) -> None:
         """Stop: cancel what has not started; what runs finishes."""
@@ -144,7 +147,7 @@ async def outcome(future: Future[R]) -> R:
     try:
         while not future.done():
             await waker.wait([future])
-    except anyio.get_cancelled_exc_class():
+    except BaseException:  # cancelled, or Ctrl-C: nobody waits for the call any more
         future.cancel()
         raise
     return future.result()
@@ -164,8 +167,14 @@ def star(fn: Callable[..., R], kwargs: dict[str, Any], args: tuple[Any, ...]) ->
 
 
 def one_call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[..., Any]:
-    """``fn`` with ``kwargs``, taking one item: the tuple of its positional arguments."""
-    return functools.partial(star, fn, kwargs)
+    """``fn`` with ``kwargs``, taking one item: the tuple of its positional
+    arguments; named as ``fn`` is, for errors and ``concur ps``."""
+    call = functools.partial(star, fn, kwargs)
+    for name in ("__module__", "__qualname__"):
+        value = getattr(fn, name, None)
+        if isinstance(value, str):
+            setattr(call, name, value)
+    return call
 
 
 # -- concur.arun / concur.amap ----------------------------------------------------
