@@ -106,6 +106,13 @@ async def test_arun_past_its_timeout_is_killed(tmp_path: Path) -> None:
     assert await gone_after([int(marker.read_text())], time.monotonic()) < KILL_BOUND_S
 
 
+def test_without_anyio_the_error_says_what_to_install() -> None:
+    hide = "import sys; sys.modules['anyio'] = None; import concur; concur.arun"
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'concur[async]'" in done.stderr
+
+
 async def test_bad_backend_says_what_to_use() -> None:
     with pytest.raises(ValueError, match="backend must be one of"):
         await concur.arun(abs, 1, backend="gpu")  # type: ignore[arg-type]
