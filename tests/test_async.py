@@ -148,6 +148,22 @@ async def test_amap_reads_endless_input_as_it_goes() -> None:
     assert taken == [0, 1, 4, 9, 16]
 
 
+async def test_pool_amap_keeps_at_most_max_inflight_chunks_out() -> None:
+    started: list[int] = []
+
+    def note(i: int) -> int:
+        started.append(i)
+        return i
+
+    with concur.ThreadPool(4) as pool:
+        async with pool.amap(note, itertools.count(), chunksize=1, max_inflight=3) as results:
+            async for value in results:
+                if value == 4:
+                    break
+        await anyio.sleep(0.1)  # anything placed has had time to start
+    assert 5 <= len(started) <= 5 + 3
+
+
 POOLS = {
     "thread": lambda: concur.ThreadPool(2),
     "process": lambda: concur.ProcessPool(2),

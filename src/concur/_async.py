@@ -1,19 +1,22 @@
 """The async front: ``concur.arun``/``amap`` and ``pool.arun``/``amap``, on
 asyncio and trio alike (through anyio, the ``concur[async]`` extra).
 
-One mechanism under all of them: the streaming engine (``_stream.Stream``)
-places chunks on a pool as it does for ``imap``, and instead of blocking in
-``concurrent.futures.wait`` the event loop awaits the futures the next result
-depends on (``Stream.prepare``), woken by a done-callback that hands the
-wake-up to the loop's thread. A step that may run work in the caller's thread
-(auto's probe, an inline chunk) runs in a worker thread instead, so the loop
-is never blocked.
+The pools' own futures, awaited: a done-callback hands the wake-up to the
+loop's thread (``_Waker``), so no thread waits per call. ``pool.arun``
+awaits the future ``submit`` returns; ``amap`` (and ``concur.arun``, a
+one-item ``concur.amap``) drives the streaming engine (``_stream.Stream``)
+as ``imap`` does, except that instead of blocking in
+``concurrent.futures.wait`` the loop awaits the futures the next result
+depends on (``Stream.prepare``). A step that may run work in the caller's
+thread (auto's probe, an inline chunk) runs in a worker thread instead, so
+the loop is never blocked.
 
 Cancelling the awaiting task (``task.cancel()``, ``asyncio.timeout``, a trio
-or anyio cancel scope) closes the stream as Ctrl-C does: every future in
-flight is cancelled, and a process pool's ``Future.cancel()`` kills the
-worker that runs the task, so its slot is free again. A thread cannot be
-stopped: its task runs to its end and its result is dropped.
+or anyio cancel scope), or Ctrl-C, cancels what it awaited: the future, or
+the stream closed as Ctrl-C closes ``imap``. A process pool's
+``Future.cancel()`` kills the worker that runs the task, so its slot is free
+again. A thread cannot be stopped: its task runs to its end and its result
+is dropped.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ try:
     import anyio
     import anyio.lowlevel
     import anyio.to_thread
-except ImportError as error:  # pragma: no cover - exercised without the extra
+except ImportError as error:  # tests/test_async.py hides anyio to check this
     raise ImportError("concur's async functions need anyio: pip install 'concur[async]'") from error
 
 if TYPE_CHECKING:
