@@ -148,6 +148,18 @@ def test_cancel_a_queued_task(pool):
     assert [b.result(timeout=30) for b in blockers] == [None, None]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_arun_and_amap_on_the_cluster(pool):
+    pytest.importorskip("anyio", reason="the async extra is not installed")
+    assert await pool.arun(square, 12) == 144
+    assert [x async for x in pool.amap(square, range(10))] == [x * x for x in range(10)]
+    unordered = pool.amap(square, range(10), ordered=False)
+    assert sorted([x async for x in unordered]) == [x * x for x in range(10)]
+    with pytest.raises(KeyError, match="item 2 is bad"):
+        await pool.arun(fail_on, 2, 2)
+
+
 def test_backend_dask_in_map_imap_and_run(cluster, monkeypatch):
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
     results = concur.map(square, range(20), backend="dask")

@@ -34,6 +34,8 @@ def test_public_api_is_pinned():
         "WorkerStateError",
         "__version__",
         "advise",
+        "amap",
+        "arun",
         "imap",
         "map",
         "process",

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import CancelledError
 
+import psutil
 import pytest
 
 import concur
@@ -16,6 +17,12 @@ import concur
 def sleeper(seconds):
     time.sleep(seconds)
     return seconds
+
+
+def report_and_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
 
 
 def ignores_sigterm(seconds):
@@ -94,6 +101,19 @@ def test_cancel_a_running_process_task_kills_and_replaces_its_worker():
         with pytest.raises(CancelledError):
             future.result(timeout=1)
         wait_until(lambda: victim not in {w.pid for w in pool.workers()})
+        assert pool.submit(os.getpid).result(timeout=30) != victim
+
+
+def test_cancel_a_running_autopool_process_call_kills_its_worker(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONCUR_BACKEND", "process")  # every call goes to processes
+    marker = tmp_path / "pid"
+    with concur.AutoPool(1) as pool:
+        future = pool.submit(report_and_sleep, str(marker), 30)
+        wait_until(lambda: marker.exists() and marker.read_text())
+        victim = int(marker.read_text())
+        assert future.cancel() is True
+        assert future.cancelled()
+        wait_until(lambda: not psutil.pid_exists(victim), limit=5)
         assert pool.submit(os.getpid).result(timeout=30) != victim
 
 

@@ -10,6 +10,8 @@ _WHERE = {
     "PoolView": "._pool",
     "TaskOptions": "._pool",
     "Results": ".api",
+    "amap": "._async",
+    "arun": "._async",
     "imap": ".api",
     "map": ".api",
     "run": ".api",
@@ -45,6 +47,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
+    from ._async import amap, arun
     from ._pool import PoolView, TaskOptions
     from ._share import Shared, share
     from ._spawn import Worker, process, spawn, thread
@@ -134,6 +137,8 @@ __all__ = (
     "WorkerStateError",
     "__version__",
     "advise",
+    "amap",
+    "arun",
     "imap",
     "map",
     "process",

@@ -29,12 +29,15 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _task
 from ._exit import dying_of_interrupt, exiting, ignoring_ctrl_c
 from ._stream import PoolPlacement, Stream, cancel_all
 from .errors import PoolClosed, PoolInherited
+
+if TYPE_CHECKING:
+    from ._async import AsyncResults
 
 FUTURES_LOG = logging.getLogger("concurrent.futures")
 
@@ -378,6 +381,58 @@ class PoolBase(Executor):
                 futures.append((future, start))
         return _map_results(futures, end_time)
 
+    async def arun(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """``await pool.arun(fn, *args)``: ``submit(...).result()`` without
+        blocking the event loop (asyncio or trio; docs/async.md). Cancelling
+        the awaiting task stops the call where the pool can (a process
+        worker is killed); a thread runs on and its result is dropped."""
+        return await self._arun(self._defaults, fn, args, kwargs)
+
+    async def _arun(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        from ._async import outcome
+
+        return await outcome(self._submit_with(options, fn, args, kwargs))
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: ChunkSize = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+    ) -> AsyncResults:
+        """``async for result in pool.amap(fn, items)``: ``imap`` on an event loop,
+        with the same options; cancelling the iterating task stops the chunks
+        in flight (see ``arun``)."""
+        return self._amap(
+            self._defaults, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
+
+    def _amap(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        chunksize: ChunkSize,
+        return_exceptions: bool,
+        max_inflight: int | None,
+    ) -> AsyncResults:
+        from ._async import AsyncResults
+
+        stream = self._imap(
+            options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
+        assert isinstance(stream, Stream)
+        return AsyncResults(stream)
+
     # -- imap --------------------------------------------------------------
 
     def imap(
@@ -450,6 +505,22 @@ class PoolView:
         max_inflight: int | None = None,
     ) -> Iterator[R]:
         return self.pool._imap(
+            self.task_options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
+
+    async def arun(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        return await self.pool._arun(self.task_options, fn, args, kwargs)
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: ChunkSize = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+    ) -> AsyncResults:
+        return self.pool._amap(
             self.task_options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
         )
 

@@ -217,6 +217,11 @@ class Placement(Protocol):
         """The stream ended (``abort``: by Ctrl-C); ``settled``: every item
         was delivered and nothing runs."""
 
+    def runs_here(self) -> bool:
+        """Whether the next step may run work in the caller's thread (auto's
+        probe or an inline chunk), not only hand it to a pool."""
+        ...
+
 
 class _Block:
     __slots__ = ("items", "raw")
@@ -257,16 +262,45 @@ class Stream(Iterator[Any]):
         return self
 
     def __next__(self) -> Any:
-        while not self._blocks or self._index >= len(self._blocks[0].items):
-            if self._blocks:
-                self._blocks.popleft()
-                self._index = 0
-                continue
+        while not self._ready():
             self._advance()
         block = self._blocks[0]
         item = block.items[self._index]
         self._index += 1
         return item if block.raw else self._resolve(item)
+
+    def _ready(self) -> bool:
+        """Whether a result can be yielded now (finished blocks are dropped)."""
+        while self._blocks and self._index >= len(self._blocks[0].items):
+            self._blocks.popleft()
+            self._index = 0
+        return bool(self._blocks)
+
+    def prepare(self) -> list[Future[ChunkResult]]:
+        """Make the next step ready without waiting for a chunk: start the
+        placement, place what fits, collect what has finished. Returns the
+        futures the next result waits for; none when ``next()`` would not
+        wait (a result is ready, or the stream is over). The async front
+        waits for these on its event loop, then calls ``next()``."""
+        try:
+            while not self._ready():
+                if not self._started:
+                    self._started = True
+                    self.placement.start(self)
+                    continue
+                self._fill()
+                if not self.inflight:
+                    return []
+                entries = self.inflight.entries
+                futures = [entries[0][0]] if self._ordered else [e[0] for e in entries]
+                if not any(future.done() for future in futures):
+                    return futures
+                self._collect()
+            return []
+        except KeyboardInterrupt:
+            with ignoring_ctrl_c():
+                self.close(abort=True)
+            raise
 
     def to_list(self, out: list[Any] | None = None) -> list[Any]:
         """Every result, in order, appended to ``out`` (a new list by default):
@@ -415,3 +449,6 @@ class PoolPlacement:
 
     def release(self, abort: bool, settled: bool) -> None:
         pass  # the pool is the caller's
+
+    def runs_here(self) -> bool:
+        return False  # every chunk goes to the pool

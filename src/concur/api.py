@@ -72,7 +72,7 @@ def _source(backend: str) -> str:
     return "given" if backend == "dask" else "CONCUR_BACKEND"
 
 
-def _check(backend: str, workers: int | None) -> str | None:
+def check_backend(backend: str, workers: int | None) -> str | None:
     """The backend to force on the run, or None to let auto decide."""
     if backend not in BACKENDS:
         raise ValueError(
@@ -98,7 +98,7 @@ def _stream(
         ordered=ordered,
         return_exceptions=return_exceptions,
         workers=workers,
-        forced_backend=_check(backend, workers),
+        forced_backend=check_backend(backend, workers),
         timeout=check_timeout(timeout),
     )
 
@@ -207,7 +207,7 @@ def run(
     runs in one. A process past ``timeout`` is killed (``TaskTimeout``); a
     thread cannot be stopped and is left to finish (``WaitTimeout``).
     """
-    _check(backend, None)
+    check_backend(backend, None)
     timeout = check_timeout(timeout)
     if backend == "auto":
         chosen = environment_override() or ("process" if timeout is not None else "inline")

@@ -199,6 +199,10 @@ class AutoPlacement:
             return d.workers
         return self.judge.workers or self.judge.cores
 
+    def runs_here(self) -> bool:
+        d = self.judge.decision
+        return d is None or d.backend == "inline"  # the probe, or inline chunks
+
     def release(self, abort: bool, settled: bool) -> None:
         """The run ended: its pools are parked warm, or stopped (see ``warm``)."""
         self.pools.release(abort, settled)

@@ -29,6 +29,7 @@ from .rules import (
 )
 
 if TYPE_CHECKING:
+    from .._async import AsyncResults
     from ..processes import ProcessPool
 
 log = logging.getLogger("concur.auto")
@@ -101,7 +102,7 @@ class AutoPool(_pool_base.PoolBase):
         route = self._route(fn)
         call = functools.partial(fn, **kwargs) if kwargs else fn
         backend = route.decision.backend if route.decision else "thread"
-        outer: Future[Any] = Future()
+        outer = _pool_base.RunningFuture()
         if backend == "inline":
             outer.set_running_or_notify_cancel()
             outcomes, wall, cpu = _task.run_chunk(call, [args], False)
@@ -114,9 +115,14 @@ class AutoPool(_pool_base.PoolBase):
         else:
             pool, blob = self._threads, None
         inner = pool.submit_chunk(call, [args], blob, options)
+        # Cancelling the call stops it where it runs: a process worker is killed.
+        outer._stop = inner.cancel
 
         def finished(done: Future[ChunkResult]) -> None:
             if outer.cancelled():
+                return
+            if done.cancelled():  # by outer.cancel(), or by the pool's own stop
+                outer.cancel()
                 return
             try:
                 outcomes, wall, cpu = done.result()
@@ -231,6 +237,29 @@ class AutoPool(_pool_base.PoolBase):
             pools=_OwnPools(self),
         )
         return _TrackedMap(stream, self)
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: Any = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+    ) -> AsyncResults:
+        """``imap``'s run (measured, decided, re-decided) driven by an event loop."""
+        from .._async import AsyncResults
+
+        tracked = self.imap(
+            fn,
+            *iterables,
+            ordered=ordered,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+            max_inflight=max_inflight,
+        )
+        assert isinstance(tracked, _TrackedMap)
+        return AsyncResults(tracked.stream)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._threads.shutdown(wait, cancel_futures=cancel_futures)
