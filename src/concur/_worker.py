@@ -163,8 +163,7 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
         if kind == _task.RELEASE:
             mappings.release()
             continue
-        start = _task.clock()
-        outcome, items, cached = _run(kind, task_id, body, buffers, cached, show)
+        outcome, items, cached, start = _run(kind, task_id, body, buffers, cached, show)
         if mappings.previous:
             mappings.done_with_previous()
         del data, body, buffers
@@ -206,8 +205,14 @@ def _run(
     buffers: list[memoryview] | BaseException | None,
     cached: tuple[bytes | None, Any],
     show: Callable[[str | None, int], None] | None,
-) -> tuple[_task.Outcome, int, tuple[bytes | None, Any]]:
-    """Run one CALL or CHUNK: (outcome, items run, the chunk function cache)."""
+) -> tuple[_task.Outcome, int, tuple[bytes | None, Any], _task.Clock]:
+    """Run one CALL or CHUNK: (outcome, items run, the chunk function cache,
+    the clock at the start of the call).
+
+    The clock starts once the message is unpickled: the first load of a
+    function imports its module, a cost (and disk waits) of the worker's
+    start, not of the items auto measures by it.
+    """
     try:
         if isinstance(buffers, BaseException):
             raise buffers
@@ -219,17 +224,18 @@ def _run(
         if kind == _task.CHUNK and cached[0] != message[0]:
             cached = (message[0], _namespace.loads(message[0]))
     except BaseException as exc:
-        return (_task.ERR, _unpickle_error(exc)), 1, cached
+        return (_task.ERR, _unpickle_error(exc)), 1, cached, _task.clock()
+    start = _task.clock()
     if kind == _task.CALL:
         fn, args, kwargs = message
         if show is not None:
             show(_task.describe(fn), task_id)
-        return _call(fn, args, kwargs), 1, cached
+        return _call(fn, args, kwargs), 1, cached, start
     items = message[1]
     if show is not None:
         show(f"{_task.describe(cached[1])} ×{len(items)}", task_id)
     outcomes, _, _ = _task.run_chunk(cached[1], items, pack=True)
-    return (_task.CHUNK_DONE, outcomes), len(items), cached
+    return (_task.CHUNK_DONE, outcomes), len(items), cached, start
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _task.Outcome:
