@@ -172,3 +172,29 @@ def test_a_raising_signal_handler_loses_no_reply():
     assert out.returncode == 0, out.stdout[-500:] + out.stderr[-3000:]
     ok, _interrupts, lost = out.stdout.split()
     assert (ok, lost) == ("ok", "0"), out.stdout
+
+
+def _blocked(pid):
+    """The signals a process's main thread blocks (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("SigBlk:"))
+    mask = int(line.split()[1], 16)
+    return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_workers_and_the_caller_take_every_signal(method):
+    # The supervisor thread holds every signal for the main thread; its
+    # workers (and the fork server) must not inherit that: a worker with
+    # SIGTERM blocked cannot be stopped, a fork server with SIGCHLD blocked
+    # never hears of its children's exits.
+    import multiprocessing
+
+    import psutil
+
+    with concur.ProcessPool(1, mp_context=multiprocessing.get_context(method)) as pool:
+        pid = pool.submit(os.getpid).result(timeout=30)
+        assert _blocked(pid) == set()
+        if method == "forkserver":
+            assert _blocked(psutil.Process(pid).ppid()) <= {signal.SIGINT}
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()

@@ -334,5 +334,9 @@ def _map(pid: int, fd: int, ino: int, writable: bool) -> memoryview:
             raise SharedMemoryError(f"the shared memory of process {pid} is gone (it exited?)")
         access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
         return memoryview(mmap.mmap(local, info.st_size, access=access))
+    except OSError as exc:  # no address space left to map it (ENOMEM)
+        raise SharedMemoryError(
+            f"the shared memory of process {pid} cannot be mapped: {exc}"
+        ) from exc
     finally:
         os.close(local)

@@ -117,7 +117,7 @@ class AutoPlacement:
             limit = 2 * d.workers
         elif d.backend == "thread":
             limit = d.workers + 1
-            ramp = self._ramp_for(d.workers)
+            ramp = self._ramp_for(d.workers) if d.chunksize == 1 else None
             if ramp is not None:
                 limit = ramp.level
         return limit if self._max_inflight is None else min(limit, self._max_inflight)
@@ -129,7 +129,7 @@ class AutoPlacement:
             return None
         if self.ramp is None:
             self.ramp = Ramp(workers)
-        self.ramp.cap = max(1, workers)
+        self.ramp.recap(workers)
         return self.ramp
 
     def chunk_size(self, stream: Stream) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import replace
 
@@ -33,7 +34,9 @@ class Judge:
         self.utilization: float | None = None
         self.transfer = 0.0
         self.warm = False  # a process pool of the right size runs already
-        self.outside = False  # the probe waited on a socket, pipe or file (not a sleep)
+        # Waits are taken for waits on the outside world (threads ramp up),
+        # unless the probe saw a sleep: where it can tell (Linux).
+        self.outside = sys.platform == "linux"
         self.clock = (time.perf_counter(), time.process_time())
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import platform
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -123,14 +124,23 @@ class ThreadClock:
 
 
 # The numbers of futex and of the sleep calls, where the thread's current
-# call is read by number.
-_CALLS = {
-    "x86_64": (202, (35, 230)),
-    "aarch64": (98, (101, 115)),
-    "riscv64": (98, (101, 115)),
-    "i686": (240, (162, 267)),
-    "armv7l": (240, (162, 265)),
-}.get(platform.machine())
+# call is read by number. A 32-bit interpreter makes 32-bit calls whatever
+# the kernel (futex_time64 and clock_nanosleep_time64 since Linux 5.1).
+_CALLS_64 = {
+    "x86_64": ({202}, {35, 230}),
+    "aarch64": ({98}, {101, 115}),
+    "riscv64": ({98}, {101, 115}),
+}
+_CALLS_32 = {
+    "x86": ({240, 422}, {162, 267, 407}),
+    "arm": ({240, 422}, {162, 265, 407}),
+}
+_MACHINE = platform.machine()
+if struct.calcsize("P") == 8:
+    _CALLS = _CALLS_64.get(_MACHINE)
+else:
+    _FAMILY = "arm" if _MACHINE.startswith(("arm", "aarch64")) else _MACHINE
+    _CALLS = _CALLS_32.get("x86" if _FAMILY in ("i386", "i686", "x86_64") else _FAMILY)
 
 
 def _blocked_in(task: str) -> str:
@@ -141,9 +151,9 @@ def _blocked_in(task: str) -> str:
         with open(f"{task}/syscall", "rb") as handle:
             number = handle.read().split(maxsplit=1)[0]
         if _CALLS is not None and number.isdigit():
-            futex, sleeps = _CALLS
+            futexes, sleeps = _CALLS
             call = int(number)
-            return "lock" if call == futex else "sleep" if call in sleeps else "io"
+            return "lock" if call in futexes else "sleep" if call in sleeps else "io"
     except (OSError, IndexError):
         pass
     try:  # the kernel function it sleeps in
@@ -222,8 +232,8 @@ class Probe:
             state = clock.state()
             if state is not None:
                 states_seen.add(state)
-            if state == "io":  # a socket, a pipe, a file: its threads ramp up (see ramp)
-                self.judge.outside = True
+            if state in ("io", "sleep"):  # a socket, pipe or file ramps up (see ramp)
+                self.judge.outside = state == "io"
             # Blocked on a lock is no proof of waiting: it is where a thread
             # waits for the GIL while another thread of the program computes.
             if busy < WAITING and state in ("io", "sleep", None):

@@ -40,6 +40,16 @@ class Ramp:
         self._skip = 0  # completions of items started before the last step, still to come
         self.quickest = float("inf")  # the least seconds per item of a window
 
+    def recap(self, cap: int) -> None:
+        """A re-decision changed the cap: never above it; a ramp that stopped
+        only at the old cap goes on."""
+        cap = max(1, cap)
+        if cap > self.cap and self.settled and self.level == self.cap:
+            self.settled = False
+        self.cap = cap
+        self.level = min(self.level, cap)
+        self.best_level = min(self.best_level, cap)
+
     def started(self, now: float) -> None:
         """Work went out: the first window starts with it."""
         if self._since is None:

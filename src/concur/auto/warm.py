@@ -22,6 +22,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Protocol
 
+from .. import _sigmask
 from .._pool import PoolBase
 from ..threads import ThreadPool
 from .rules import THREAD_BOUND
@@ -61,6 +62,14 @@ class Pools(Protocol):
     def release(self, abort: bool, settled: bool) -> None: ...
 
 
+class _Timer(threading.Timer):
+    """A timer thread that takes no signal (see ``_sigmask``)."""
+
+    def run(self) -> None:
+        _sigmask.hold_in_this_thread()
+        super().run()
+
+
 class _Shelf:
     """Idle pools by (kind, workers), each with the timer that stops it."""
 
@@ -93,7 +102,7 @@ class _Shelf:
         idle = keep_warm_s()
         if idle <= 0 or os.getpid() != self._pid or not pool.accepting():
             return False
-        timer = threading.Timer(idle, self._expire, ((kind, workers), pool))
+        timer = _Timer(idle, self._expire, ((kind, workers), pool))
         timer.name = f"concur-warm-{kind}-timer"
         timer.daemon = True
         with self._lock:
