@@ -172,6 +172,12 @@ def test_nothing_outlives_a_server_killed_with_sigkill(model):
 def test_concur_serve_exits_1_and_says_why_when_its_master_dies(model):
     proc, port = _serve("--model", model, "--workers", "2")
     try:
+        # Serving, not starting: a session answered, and the caller has had
+        # time to hear the master's "ready" (a master that dies before that
+        # is reported as a failed start instead).
+        with connect(port) as sock:
+            assert ask(sock, "up") == b"UP\n"
+        time.sleep(0.5)
         (master,) = psutil.Process(proc.pid).children()
         master.kill()
         killed = time.monotonic()
