@@ -385,8 +385,8 @@ def test_a_server_that_serves_few_at_a_time_gets_no_more_than_it_holds():
         results = concur.map(calls.get, [url] * 80)
     assert results == [2] * 80
     assert results.decision.backend == "thread"
-    assert 4 <= calls.most <= 11, calls.most
-    assert calls.slowest < 0.9, calls.slowest  # no connection waited for a retry
+    assert calls.slowest < 0.9, (calls.slowest, calls.most)  # no connection waited for a retry
+    assert 4 <= calls.most <= 16, calls.most  # a ramp, not the ~100 the wait ratio asks
 
 
 class _HoldsALock:

@@ -6,9 +6,10 @@ backlog of five, drops the SYNs of the twelfth connection, and each one
 dropped costs a second or more before it is retried. So threads for such
 work start few (``START``) and grow while completed items per second
 rise and items take no longer than the quickest did (nothing queues at the
-far end yet): doubled while a doubling pays nearly in proportion, else by
-a quarter; a step that pays less than ``GAIN`` goes back to the best
-level, and one after which items queue stays; the level then holds.
+far end yet): doubled while a doubling pays nearly in proportion
+(``PROPORTIONAL``); a doubling that pays less than ``GAIN`` goes back to
+the level before it, one that pays less than in proportion or after which
+items queue stays; the level then holds.
 Sleeps scale without limit and skip the ramp.
 
 ``Ramp`` is pure: it is told when items complete and says how many may be
@@ -33,11 +34,12 @@ class Ramp:
         self.best_level = self.level
         self.best_rate = 0.0
         self.settled = self.level == self.cap
-        self._doubled = True  # the last step was a doubling
         self._since: float | None = None  # when the current window began
         self._done = 0  # completions in it
         self._waited = 0.0  # ... and the seconds they took, together
-        self._skip = 0  # completions of items started before the last step, still to come
+        # Completions of items started before the last step, still to come:
+        # at first, the first level's (their window would include the start).
+        self._skip = self.level
         self.quickest = float("inf")  # the least seconds per item of a window
 
     def recap(self, cap: int) -> None:
@@ -90,7 +92,8 @@ class Ramp:
         if latency > QUEUEING * self.quickest:
             self.settled = True  # items queue at the far end: more would only wait longer
             return
-        grow = self._doubled and ratio >= PROPORTIONAL
-        self._doubled = grow
-        self.level = min(self.cap, self.level * 2 if grow else self.level + max(1, self.level // 4))
+        if ratio < PROPORTIONAL:
+            self.settled = True  # the far end stops keeping up: this level is enough
+            return
+        self.level = min(self.cap, self.level * 2)
         self.settled = self.level == self.best_level
