@@ -89,11 +89,16 @@ def test_release_warm_stops_them_now():
 def test_threads_are_reused_too():
     import threading
 
+    def warm_threads():
+        return {t for t in threading.enumerate() if t.name.startswith("concur-auto-thread")}
+
     concur.map(pid_after, [0.01] * 8, backend="thread")
-    names = {t.name for t in threading.enumerate() if t.name.startswith("concur-auto-thread")}
+    first = warm_threads()
     concur.map(pid_after, [0.01] * 8, backend="thread")
-    again = {t.name for t in threading.enumerate() if t.name.startswith("concur-auto-thread")}
-    assert names and names == again
+    # The same thread objects serve again; the pool starts threads as work
+    # finds none idle, so the second run may add one where the first had
+    # one finishing.
+    assert first and first <= warm_threads()
 
 
 def test_auto_pool_map_runs_on_the_pools_own_workers():

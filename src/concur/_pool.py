@@ -19,14 +19,12 @@ one at a time so the workers stay balanced.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, InvalidStateError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -38,8 +36,6 @@ from .errors import PoolClosed, PoolInherited
 
 if TYPE_CHECKING:
     from ._async import AsyncResults
-
-FUTURES_LOG = logging.getLogger("concurrent.futures")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,95 +80,6 @@ class TaskOptions:
         if self.timeout is None or items == 1:
             return self
         return TaskOptions(self.timeout * items, self.retries)
-
-
-class RunningFuture(Future[Any]):
-    """A Future whose ``cancel()`` also stops a task that is already running.
-
-    The pool sets ``_stop``: a callable that stops the task where it runs
-    (kills its worker process) and returns True if it did; it is dropped
-    once the future is done, with everything it held.
-
-    A process pool also sets ``_wait``: a callable that, given a time
-    limit, lets the thread calling ``result()`` or ``exception()`` read the
-    reply itself (see ``_replies``); it returns early when it cannot, and
-    the wait goes on as for any future.
-
-    Done-callbacks run in the thread that settles the future: the pool's
-    own, or the one that read its reply in ``result()``. One that raises,
-    even ``SystemExit``, is logged on the ``concurrent.futures`` logger, as
-    the standard library logs an ``Exception``, and costs nothing else: the
-    thread that settled the future goes on.
-    """
-
-    _stop: Callable[[], bool] | None = None
-    _wait: Callable[[float | None], None] | None = None
-
-    def result(self, timeout: float | None = None) -> Any:
-        return super().result(self._wait_here(timeout))
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._wait_here(timeout))
-
-    def _wait_here(self, timeout: float | None) -> float | None:
-        """Read the reply in this thread if the pool allows; the time left."""
-        wait = self._wait
-        if wait is None or self.done():
-            return timeout
-        started = time.monotonic()
-        wait(timeout)
-        return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-
-    def _invoke_callbacks(self) -> None:
-        self._stop = None
-        self._wait = None
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
-            try:
-                callback(self)
-            except BaseException:
-                FUTURES_LOG.exception("exception calling callback for %r", self)
-
-    def cancel(self) -> bool:
-        if super().cancel():
-            return True
-        stop = self._stop
-        if stop is None or not self.running() or not stop():
-            return False
-        with self._condition:
-            if self._state != RUNNING:
-                return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
-        return True
-
-
-def settle(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
-    """Set a result or exception unless the future is already done.
-
-    A pool's future can be finished from two sides (a reply and a timeout, a
-    crash and a cancel); the first one wins and the other is dropped.
-    """
-    if future.done():
-        return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-    except InvalidStateError:
-        pass
-
-
-def settle_outcome(future: Future[Any], outcome: _task.Outcome) -> None:
-    """Settle a future from one call's outcome (a value, or an exception)."""
-    error = _task.outcome_error(outcome)
-    if error is None:
-        settle(future, outcome[1])
-    else:
-        settle(future, error=error)
 
 
 def check_open(kind: str, owner: int, broken: BaseException | None, closed: bool) -> None:

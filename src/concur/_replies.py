@@ -39,13 +39,12 @@ import os
 import select
 import selectors
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from . import _logs, _pool, _sigmask, _task
+from . import _future, _logs, _sigmask, _task
 from .errors import ProcessPoolBroken, SerializationError, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -132,6 +131,13 @@ class Watch:
 def take(state: PoolState, worker: WorkerProcess, data: bytes) -> Settle | None:
     """Apply one reply to the pool; what it returns settles a future, to be
     run once the reader has let go of the pipe (it runs callbacks)."""
+    if worker.stop_hint is TORN:
+        return None  # what follows a torn reply is not a reply; the worker is being stopped
+    if len(data) < _task.REPLY_HEAD.size:
+        _log.warning(
+            "a reply of %d bytes from worker %s cannot be read; ignored", len(data), worker.pid
+        )
+        return None
     kind, flags, task_id, wall, cpu = _task.REPLY_HEAD.unpack_from(data)
     body = memoryview(data)[_task.REPLY_HEAD.size :]
     if kind == _task.DONE:
@@ -202,9 +208,9 @@ def _settle_reply(
     if outcome is None:
         outcome = unpickled(body, buffers)
     if outcome[0] == _task.CHUNK_DONE:
-        _pool.settle(future, (outcome[1], *times))
+        _future.settle(future, (outcome[1], *times))
     else:
-        _pool.settle_outcome(future, outcome)
+        _future.settle_outcome(future, outcome)
 
 
 def send(worker: WorkerProcess, task: Task) -> None:
@@ -255,36 +261,37 @@ def _from_signal_handler(exc: BaseException) -> bool:
 # -- a caller reading its own reply -----------------------------------------------
 
 
-def wait_in_caller(state: PoolState, task: Task, timeout: float | None) -> None:
+def wait_in_caller(
+    state: PoolState, task: Task, timeout: float | None, held: _sigmask.Held | None
+) -> None:
     """Read the reply to ``task`` in this thread, if its worker's pipe is free.
 
     Returns when the future is done, the time is up, the worker died, or the
     pipe was not free; the caller then waits on the future as usual.
 
-    In the main thread every signal is held back but in the poll (see
-    ``_Gate``): a handler's exception (Ctrl-C, an alarm) can land only
-    there, where it loses nothing. The future is settled, and its callbacks
-    run, after the pipe is let go and before signals are let in, as in a
-    pool's own thread. Where a thread of the program takes a signal anyway,
-    its handler's exception can land anywhere here: once a reply is being
-    read or applied, the pipe and the pool's record of the worker can no
-    longer be trusted, so the worker is stopped and the task fails with
-    ``WorkerCrashed``; the pool replaces the worker and goes on.
+    ``held`` is the main thread's mask, every signal held back (see
+    ``_future``): it is let in only for the poll, where a handler's
+    exception (Ctrl-C, an alarm) loses nothing. The future is settled, and
+    its callbacks run, after the pipe is let go and before signals are let
+    in, as in a pool's own thread. Where a thread of the program takes a
+    signal anyway, its handler's exception can land anywhere here: once a
+    reply is being read or applied, the pipe and the pool's record of the
+    worker can no longer be trusted, so the worker is stopped and the task
+    fails with ``WorkerCrashed``; the pool replaces the worker and goes on.
     """
     watch = state.watch
     worker = task.worker
     if watch is None or not watch.can_mute or worker is None or os.getpid() != state.owner:
         return
     settles: list[Settle] = []
-    with _Gate() as gate:
+    try:
+        if _claim(state, watch, worker, task):
+            _read_until_done(state, worker, task, timeout, held, settles)
+    finally:
         try:
-            if _claim(state, watch, worker, task):
-                _read_until_done(state, worker, task, timeout, gate, settles)
+            _let_go(state, watch, worker)
         finally:
-            try:
-                _let_go(state, watch, worker)
-            finally:
-                _deliver(settles)
+            _deliver(settles)
 
 
 def _claim(state: PoolState, watch: Watch, worker: WorkerProcess, task: Task) -> bool:
@@ -328,7 +335,7 @@ def _read_until_done(
     worker: WorkerProcess,
     task: Task,
     timeout: float | None,
-    gate: _Gate,
+    held: _sigmask.Held | None,
     settles: list[Settle],
 ) -> None:
     rx = worker.rx.fileno()
@@ -342,8 +349,13 @@ def _read_until_done(
             wait = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
             if wait <= 0:
                 return
-            with gate.waiting():
+            if held is not None:
+                held.let_in()
+            try:
                 ready = {fd for fd, _ in poll.poll(wait * 1000)}
+            finally:
+                if held is not None:
+                    held.hold()
             reading = True
             if rx in ready:
                 settle = take(state, worker, worker.rx.recv_bytes())
@@ -361,7 +373,7 @@ def _read_until_done(
         raise
 
 
-_TORN = (
+TORN = (
     "An exception raised in the caller (by a signal handler) interrupted the "
     "reading of a reply from this worker; concur stopped the worker, as its "
     "pipe could no longer be trusted."
@@ -372,42 +384,9 @@ def _abandon(state: PoolState, worker: WorkerProcess, task: Task) -> None:
     """A reply was torn: stop the worker; its task (and ours, if the worker
     no longer holds it) fails with WorkerCrashed."""
     with state.lock:
-        worker.stop_hint = _TORN
+        worker.stop_hint = TORN
         if not worker.stopping:
             state.stop_worker(worker, graceful=False)
         held = worker.task is task
     if not held:
-        _pool.settle(task.future, error=WorkerCrashed(worker.pid, None, task.label, hint=_TORN))
-
-
-class _Gate:
-    """In the main thread (the one Python runs signal handlers in), every
-    signal held back while inside, except during ``waiting()``; elsewhere
-    nothing to do."""
-
-    __slots__ = ("_held",)
-
-    def __init__(self) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        self._held = _sigmask.Held() if main else None
-
-    def __enter__(self) -> _Gate:
-        if self._held is not None:
-            self._held.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held is not None:
-            self._held.let_in()
-
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        held = self._held
-        if held is None:
-            yield
-            return
-        held.let_in()
-        try:
-            yield
-        finally:
-            held.hold()
+        _future.settle(task.future, error=WorkerCrashed(worker.pid, None, task.label, hint=TORN))

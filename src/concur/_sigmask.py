@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,9 +63,15 @@ _C = _load()
 
 
 class Held:
-    """Every catchable signal held back in this thread while inside; ``let_in()``
-    opens the mask as it was (for a wait that may be interrupted) until
-    ``hold()``. Re-entrant: each one restores the mask it found."""
+    """The thread's signal mask, kept on the way in and restored on the way out.
+
+    ``hold()`` holds back every catchable signal; ``let_in()`` opens the mask
+    as it was found (for a wait that may be interrupted) until the next
+    ``hold()``. Entering changes nothing, so a handler's exception on the
+    way in loses nothing; hold inside the ``with``, where whatever lands
+    afterwards finds ``__exit__`` to restore the mask. Re-entrant: each one
+    restores the mask it found.
+    """
 
     __slots__ = ("_saved",)
 
@@ -73,10 +80,11 @@ class Held:
 
     def __enter__(self) -> Held:
         if _C is not None:
-            self._saved = _Sigset()
-            _C[0](signal.SIG_BLOCK, ctypes.byref(_C[1]), ctypes.byref(self._saved))
+            saved = _Sigset()
+            _C[0](signal.SIG_BLOCK, None, ctypes.byref(saved))
+            self._saved = saved
         else:
-            self._saved = set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}))
+            self._saved = set(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -97,10 +105,29 @@ class Held:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
+_started = threading.local()  # .mask: what one of concur's threads started with
+
+
 def hold_in_this_thread() -> None:
     """For the first line of concur's own threads: they never take a signal,
     which then goes to the main thread (or a thread of the program)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    _started.mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+
+
+@contextlib.contextmanager
+def as_started() -> Iterator[None]:
+    """Inside, one of concur's threads has the mask it started with (for the
+    program's code it runs: callbacks, and whatever threads or processes
+    they start, which inherit the mask); nothing changes in other threads."""
+    mask = getattr(_started, "mask", None)
+    if mask is None or threading.current_thread() is threading.main_thread():  # a fork's child
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,18 @@ import time
 from collections import deque
 from typing import Any
 
-from . import _gil, _logs, _pool, _replies, _sigmask, _supervise, _task, _worker, _workerproc
+from . import (
+    _future,
+    _gil,
+    _logs,
+    _pool,
+    _replies,
+    _sigmask,
+    _supervise,
+    _task,
+    _worker,
+    _workerproc,
+)
 from ._replies import send
 from ._workerproc import WorkerProcess
 from .errors import (
@@ -85,7 +96,7 @@ class Task:
     def __init__(
         self,
         task_id: int,
-        future: _pool.RunningFuture,
+        future: _future.RunningFuture,
         payload: _task.Payload,
         label: str,
         items: int,
@@ -263,7 +274,7 @@ class PoolState:
             for worker in self.workers.values():
                 worker.task = None
         for task in tasks:
-            _pool.settle(task.future, error=error)
+            _future.settle(task.future, error=error)
         self.wake()
 
 
@@ -367,7 +378,7 @@ class Supervisor:
             if not worker.ready:
                 self.state.break_pool(_start_timeout(state, task.timeout))
             else:
-                _pool.settle(task.future, error=TaskTimeout(task.label, task.timeout, worker.pid))
+                _future.settle(task.future, error=TaskTimeout(task.label, task.timeout, worker.pid))
 
     def grow(self) -> None:
         if not self.state.wants_worker():
@@ -452,8 +463,8 @@ class Supervisor:
         settles = []
         with worker.reader:  # a caller reading the pipe lets go once it sees the exit
             while not worker.rx.closed and self.watch.watching(worker.rx.fileno()):
-                if not _readable(worker.rx):
-                    break
+                if worker.stop_hint is _replies.TORN or not _readable(worker.rx):
+                    break  # (a torn pipe holds the rest of a reply, not a reply)
                 settles.append(self.read_one(worker))  # a last reply that raced with the exit
             self.unwatch(worker, worker.rx.fileno(), worker.exit_fd)
             pid = worker.pid
@@ -466,7 +477,7 @@ class Supervisor:
             state.break_pool(worker.failure or _start_failure(state, pid, exitcode))
         elif crash is not None:
             error = WorkerCrashed(pid, exitcode, crash.label, hint=worker.stop_hint)
-            _pool.settle(crash.future, error=error)
+            _future.settle(crash.future, error=error)
 
     def unwatch(self, worker: WorkerProcess, *fds: int) -> None:
         with self.state.lock:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _pool, _share, _task
+from . import _future, _pool, _share, _task
 from ._deadlines import Deadlines
 from .errors import PoolClosed, SerializationError, TaskTimeout, WorkerCrashed
 
@@ -87,7 +87,7 @@ def _expire(future: Future[Any], label: str, timeout: float) -> Callable[[], Non
         return None
 
     def fail() -> None:
-        _pool.settle(future, error=TaskTimeout(label, timeout, None, _RELEASED))
+        _future.settle(future, error=TaskTimeout(label, timeout, None, _RELEASED))
         remote = getattr(future, "remote", None)
         if remote is not None:
             remote.cancel()
@@ -244,15 +244,15 @@ class DaskPool(_pool.PoolBase):
             if status == "finished":
                 value = remote.result()
                 if chunk:
-                    _pool.settle(future, value)
+                    _future.settle(future, value)
                 else:
-                    _pool.settle_outcome(future, value)
+                    _future.settle_outcome(future, value)
             elif status == "cancelled":
                 future.cancel()
             else:
-                _pool.settle(future, error=self._error(remote.exception(), label, status))
+                _future.settle(future, error=self._error(remote.exception(), label, status))
         except BaseException as exc:  # the client itself failed: say so on the future
-            _pool.settle(future, error=exc)
+            _future.settle(future, error=exc)
         finally:
             with self._lock:
                 self._live.discard(future)

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
-from . import _pool, _replies, _shm, _supervise, _task, _worker
+from . import _future, _pool, _replies, _shm, _supervise, _task, _worker
 from ._exit import register_exit_hook
 from ._proc import cpu_count
 from ._replies import send
@@ -292,10 +292,10 @@ class ProcessPool(_pool.PoolBase):
         fn: Callable[..., Any],
         items: int,
         options: _pool.TaskOptions,
-    ) -> _pool.RunningFuture:
+    ) -> _future.RunningFuture:
         """Serialize a task here and now; one that cannot be fails its own future."""
         self._check_open()
-        future = _pool.RunningFuture()
+        future = _future.RunningFuture()
         task_id = next(_task_ids)
         try:
             payload = payload_for(task_id)
@@ -308,7 +308,7 @@ class ProcessPool(_pool.PoolBase):
         )
         state = self._state
         future._stop = lambda: _stop_task(state, task)
-        future._wait = lambda timeout: _replies.wait_in_caller(state, task, timeout)
+        future._read = lambda timeout, held: _replies.wait_in_caller(state, task, timeout, held)
         with state.lock:
             self._check_open()
             if state.thread is None:

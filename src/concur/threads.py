@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _pool, _share, _task
+from . import _future, _pool, _share, _task
 from ._deadlines import Deadlines
 from ._exit import register_exit_hook
 from .errors import TaskTimeout, ThreadPoolBroken
@@ -69,10 +69,10 @@ class _WorkItem:
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
-            _pool.settle(self.future, error=exc)
+            _future.settle(self.future, error=exc)
             del exc  # break the cycle through the traceback
         else:
-            _pool.settle(self.future, result)
+            _future.settle(self.future, result)
 
 
 class _Slot:
@@ -95,7 +95,7 @@ def _expire(slot: _Slot, item: _WorkItem) -> Callable[[], None] | None:
         return None
     slot.abandoned = True
     error = TaskTimeout(item.label, item.timeout)
-    return lambda: _pool.settle(item.future, error=error)
+    return lambda: _future.settle(item.future, error=error)
 
 
 class ThreadPool(_pool.PoolBase):
@@ -155,7 +155,7 @@ class ThreadPool(_pool.PoolBase):
     ) -> Future[Any]:
         with self._lock:
             self._check_open()
-            future: Future[Any] = _pool.RunningFuture()
+            future: Future[Any] = _future.RunningFuture()
             args = _share.values(args)
             if any(type(v) is _share.Shared for v in kwargs.values()):
                 kwargs = {k: v.value if type(v) is _share.Shared else v for k, v in kwargs.items()}
@@ -267,7 +267,7 @@ class ThreadPool(_pool.PoolBase):
 
     def _initializer_failed(self, exc: BaseException) -> None:
         # What ThreadPoolExecutor logs for the same event, where it logs it.
-        _pool.FUTURES_LOG.critical("Exception in initializer:", exc_info=exc)
+        _future.FUTURES_LOG.critical("Exception in initializer:", exc_info=exc)
         with self._lock:
             self._broken = (
                 f"a thread initializer failed ({type(exc).__name__}: {exc}); "

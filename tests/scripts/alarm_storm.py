@@ -4,7 +4,8 @@ with ``signal.setitimer``).
 
 Every interrupted wait goes on; each future must settle, with its value or,
 where the interrupt tore a reply out of the pipe, with ``WorkerCrashed``;
-afterwards the pool still serves. Prints "ok INTERRUPTS LOST". With the
+afterwards the pool still serves and the main thread takes signals again.
+Prints "ok INTERRUPTS LOST". With the
 argument ``thread``, a thread of the program that takes signals runs
 beside: the kernel gives it the signals the main thread holds back.
 """
@@ -73,4 +74,8 @@ if __name__ == "__main__":
                 break
         signal.setitimer(signal.ITIMER_REAL, 0)
         assert list(pool.map(abs, range(-200, 0), timeout=30)) == list(range(200, 0, -1))
+    # Every wait restored the mask it found: Ctrl-C and the program's own
+    # signals still reach the main thread.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert not blocked, f"signals left blocked in the main thread: {sorted(blocked)}"
     print("ok", caught, lost, flush=True)

@@ -11,8 +11,8 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .. import _future, _task
 from .. import _pool as _pool_base
-from .. import _task
 from .._pool import ChunkResult, TaskOptions
 from .._proc import cpu_count
 from ..threads import ThreadPool
@@ -102,12 +102,12 @@ class AutoPool(_pool_base.PoolBase):
         route = self._route(fn)
         call = functools.partial(fn, **kwargs) if kwargs else fn
         backend = route.decision.backend if route.decision else "thread"
-        outer = _pool_base.RunningFuture()
+        outer = _future.RunningFuture()
         if backend == "inline":
             outer.set_running_or_notify_cancel()
             outcomes, wall, cpu = _task.run_chunk(call, [args], False)
             self._learn(fn, route, args, outcomes[0], wall, cpu, "inline")
-            _pool_base.settle_outcome(outer, outcomes[0])
+            _future.settle_outcome(outer, outcomes[0])
             return outer
         if backend == "process":
             pool: ThreadPool | ProcessPool = self._process_pool()
@@ -127,10 +127,10 @@ class AutoPool(_pool_base.PoolBase):
             try:
                 outcomes, wall, cpu = done.result()
             except BaseException as exc:
-                _pool_base.settle(outer, error=exc)
+                _future.settle(outer, error=exc)
                 return
             self._learn(fn, route, args, outcomes[0], wall, cpu, backend)
-            _pool_base.settle_outcome(outer, outcomes[0])
+            _future.settle_outcome(outer, outcomes[0])
 
         outer.set_running_or_notify_cancel()
         inner.add_done_callback(finished)
