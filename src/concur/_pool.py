@@ -232,10 +232,12 @@ class PoolBase(Executor):
         """Serialize the callable once per map/imap call (processes only)."""
         return None
 
-    def _placing(self) -> contextlib.AbstractContextManager[None]:
-        """Around one ``map``'s submissions: where a process pool writes a
-        large buffer sent to many of its tasks once (see ``_shm``)."""
-        return contextlib.nullcontext()
+    def copies_once(self) -> Callable[[], contextlib.AbstractContextManager[None]]:
+        """For one ``map`` or ``imap`` call over input held whole (see
+        ``_shm.Placement``): what to enter around each of its submissions,
+        where a process pool writes a large buffer the call sends to many
+        tasks once."""
+        return contextlib.nullcontext
 
     def _chunks_allowed(self, options: TaskOptions) -> bool:
         """Whether ``chunksize="auto"`` may batch items. Items with a time
@@ -281,7 +283,7 @@ class PoolBase(Executor):
             size = ChunkSizer(chunksize, self._max_workers, self._kind).next_size(None)
         fn_blob = self.prepare_fn(fn) if items else None
         futures = []
-        with self._placing():
+        with self.copies_once()():
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 future = self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk)))

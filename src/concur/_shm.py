@@ -26,8 +26,9 @@ Who holds what:
   message to it (the next task, or ``RELEASE``, sent once the caller mapped
   it); the caller maps it copy-on-write, so a result array is writable and
   costs no copy until written;
-* ``Placement`` (one ``map`` call): a buffer of the same object sent again in
-  a later message reuses the first message's place instead of a new copy.
+* ``Placement`` (one ``map`` or ``imap`` call): a buffer of the same object
+  sent again in a later message reuses the first message's place instead of
+  a new copy.
 
 Where ``memfd_create`` or ``/proc`` is missing (not Linux), every buffer
 stays in the pickle, as before.
@@ -116,13 +117,49 @@ if hasattr(os, "register_at_fork"):
 
 
 class Placement:
-    """Where buffers of objects already sent during one ``map`` call are.
+    """Where buffers of objects already sent during one ``map`` or ``imap``
+    call are, so a later message reuses a place instead of a new copy.
 
-    It holds those objects, so an ``id`` cannot be reused while it lives.
+    Only for input held whole before the call (a list or tuple): a
+    generator may yield one buffer refilled, which must be sent again.
+    An entry holds its segment weakly: the tasks that refer to it hold it,
+    and once they are settled the next message places the object anew, so
+    a long input of different arrays is not kept in shared memory to the
+    end. An entry must not outlive its object either (a new object with
+    the same ``id`` would be taken for it): it holds the object weakly and
+    goes when it does, or strongly where the object takes no weak reference.
     """
 
+    __slots__ = ("_placed",)
+
     def __init__(self) -> None:
-        self.placed: dict[int, tuple[Any, Segment, int, int]] = {}
+        self._placed: dict[int, tuple[Any, weakref.ref[Segment], int, int]] = {}
+
+    def find(self, owner: Any) -> tuple[Segment, int, int] | None:
+        entry = self._placed.get(id(owner))
+        if entry is None:
+            return None
+        held, segment_ref, offset, length = entry
+        segment = segment_ref()
+        if (held() if isinstance(held, weakref.ref) else held) is not owner or segment is None:
+            return None
+        return segment, offset, length
+
+    def remember(self, owner: Any, segment: Segment, offset: int, length: int) -> None:
+        key = id(owner)
+        placed = self._placed
+
+        def forget(ref: weakref.ref[Any]) -> None:
+            # Runs as the object is freed, before its id can be reused.
+            entry = placed.get(key)
+            if entry is not None and entry[0] is ref:
+                del placed[key]
+
+        try:
+            held: Any = weakref.ref(owner, forget)
+        except TypeError:
+            held = owner
+        placed[key] = (held, weakref.ref(segment), offset, length)
 
 
 class _Local(threading.local):
@@ -133,9 +170,10 @@ _local = _Local()
 
 
 @contextlib.contextmanager
-def placing() -> Iterator[None]:
-    """Within it, this thread's messages place each large buffer once."""
-    saved, _local.placement = _local.placement, Placement()
+def placing(placement: Placement | None = None) -> Iterator[None]:
+    """Within it, this thread's messages place each large buffer once: in
+    ``placement``, which may last over many of these, or in a new one."""
+    saved, _local.placement = _local.placement, placement or Placement()
     try:
         yield
     finally:
@@ -186,9 +224,9 @@ class Outgoing:
             raw = buffer.raw()
         except BufferError:  # not contiguous: pickle decides
             return True
-        found = None if self.placement is None else self.placement.placed.get(id(owner))
-        if found is not None and found[0] is owner:
-            _, segment, offset, length = found
+        found = None if self.placement is None else self.placement.find(owner)
+        if found is not None:
+            segment, offset, length = found
             self.keep.append(segment)
             self.places.append(segment.place(offset, length))
         else:
@@ -225,7 +263,7 @@ class Outgoing:
         if self.placement is None:
             return
         for (owner, _), (_, _, _, offset, length) in zip(self.new, places, strict=True):
-            self.placement.placed[id(owner)] = (owner, segment, offset, length)
+            self.placement.remember(owner, segment, offset, length)
 
 
 class OutOfBand(Exception):

@@ -79,6 +79,8 @@ class Cursor:
 
     def __init__(self, iterables: tuple[Iterable[Any], ...]) -> None:
         self.single = len(iterables) == 1
+        # Every item exists before the first is sent: none can be refilled.
+        self.held_whole = all(type(it) in (list, tuple) for it in iterables)
         self._seq: Any = None
         self._pos = 0
         # Exactly these types: a subclass may define its own iteration.
@@ -426,9 +428,11 @@ class PoolPlacement:
         self._blob_ready = False
         self.sizer = sizer
         self._limit = limit
+        self._once: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
     def start(self, stream: Stream) -> None:
-        pass
+        if stream.cursor.held_whole:
+            self._once = self._pool.copies_once()
 
     def limit(self) -> int:
         return self._limit
@@ -442,13 +446,17 @@ class PoolPlacement:
             self._blob_ready = True
         options = self._options.for_chunk(len(chunk))
         args = stream.cursor.as_args(chunk)
-        return self._pool.submit_chunk(self._fn, args, self._fn_blob, options), len(chunk), ""
+        with self._once():
+            future = self._pool.submit_chunk(self._fn, args, self._fn_blob, options)
+        return future, len(chunk), ""
 
     def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
         self.sizer.observe(count, wall)
 
     def release(self, abort: bool, settled: bool) -> None:
-        pass  # the pool is the caller's
+        # The pool is the caller's; the record of what was placed goes, with
+        # its hold on the shared memory (the tasks in flight hold their own).
+        self._once = contextlib.nullcontext
 
     def runs_here(self) -> bool:
         return False  # every chunk goes to the pool

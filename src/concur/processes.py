@@ -330,8 +330,9 @@ class ProcessPool(_pool.PoolBase):
     def prepare_fn(self, fn: Callable[..., Any]) -> bytes | None:
         return _task.serialize_callable(fn)
 
-    def _placing(self) -> contextlib.AbstractContextManager[None]:
-        return _shm.placing()
+    def copies_once(self) -> Callable[[], contextlib.AbstractContextManager[None]]:
+        placement = _shm.Placement()
+        return lambda: _shm.placing(placement)
 
     def submit_chunk(
         self,

@@ -3,6 +3,7 @@ probes the work, runs each chunk where the judge decided, and re-decides."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -97,6 +98,7 @@ class AutoPlacement:
         self._options = options or TaskOptions()
         self.pools: Pools = pools or RunPools()
         self._fn_blob: bytes | None = None
+        self._once: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
         self._watchdog = Watchdog()
         self.ramp: Ramp | None = None  # threads for work that waits on the outside world
         self.judge = Judge(workers, chunksize, forced_backend or environment_override("this run"))
@@ -161,7 +163,10 @@ class AutoPlacement:
             processes = self.pools.processes(self.process_workers())
             if self._fn_blob is None:
                 self._fn_blob = processes.prepare_fn(self.fn)  # raises: it cannot travel
-            future = processes.submit_chunk(self.fn, items, self._fn_blob, options)
+                if stream.cursor.held_whole:
+                    self._once = processes.copies_once()
+            with self._once():
+                future = processes.submit_chunk(self.fn, items, self._fn_blob, options)
         return future, len(chunk), d.backend
 
     def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
@@ -204,6 +209,8 @@ class AutoPlacement:
         return d is None or d.backend == "inline"  # the probe, or inline chunks
 
     def release(self, abort: bool, settled: bool) -> None:
-        """The run ended: its pools are parked warm, or stopped (see ``warm``)."""
+        """The run ended: its pools are parked warm, or stopped (see ``warm``),
+        and the record of what went to shared memory goes."""
+        self._once = contextlib.nullcontext
         self.pools.release(abort, settled)
         self._watchdog.stop(wait=not settled)
