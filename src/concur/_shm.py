@@ -266,6 +266,70 @@ class Outgoing:
             self.placement.remember(owner, segment, offset, length)
 
 
+# Large bytes-like objects: pickle keeps exact ``bytes`` and ``bytearray``
+# in the pickle (no hook sees them), and refuses ``memoryview``. ``lift``
+# wraps each large one it finds near the top of a message in ``_Lifted``,
+# which pickles as a buffer (so out of band) and is rebuilt, by a copy out
+# of the shared memory, as ``bytes`` (``bytearray`` for a bytearray).
+_LIFT_DEPTH = 4  # a chunk's message: (fn, [(arg, ...), ...]) holds an argument three down
+_LIFT_BUDGET = 4096  # elements looked at, at most: many small items are not walked through
+
+
+class _Lifted:
+    __slots__ = ("data", "kind")
+
+    def __init__(self, data: Any, kind: type) -> None:
+        self.data = data
+        self.kind = kind
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (self.kind, (pickle.PickleBuffer(self.data),))
+
+
+class _TooMany(Exception):
+    pass
+
+
+def lift(obj: Any) -> Any:
+    """``obj`` with every large ``bytes``, ``bytearray`` or contiguous
+    ``memoryview`` in it (itself, or inside tuples, lists and dicts a few
+    levels down) made to travel out of band; ``obj`` itself when there is
+    none. Containers rebuilt keep the sharing they had within the message."""
+    try:
+        return _lift(obj, _LIFT_DEPTH, [_LIFT_BUDGET], {})
+    except _TooMany:
+        return obj
+
+
+def _lift(obj: Any, depth: int, budget: list[int], memo: dict[int, Any]) -> Any:
+    kind = type(obj)
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        if kind is memoryview and not obj.c_contiguous:
+            return obj
+        if (obj.nbytes if kind is memoryview else len(obj)) < THRESHOLD:
+            return obj
+        if id(obj) not in memo:
+            memo[id(obj)] = _Lifted(obj, bytearray if kind is bytearray else bytes)
+        return memo[id(obj)]
+    if depth == 0 or not (kind is tuple or kind is list or kind is dict) or not obj:
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    budget[0] -= len(obj)
+    if budget[0] < 0:
+        raise _TooMany
+    values = obj.values() if kind is dict else obj
+    lifted = [_lift(value, depth - 1, budget, memo) for value in values]
+    if all(new is old for new, old in zip(lifted, values, strict=True)):
+        result = obj
+    elif kind is dict:
+        result = dict(zip(obj.keys(), lifted, strict=True))
+    else:
+        result = kind(lifted)
+    memo[id(obj)] = result
+    return result
+
+
 class OutOfBand(Exception):
     """Raised by ``PROBE``: this message needs an ``Outgoing``."""
 

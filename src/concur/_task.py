@@ -125,9 +125,16 @@ def pack(obj: object) -> tuple[bytes, bool, Sequence[Any]]:
     if not _shm.ENABLED:
         return dumps(obj), False, ()
     try:
-        return dumps(obj, _shm.PROBE), False, ()
+        data = dumps(obj, _shm.PROBE)
     except _shm.OutOfBand:
-        pass
+        obj = _shm.lift(obj)
+    else:
+        if len(data) < _shm.THRESHOLD:
+            return data, False, ()
+        lifted = _shm.lift(obj)  # large bytes, which pickle keeps in band
+        if lifted is obj:
+            return data, False, ()
+        obj = lifted
     out = _shm.Outgoing()
     data = dumps(obj, out)
     if not out.places:

@@ -58,7 +58,7 @@ def _shared_bytes(obj: Any) -> int:
     that would go through shared memory (written nowhere here)."""
     out = _shm.Outgoing()
     out.placement = None
-    _task.dumps(obj, out)
+    _task.dumps(_shm.lift(obj), out)
     return sum(raw.nbytes for _, raw in out.new)
 
 
