@@ -72,7 +72,11 @@ class RunningFuture(Future[Any]):
             with _sigmask.Held() as held:
                 held.hold()  # inside the with: whatever lands from here finds the mask restored
                 self._wait_held(held, timeout)
-                return super().result(0)
+                if self._state != FINISHED:
+                    return super().result(0)  # cancelled, or the time is up
+            if self._exception is not None:
+                raise self._exception
+            return self._result
         finally:
             self = None  # type: ignore[assignment]  # no cycle through the exception's traceback
 
@@ -100,15 +104,16 @@ class RunningFuture(Future[Any]):
         between slices (and in the reader's poll)."""
         left = self._read_here(timeout, held)
         deadline = None if left is None else time.monotonic() + left
-        while not self.done():
+        while True:
             wait = SLICE_S if deadline is None else min(SLICE_S, deadline - time.monotonic())
-            if wait <= 0:
+            with self._condition:
+                if self._state in (CANCELLED_AND_NOTIFIED, FINISHED) or wait <= 0:
+                    return
+                self._condition.wait(wait)
+            if self._state in (CANCELLED_AND_NOTIFIED, FINISHED):
                 return
             held.let_in()  # a signal that came meanwhile lands here, where no lock is held
             held.hold()
-            with self._condition:
-                if not self.done():
-                    self._condition.wait(wait)
 
     def _invoke_callbacks(self) -> None:
         self._stop = None
