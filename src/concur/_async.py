@@ -36,6 +36,7 @@ except ImportError as error:  # tests/test_async.py hides anyio to check this
     raise ImportError("concur's async functions need anyio: pip install 'concur[async]'") from error
 
 if TYPE_CHECKING:
+    from ._progress import Bar
     from ._stream import Stream
     from .api import Backend
 
@@ -84,9 +85,10 @@ class AsyncResults(AsyncIterator[Any]):
     cancels what has not started, as leaving ``imap`` does; cancelling the
     task that iterates stops what runs too."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, bar: Bar | None = None) -> None:
         self._stream = stream
         self._waker: _Waker | None = None
+        self._bar = bar  # drawn from the first result asked for to the last
 
     @property
     def decision(self) -> Any:
@@ -100,6 +102,8 @@ class AsyncResults(AsyncIterator[Any]):
         stream = self._stream
         if self._waker is None:
             self._waker = _Waker()
+            if self._bar is not None:
+                self._bar.start()
         try:
             while True:
                 if stream.placement.runs_here():
@@ -115,9 +119,20 @@ class AsyncResults(AsyncIterator[Any]):
             await self._close(abort=True)
             raise
         try:
-            return next(stream)  # ready: this does not wait
+            value = next(stream)  # ready: this does not wait
         except StopIteration:
+            self._end_bar()
             raise StopAsyncIteration from None
+        except BaseException:  # a failed item: the stream has closed itself
+            self._end_bar()
+            raise
+        if self._bar is not None:
+            self._bar.advance()
+        return value
+
+    def _end_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
     async def aclose(self) -> None:
         """Stop: cancel what has not started; what runs finishes."""
@@ -127,6 +142,7 @@ class AsyncResults(AsyncIterator[Any]):
         # Closing may stop or park the run's pools, which joins their
         # threads and processes: a worker thread waits for that, not the loop.
         # Shielded: a cancelled task still finishes closing.
+        self._end_bar()
         close = functools.partial(self._stream.close, abort=abort)
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(close)
@@ -215,6 +231,7 @@ def amap(
     ordered: bool = True,
     return_exceptions: bool = False,
     timeout: float | None = None,
+    progress: bool = False,
 ) -> AsyncResults:
     """``async for result in concur.amap(fn, items)``: ``concur.imap``'s async twin.
 
@@ -222,10 +239,12 @@ def amap(
     flight, so an endless iterable is fine. ``ordered=False`` yields results
     as they finish; ``return_exceptions=True`` yields a failed item's
     exception instead of raising it. ``timeout`` is each item's time limit
-    (a process past it is killed: ``TaskTimeout``). ``backend="dask"`` runs
-    on a ``DaskPool`` started for the iteration.
+    (a process past it is killed: ``TaskTimeout``). ``progress=True`` draws
+    ``concur.imap``'s bar.
     """
     from ._pool import TaskOptions, check_timeout
+    from ._progress import Bar
+    from ._stream import length_hint
     from .api import check_backend
     from .auto import AutoMap
 
@@ -239,7 +258,7 @@ def amap(
         forced_backend=forced,
         options=TaskOptions(check_timeout(timeout)),
     )
-    return AsyncResults(stream)
+    return AsyncResults(stream, Bar(length_hint(iterables), stream.where) if progress else None)
 
 
 def _refuse_dask(backend: str) -> str:

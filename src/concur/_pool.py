@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _task
 from ._exit import dying_of_interrupt, exiting, ignoring_ctrl_c
-from ._stream import PoolPlacement, Stream, cancel_all
+from ._progress import Bar, Shown
+from ._stream import PoolPlacement, Stream, cancel_all, length_hint
 from .errors import PoolClosed, PoolInherited
 
 if TYPE_CHECKING:
@@ -131,8 +132,94 @@ class ChunkSizer:
         return max(1, min(size, _MAX_CHUNK))
 
 
-class PoolBase(Executor):
-    """Executor with per-task options, chunked ``map`` and streaming ``imap``.
+class Front:
+    """``map``, ``imap``, ``arun`` and ``amap`` with a pool's task options:
+    its own (``PoolBase``) or others (``PoolView``, from ``options``)."""
+
+    def _target(self) -> tuple[PoolBase, TaskOptions]:
+        """The pool that runs the work, and the task options it runs it with."""
+        raise NotImplementedError
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: ChunkSize = "auto",
+        progress: bool = False,
+    ) -> Iterator[R]:
+        """Like ``Executor.map``: every item is submitted now, results come in order.
+
+        ``chunksize="auto"`` (the default) sends about four chunks per worker;
+        an int sends chunks of that size. The first failed item raises at its
+        position, after every result before it was yielded. ``timeout`` counts
+        from this call and raises ``TimeoutError`` when a result is late.
+        ``progress=True`` draws a bar as results are taken, as ``concur.map``
+        does: on a terminal or in a notebook, nowhere else.
+        """
+        pool, options = self._target()
+        return pool._map(options, fn, iterables, timeout, chunksize, progress)
+
+    def imap(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: ChunkSize = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[R]:
+        """Stream ``fn(*args)`` over the zipped iterables, lazily.
+
+        Input is read only as results are consumed, with at most
+        ``max_inflight`` chunks (default ``2 × max_workers``) submitted and
+        not yet yielded, so an endless iterator is fine. ``ordered=False``
+        yields results as they finish. With ``return_exceptions=True`` a
+        failed item yields its exception instead of raising it.
+        ``progress=True`` draws a bar as ``map``'s: done of the total when
+        every iterable has a ``len()``, a count when one does not.
+        """
+        pool, options = self._target()
+        results = pool._imap(
+            options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
+        return _shown(pool, results, length_hint(iterables)) if progress else results
+
+    async def arun(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """``await pool.arun(fn, *args)``: ``submit(...).result()`` without
+        blocking the event loop (asyncio or trio; docs/async.md). Cancelling
+        the awaiting task stops the call where the pool can (a process
+        worker is killed); a thread runs on and its result is dropped."""
+        pool, options = self._target()
+        return await pool._arun(options, fn, args, kwargs)
+
+    def amap(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: ChunkSize = "auto",
+        return_exceptions: bool = False,
+        max_inflight: int | None = None,
+        progress: bool = False,
+    ) -> AsyncResults:
+        """``async for result in pool.amap(fn, items)``: ``imap`` on an event loop,
+        with the same options (``progress`` too); cancelling the iterating
+        task stops the chunks in flight (see ``arun``)."""
+        from ._async import AsyncResults
+
+        pool, options = self._target()
+        stream = pool._imap(
+            options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
+        )
+        assert isinstance(stream, Stream)
+        return AsyncResults(stream, Bar(length_hint(iterables), _label(pool)) if progress else None)
+
+
+class PoolBase(Front, Executor):
+    """Executor with per-task options, chunked ``map`` and streaming ``imap``
+    (``Front`` holds the public ``map``, ``imap``, ``arun`` and ``amap``).
 
     The streaming engine (``_stream``, ``auto``) places work on a pool with
     three methods: ``prepare_fn(fn)`` (the function's bytes for a process
@@ -244,23 +331,10 @@ class PoolBase(Executor):
         limit go one by one, so each gets its own."""
         return options.timeout is None
 
-    # -- map ---------------------------------------------------------------
+    # -- behind Front's map, imap, arun and amap ------------------------------
 
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: ChunkSize = "auto",
-    ) -> Iterator[R]:
-        """Like ``Executor.map``: every item is submitted now, results come in order.
-
-        ``chunksize="auto"`` (the default) sends about four chunks per worker;
-        an int sends chunks of that size. The first failed item raises at its
-        position, after every result before it was yielded. ``timeout`` counts
-        from this call and raises ``TimeoutError`` when a result is late.
-        """
-        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+    def _target(self) -> tuple[PoolBase, TaskOptions]:
+        return self, self._defaults
 
     def _map(
         self,
@@ -269,6 +343,7 @@ class PoolBase(Executor):
         iterables: tuple[Iterable[Any], ...],
         timeout: float | None,
         chunksize: ChunkSize,
+        progress: bool = False,
     ) -> Iterator[R]:
         timeout = check_timeout(timeout)
         end_time = None if timeout is None else time.monotonic() + timeout
@@ -288,14 +363,8 @@ class PoolBase(Executor):
                 chunk = items[start : start + size]
                 future = self.submit_chunk(fn, chunk, fn_blob, options.for_chunk(len(chunk)))
                 futures.append((future, start))
-        return _map_results(futures, end_time)
-
-    async def arun(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        """``await pool.arun(fn, *args)``: ``submit(...).result()`` without
-        blocking the event loop (asyncio or trio; docs/async.md). Cancelling
-        the awaiting task stops the call where the pool can (a process
-        worker is killed); a thread runs on and its result is dropped."""
-        return await self._arun(self._defaults, fn, args, kwargs)
+        results = _map_results(futures, end_time)
+        return _shown(self, results, len(items)) if progress else results
 
     async def _arun(
         self,
@@ -307,63 +376,6 @@ class PoolBase(Executor):
         from ._async import outcome
 
         return await outcome(self._submit_with(options, fn, args, kwargs))
-
-    def amap(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        chunksize: ChunkSize = "auto",
-        return_exceptions: bool = False,
-        max_inflight: int | None = None,
-    ) -> AsyncResults:
-        """``async for result in pool.amap(fn, items)``: ``imap`` on an event loop,
-        with the same options; cancelling the iterating task stops the chunks
-        in flight (see ``arun``)."""
-        return self._amap(
-            self._defaults, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
-        )
-
-    def _amap(
-        self,
-        options: TaskOptions,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool,
-        chunksize: ChunkSize,
-        return_exceptions: bool,
-        max_inflight: int | None,
-    ) -> AsyncResults:
-        from ._async import AsyncResults
-
-        stream = self._imap(
-            options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
-        )
-        assert isinstance(stream, Stream)
-        return AsyncResults(stream)
-
-    # -- imap --------------------------------------------------------------
-
-    def imap(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        chunksize: ChunkSize = "auto",
-        return_exceptions: bool = False,
-        max_inflight: int | None = None,
-    ) -> Iterator[R]:
-        """Stream ``fn(*args)`` over the zipped iterables, lazily.
-
-        Input is read only as results are consumed, with at most
-        ``max_inflight`` chunks (default ``2 × max_workers``) submitted and
-        not yet yielded, so an endless iterator is fine. ``ordered=False``
-        yields results as they finish. With ``return_exceptions=True`` a
-        failed item yields its exception instead of raising it.
-        """
-        return self._imap(
-            self._defaults, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
-        )
 
     def _imap(
         self,
@@ -385,53 +397,30 @@ class PoolBase(Executor):
         return Stream(iterables, placement, ordered=ordered, return_exceptions=return_exceptions)
 
 
-class PoolView:
+class PoolView(Front):
     """A pool seen with other per-task options (see ``PoolBase.options``)."""
 
     def __init__(self, pool: PoolBase, options: TaskOptions) -> None:
         self.pool = pool
         self.task_options = options
 
+    def _target(self) -> tuple[PoolBase, TaskOptions]:
+        return self.pool, self.task_options
+
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         return self.pool._submit_with(self.task_options, fn, args, kwargs)
 
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: ChunkSize = "auto",
-    ) -> Iterator[R]:
-        return self.pool._map(self.task_options, fn, iterables, timeout, chunksize)
 
-    def imap(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        chunksize: ChunkSize = "auto",
-        return_exceptions: bool = False,
-        max_inflight: int | None = None,
-    ) -> Iterator[R]:
-        return self.pool._imap(
-            self.task_options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
-        )
+def _label(pool: PoolBase) -> Callable[[], str]:
+    """What a pool's progress bar says runs the work: its kind and size."""
+    where = f"{pool._kind} × {pool._max_workers}"
+    return lambda: where
 
-    async def arun(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        return await self.pool._arun(self.task_options, fn, args, kwargs)
 
-    def amap(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        chunksize: ChunkSize = "auto",
-        return_exceptions: bool = False,
-        max_inflight: int | None = None,
-    ) -> AsyncResults:
-        return self.pool._amap(
-            self.task_options, fn, iterables, ordered, chunksize, return_exceptions, max_inflight
-        )
+def _shown(pool: PoolBase, results: Iterator[R], total: int | None) -> Iterator[R]:
+    """``results`` with a bar drawn as they come (``_progress``: on a terminal
+    or in a notebook)."""
+    return Shown(results, total, _label(pool))
 
 
 def _chunk_result(future: Future[ChunkResult], end_time: float | None) -> ChunkResult:

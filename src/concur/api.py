@@ -103,14 +103,6 @@ def _stream(
     )
 
 
-def _label(stream: AutoMap) -> Callable[[], str]:
-    def label() -> str:
-        d = stream.decision
-        return "measuring" if d is None else f"{d.backend} × {d.workers}"
-
-    return label
-
-
 def map(
     fn: Callable[..., R],
     *iterables: Iterable[Any],
@@ -131,7 +123,7 @@ def map(
     stream = _stream(fn, iterables, backend, workers, timeout=timeout)
     try:
         if progress:
-            results = Results(track(stream, length_hint(iterables), _label(stream)))
+            results = Results(track(stream, length_hint(iterables), stream.where))
         else:
             results = Results()
             stream.to_list(results)
@@ -189,7 +181,7 @@ def imap(
     stream = _stream(fn, iterables, backend, workers, ordered, return_exceptions)
     results: Iterator[Any] = stream
     if progress:
-        results = track(stream, length_hint(iterables), _label(stream))
+        results = track(stream, length_hint(iterables), stream.where)
     return _Imap(stream, results)
 
 

@@ -77,6 +77,12 @@ class AutoMap(Stream):
     def decisions(self) -> list[Decision]:
         return self.placement.judge.decisions
 
+    def where(self) -> str:
+        """Where the work runs, as a progress bar labels it: "measuring"
+        until the first decision, then the backend and its workers."""
+        d = self.decision
+        return "measuring" if d is None else f"{d.backend} × {d.workers}"
+
 
 class AutoPlacement:
     """Where auto runs each chunk: the probe first, then what the judge

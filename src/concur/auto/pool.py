@@ -15,6 +15,8 @@ from .. import _future, _task
 from .. import _pool as _pool_base
 from .._pool import ChunkResult, TaskOptions
 from .._proc import cpu_count
+from .._progress import Bar, Shown
+from .._stream import length_hint
 from ..threads import ThreadPool
 from .engine import AutoMap
 from .probe import transfer_cost, value_of
@@ -199,9 +201,11 @@ class AutoPool(_pool_base.PoolBase):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: Any = "auto",
+        progress: bool = False,
     ) -> Iterator[Any]:
         """Decide for this run by measuring it, as ``concur.map`` does, on at
-        most ``max_workers`` workers, in chunks of ``chunksize`` if it is given."""
+        most ``max_workers`` workers, in chunks of ``chunksize`` if it is given;
+        ``progress=True`` draws ``concur.map``'s bar."""
         timeout = _pool_base.check_timeout(timeout)
         stream = AutoMap(
             fn,
@@ -212,7 +216,7 @@ class AutoPool(_pool_base.PoolBase):
             chunksize=_fixed_chunksize(chunksize),
             pools=_OwnPools(self),
         )
-        return _TrackedMap(stream, self)
+        return _tracked(stream, self, iterables, progress)
 
     def imap(
         self,
@@ -222,6 +226,7 @@ class AutoPool(_pool_base.PoolBase):
         chunksize: Any = "auto",
         return_exceptions: bool = False,
         max_inflight: int | None = None,
+        progress: bool = False,
     ) -> Iterator[Any]:
         if max_inflight is not None and (not isinstance(max_inflight, int) or max_inflight < 1):
             raise ValueError(f"max_inflight must be an int >= 1, not {max_inflight!r}")
@@ -236,7 +241,7 @@ class AutoPool(_pool_base.PoolBase):
             max_inflight=max_inflight,
             pools=_OwnPools(self),
         )
-        return _TrackedMap(stream, self)
+        return _tracked(stream, self, iterables, progress)
 
     def amap(
         self,
@@ -246,6 +251,7 @@ class AutoPool(_pool_base.PoolBase):
         chunksize: Any = "auto",
         return_exceptions: bool = False,
         max_inflight: int | None = None,
+        progress: bool = False,
     ) -> AsyncResults:
         """``imap``'s run (measured, decided, re-decided) driven by an event loop."""
         from .._async import AsyncResults
@@ -259,7 +265,9 @@ class AutoPool(_pool_base.PoolBase):
             max_inflight=max_inflight,
         )
         assert isinstance(tracked, _TrackedMap)
-        return AsyncResults(tracked.stream)
+        stream = tracked.stream
+        bar = Bar(length_hint(iterables), stream.where) if progress else None
+        return AsyncResults(stream, bar)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._threads.shutdown(wait, cancel_futures=cancel_futures)
@@ -295,6 +303,14 @@ class _OwnPools:
 
     def release(self, abort: bool, settled: bool) -> None:
         pass
+
+
+def _tracked(
+    stream: AutoMap, pool: AutoPool, iterables: tuple[Iterable[Any], ...], progress: bool
+) -> Iterator[Any]:
+    """An AutoPool run, with ``concur.map``'s bar when ``progress`` is set."""
+    tracked = _TrackedMap(stream, pool)
+    return Shown(tracked, length_hint(iterables), stream.where) if progress else tracked
 
 
 class _TrackedMap(Iterator[Any]):
