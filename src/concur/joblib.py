@@ -346,13 +346,14 @@ class ConcurBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Kill the workers (running calls are not wanted any more); with
         ``ensure_ready``, a fresh pool for the next call of this Parallel."""
-        lease, self._lease = self._lease, None
+        lease = self._lease
         if lease is None:
             return
+        # The new pool is in place first: a batch a callback thread was
+        # dispatching as the call failed lands there, not on a closed pool.
+        workers, options = lease.key
+        self._lease = _Lease(lease.key, ProcessPool(workers, **options)) if ensure_ready else None
         lease.pool.abort()
-        if ensure_ready:
-            workers, options = lease.key
-            self._lease = _Lease(lease.key, ProcessPool(workers, **options))
 
     def _let_go(self) -> None:
         """Park the pool for the next call when it is idle; stop it otherwise."""
