@@ -21,8 +21,9 @@ Between calls the pool stays warm: a call that ends cleanly parks it for
 ``CONCUR_KEEP_WARM`` seconds (default 10, 0 for none), and the next call
 that asks for the same pool (workers and options) takes it over, so
 scikit-learn's many short ``Parallel`` calls pay for starting workers (and
-their imports) once. One idle pool is kept at most; ``release_warm()``
-stops it now. A call that fails or is cut short kills its workers, as
+their imports) once. It is kept on the shelf ``concur.map`` parks its
+pools on (``auto.warm``), one joblib pool at most; ``release_warm()``, here
+or in ``concur.auto``, stops them now. A call that fails or is cut short kills its workers, as
 joblib's ``abort_everything`` asks. Nested ``Parallel`` calls inside a
 worker use joblib's defaults (threads, then sequential).
 
@@ -32,7 +33,6 @@ See docs/joblib.md.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -53,9 +53,9 @@ except ImportError as error:  # tests/test_joblib.py hides joblib to check this
         "concur.joblib needs joblib 1.3 or later: pip install 'concur[joblib]'"
     ) from error
 
-from . import _sigmask, _task
+from . import _task
 from ._proc import cpu_count
-from .auto.warm import keep_warm_s
+from .auto import warm
 from .processes import ProcessPool
 
 __all__ = ["NAME", "ConcurBackend", "release_warm"]
@@ -108,95 +108,15 @@ def pool_options(given: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in given.items() if name in POOL_OPTIONS}
 
 
-def _same(a: object, b: object) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:  # e.g. arrays among initargs: compare as different
-        return False
-
-
-class _Timer(threading.Timer):
-    """A timer thread that takes no signal (see ``_sigmask``)."""
-
-    def run(self) -> None:
-        _sigmask.hold_in_this_thread()
-        super().run()
-
-
 Key = tuple[int, dict[str, Any]]
-
-
-class _Warm:
-    """At most one idle pool, kept for the next call that asks for the same one."""
-
-    def __init__(self) -> None:
-        self.forget()
-
-    def forget(self) -> None:
-        self._lock = threading.Lock()
-        self._entry: tuple[Key, ProcessPool, threading.Timer] | None = None
-        self._pid = os.getpid()
-
-    def lease(self, key: Key) -> ProcessPool | None:
-        with self._lock:
-            entry = self._entry
-            if entry is None or not _same(entry[0], key):
-                return None
-            self._entry = None
-        _, pool, timer = entry
-        timer.cancel()
-        if pool.accepting():
-            return pool
-        _stop(pool)
-        return None
-
-    def park(self, key: Key, pool: ProcessPool) -> None:
-        idle = keep_warm_s()
-        if idle <= 0 or os.getpid() != self._pid or not pool.accepting():
-            _stop(pool)
-            return
-        timer = _Timer(idle, self._expire, (pool,))
-        timer.name = "concur-joblib-warm-timer"
-        timer.daemon = True
-        with self._lock:
-            old, self._entry = self._entry, (key, pool, timer)
-            timer.start()
-        if old is not None:
-            old[2].cancel()
-            _stop(old[1])
-
-    def _expire(self, pool: ProcessPool) -> None:
-        with self._lock:
-            if self._entry is None or self._entry[1] is not pool:
-                return  # taken over or replaced meanwhile
-            self._entry = None
-        _stop(pool)
-
-    def clear(self) -> None:
-        with self._lock:
-            entry, self._entry = self._entry, None
-        if entry is None:
-            return
-        _, pool, timer = entry
-        timer.cancel()
-        _stop(pool)
-        if timer is not threading.current_thread():
-            timer.join()
-
-
-def _stop(pool: ProcessPool) -> None:
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-_warm = _Warm()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_warm.forget)  # the parked pool is the parent's
+_KIND = "joblib"  # its place on concur's shelf of warm pools (``auto.warm``)
 
 
 def release_warm() -> None:
-    """Stop the pool kept warm between joblib calls, now (tests, a quiet
-    phase, before a fork). A call in progress keeps its own."""
-    _warm.clear()
+    """Stop the pools kept warm between calls, the joblib backend's and
+    ``concur.map``'s, now (tests, a quiet phase, before a fork). A call in
+    progress keeps its own."""
+    warm.release_warm()
 
 
 class _Batch:
@@ -298,10 +218,12 @@ class ConcurBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         key: Key = (workers, {**self._options, **pool_options(options)})
         self.parallel = parallel
         lease = self._lease
-        if lease is not None and not (_same(lease.key, key) and lease.pool.accepting()):
+        if lease is not None and not (warm.same_key(lease.key, key) and lease.pool.accepting()):
             self._let_go()
         if self._lease is None:
-            self._lease = _Lease(key, _warm.lease(key) or ProcessPool(workers, **key[1]))
+            parked = warm.shelf.lease(_KIND, key)
+            assert parked is None or isinstance(parked, ProcessPool)
+            self._lease = _Lease(key, parked or ProcessPool(workers, **key[1]))
         return workers
 
     def compute_batch_size(self) -> int:
@@ -361,7 +283,8 @@ class ConcurBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if lease is None:
             return
         if lease.idle():
-            _warm.park(lease.key, lease.pool)
+            if not warm.shelf.park(_KIND, lease.key, lease.pool):
+                lease.pool.shutdown(wait=True, cancel_futures=True)
         else:
             lease.pool.abort()
 

@@ -5,8 +5,9 @@ pool and its process pool on the shelf instead of stopping them; the next
 run that needs a pool of that kind and size leases it, so repeated calls
 pay no start-up. A parked pool stops after ``CONCUR_KEEP_WARM`` seconds
 idle (default ``KEEP_WARM_S``; 0 turns parking off), at interpreter exit
-(the pools' own exit hooks), or on ``release_warm()``. One thread pool and
-one process pool are kept at most: a second one parked stops the first.
+(the pools' own exit hooks), or on ``release_warm()``. One pool of each
+kind is kept at most (a thread pool, a process pool, the joblib backend's
+pool): a second one parked stops the first.
 
 A run that fails or is interrupted stops its pools as before: their workers
 may still run its chunks, and a later run must not inherit them. A child
@@ -70,67 +71,80 @@ class _Timer(threading.Timer):
         super().run()
 
 
-class _Shelf:
-    """Idle pools by (kind, workers), each with the timer that stops it."""
+def same_key(a: object, b: object) -> bool:
+    """Whether two shelf keys are equal; one that cannot be compared (arrays
+    among a pool's options) is taken as different."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class Shelf:
+    """Idle pools, at most one per kind, each with its key (what a lease must
+    ask for: a worker count, or that and a pool's options) and the timer
+    that stops it."""
 
     def __init__(self) -> None:
-        self._forget()
+        self.forget()
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         self._lock = threading.Lock()
-        self._parked: dict[tuple[str, int], tuple[PoolBase, threading.Timer]] = {}
+        self._parked: dict[str, tuple[object, PoolBase, threading.Timer]] = {}
         self._pid = os.getpid()
 
-    def has(self, kind: str, workers: int) -> bool:
+    def has(self, kind: str, key: object) -> bool:
         with self._lock:
-            return (kind, workers) in self._parked
+            entry = self._parked.get(kind)
+            return entry is not None and same_key(entry[0], key)
 
-    def lease(self, kind: str, workers: int) -> PoolBase | None:
+    def lease(self, kind: str, key: object) -> PoolBase | None:
         with self._lock:
-            entry = self._parked.pop((kind, workers), None)
-        if entry is None:
-            return None
-        pool, timer = entry
+            entry = self._parked.get(kind)
+            if entry is None or not same_key(entry[0], key):
+                return None
+            del self._parked[kind]
+        _, pool, timer = entry
         timer.cancel()
         if pool.accepting():
             return pool
         _stop(pool)
         return None
 
-    def park(self, kind: str, workers: int, pool: PoolBase) -> bool:
-        """Keep an idle pool for the next run; False when parking is off."""
+    def park(self, kind: str, key: object, pool: PoolBase) -> bool:
+        """Keep an idle pool for the next run; False when parking is off.
+        One of the same kind parked before is stopped."""
         idle = keep_warm_s()
         if idle <= 0 or os.getpid() != self._pid or not pool.accepting():
             return False
-        timer = _Timer(idle, self._expire, ((kind, workers), pool))
+        timer = _Timer(idle, self._expire, (kind, pool))
         timer.name = f"concur-warm-{kind}-timer"
         timer.daemon = True
         with self._lock:
-            evicted = [key for key in self._parked if key[0] == kind]
-            old = [self._parked.pop(key) for key in evicted]
-            self._parked[(kind, workers)] = (pool, timer)
+            old = self._parked.pop(kind, None)
+            self._parked[kind] = (key, pool, timer)
             timer.start()
-        for other, other_timer in old:
-            other_timer.cancel()
-            _stop(other)
+        if old is not None:
+            old[2].cancel()
+            _stop(old[1])
         return True
 
-    def _expire(self, key: tuple[str, int], pool: PoolBase) -> None:
+    def _expire(self, kind: str, pool: PoolBase) -> None:
         with self._lock:
-            entry = self._parked.get(key)
-            if entry is None or entry[0] is not pool:
+            entry = self._parked.get(kind)
+            if entry is None or entry[1] is not pool:
                 return  # leased or replaced meanwhile
-            del self._parked[key]
+            del self._parked[kind]
         _stop(pool)
 
     def clear(self) -> None:
         with self._lock:
             entries = list(self._parked.values())
             self._parked.clear()
-        for pool, timer in entries:
+        for _, pool, timer in entries:
             timer.cancel()
             _stop(pool)
-        for _, timer in entries:
+        for _, _, timer in entries:
             if timer is not threading.current_thread():
                 timer.join()
 
@@ -139,18 +153,19 @@ def _stop(pool: PoolBase) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-_shelf = _Shelf()
+shelf = Shelf()  # concur.map's pools, and the joblib backend's ("joblib")
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_shelf._forget)
+    os.register_at_fork(after_in_child=shelf.forget)
 
 
 def release_warm() -> None:
-    """Stop every pool kept warm between ``concur.map`` calls, now.
+    """Stop every pool kept warm between calls (``concur.map``'s, and the
+    joblib backend's), now.
 
     For programs that are about to fork, that want no idle workers during a
     quiet phase, or tests that count processes. Runs in progress keep theirs.
     """
-    _shelf.clear()
+    shelf.clear()
 
 
 class RunPools:
@@ -164,7 +179,7 @@ class RunPools:
 
     def threads(self) -> ThreadPool:
         if self._threads is None:
-            leased = _shelf.lease("thread", THREAD_BOUND)
+            leased = shelf.lease("thread", THREAD_BOUND)
             assert leased is None or isinstance(leased, ThreadPool)
             self._threads = leased or ThreadPool(
                 THREAD_BOUND, thread_name_prefix="concur-auto-thread"
@@ -175,14 +190,14 @@ class RunPools:
         if self._processes is None:
             from ..processes import ProcessPool  # only now: inline runs need none of it
 
-            leased = _shelf.lease("process", workers)
+            leased = shelf.lease("process", workers)
             assert leased is None or isinstance(leased, ProcessPool)
             self._processes = leased or ProcessPool(workers)
             self._workers = workers
         return self._processes
 
     def warm(self, workers: int) -> bool:
-        return self._processes is not None or _shelf.has("process", workers)
+        return self._processes is not None or shelf.has("process", workers)
 
     def release(self, abort: bool, settled: bool) -> None:
         for pool in (self._threads, self._processes):
@@ -193,7 +208,7 @@ class RunPools:
             )
             if abort:
                 pool.abort()
-            elif not (settled and _shelf.park(kind, workers, pool)):
+            elif not (settled and shelf.park(kind, workers, pool)):
                 # Idle threads need no waiting for: told to exit, they are gone
                 # within a moment, and joining them would add a context switch
                 # each to every run. Processes are always waited for.
