@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import psutil
 import pytest
 
 import concur
+from docexamples import examples, printed
 
 pytestmark = pytest.mark.anyio
 
@@ -407,30 +407,12 @@ async def test_inline_blocks_the_loop_as_documented() -> None:
 
 # -- docs/async.md ---------------------------------------------------------------
 
-DOCS = Path(__file__).parent.parent / "docs" / "async.md"
-
-
-def doc_examples() -> list[tuple[str, str]]:
-    """Each python block of docs/async.md with the text block shown under it."""
-    blocks = re.findall(r"```(python|text)\n(.*?)```", DOCS.read_text(), re.S)
-    return [
-        (code, shown)
-        for (kind, code), (next_kind, shown) in itertools.pairwise(blocks)
-        if kind == "python" and next_kind == "text"
-    ]
-
 
 def test_docs_have_examples() -> None:
-    assert len(doc_examples()) == 3
+    assert len(examples("async.md")) == 3
 
 
 @pytest.mark.parametrize("index", range(3))
 def test_docs_example_prints_what_is_shown(index: int, tmp_path: Path) -> None:
-    code, shown = doc_examples()[index]
-    script = tmp_path / "example.py"
-    script.write_text(code)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == shown
+    code, shown = examples("async.md")[index]
+    assert printed(code, tmp_path, timeout=60) == shown

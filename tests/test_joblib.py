@@ -3,9 +3,7 @@ ProcessPool, with real worker processes."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -20,6 +18,7 @@ from joblib import Parallel, delayed, parallel_config
 
 import concur.joblib
 from concur import RemoteTraceback, TaskTimeout, WorkerCrashed
+from docexamples import examples, printed
 
 
 @pytest.fixture(autouse=True)
@@ -303,32 +302,14 @@ def test_scikit_learn_n_jobs_runs_on_concur() -> None:
 
 # -- docs/joblib.md ----------------------------------------------------------------
 
-DOCS = Path(__file__).parent.parent / "docs" / "joblib.md"
-
-
-def doc_examples() -> list[tuple[str, str]]:
-    """Each python block of docs/joblib.md with the text block shown under it."""
-    blocks = re.findall(r"```(python|text)\n(.*?)```", DOCS.read_text(), re.S)
-    return [
-        (code, shown)
-        for (kind, code), (next_kind, shown) in itertools.pairwise(blocks)
-        if kind == "python" and next_kind == "text"
-    ]
-
 
 def test_docs_have_examples() -> None:
-    assert len(doc_examples()) == 3
+    assert len(examples("joblib.md")) == 3
 
 
 @pytest.mark.parametrize("index", range(3))
 def test_docs_example_prints_what_is_shown(index: int, tmp_path: Path) -> None:
-    code, shown = doc_examples()[index]
+    code, shown = examples("joblib.md")[index]
     if "sklearn" in code:
         pytest.importorskip("sklearn", reason="scikit-learn is not installed")
-    script = tmp_path / "example.py"
-    script.write_text(code)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == shown
+    assert printed(code, tmp_path, timeout=120) == shown
