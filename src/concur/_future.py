@@ -1,18 +1,20 @@
 """The pools' futures: a cancel that stops a running task, and a wait that a
 signal handler cannot cut in two.
 
-Python runs signal handlers in the main thread, between any two bytecodes.
-``Future.result()`` waits inside ``threading.Condition``, whose Python code
-an exception from a handler (Ctrl-C, an alarm a program times calls out
-with) can interrupt half-way: the future's lock then stays held, and every
-thread that settles a future of the pool hangs on it, or it is released
-twice and ``RuntimeError: cannot release un-acquired lock`` replaces the
-caller's exception. So in the main thread a concur future waits with every
-catchable signal held back and lets them in between slices of at most
-``SLICE_S``, at a point where it holds no lock: a handler's exception lands
-there, and a signal waits a slice at most. A process pool's caller reads
-its worker's pipe meanwhile (``_replies``), and lets signals in for the
-whole of its poll, where the reply comes as soon as it is written.
+Python runs signal handlers in the main thread, between any two bytecodes,
+whichever thread the kernel gave the signal to. ``Future.result()`` waits
+inside ``threading.Condition``, whose Python code an exception from a
+handler (Ctrl-C, an alarm a program times calls out with) can interrupt
+half-way: the future's lock then stays held, and every thread that
+settles a future of the pool hangs on it, or it is released twice and
+``RuntimeError: cannot release un-acquired lock`` replaces the caller's
+exception. So in the main thread a concur future never takes its lock to
+wait: it waits on ``_gate``, a lock of its own that is released once, as
+the future is settled, and reads the outcome from the settled state. A
+handler's exception can then land only on either side of one C call that
+leaves nothing half done. A process pool's caller reads its worker's pipe
+first (``_replies``), with every catchable signal held back but in the
+poll, so that a reply is never torn.
 
 Other threads never run a Python signal handler and wait as any future
 does.
@@ -20,18 +22,20 @@ does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from typing import Any
 
 from . import _sigmask, _task
 
 FUTURES_LOG = logging.getLogger("concurrent.futures")
-SLICE_S = 0.05  # how long a signal can wait for a waiting main thread to let it in
+_DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
 # Given the time left and the main thread's Held (None in other threads),
 # reads the task's reply in this thread if it can; returns when it cannot.
@@ -61,19 +65,18 @@ class RunningFuture(Future[Any]):
     _stop: Callable[[], bool] | None = None
     _read: Reader | None = None
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = threading.Lock()  # released once, as the future is settled
+        self._gate.acquire()
+
     def result(self, timeout: float | None = None) -> Any:
         try:
-            if self._state == FINISHED:  # settled for good: no lock to take
-                if self._exception is not None:
-                    raise self._exception
-                return self._result
-            if threading.current_thread() is not threading.main_thread():
-                return super().result(self._read_here(timeout, None))
-            with _sigmask.Held() as held:
-                held.hold()  # inside the with: whatever lands from here finds the mask restored
-                self._wait_held(held, timeout)
-                if self._state != FINISHED:
-                    return super().result(0)  # cancelled, or the time is up
+            if self._state != FINISHED:
+                if threading.current_thread() is not threading.main_thread():
+                    return super().result(self._read_here(timeout, None))
+                self._wait_in_main(timeout)
+                self._raise_unless_finished()
             if self._exception is not None:
                 raise self._exception
             return self._result
@@ -81,14 +84,30 @@ class RunningFuture(Future[Any]):
             self = None  # type: ignore[assignment]  # no cycle through the exception's traceback
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == FINISHED:
-            return self._exception
-        if threading.current_thread() is not threading.main_thread():
-            return super().exception(self._read_here(timeout, None))
-        with _sigmask.Held() as held:
-            held.hold()
-            self._wait_held(held, timeout)
-            return super().exception(0)
+        if self._state != FINISHED:
+            if threading.current_thread() is not threading.main_thread():
+                return super().exception(self._read_here(timeout, None))
+            self._wait_in_main(timeout)
+            self._raise_unless_finished()
+        return self._exception
+
+    # The state is one attribute, read whole: no need for the lock, which a
+    # signal handler's exception could leave held (see above).
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def running(self) -> bool:
+        return self._state == RUNNING
+
+    def _raise_unless_finished(self) -> None:
+        state = self._state
+        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            raise CancelledError()
+        if state != FINISHED:
+            raise FuturesTimeout()
 
     def _read_here(self, timeout: float | None, held: _sigmask.Held | None) -> float | None:
         """Read the reply in this thread if the pool allows; the time left."""
@@ -99,25 +118,30 @@ class RunningFuture(Future[Any]):
         read(timeout, held)
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
-    def _wait_held(self, held: _sigmask.Held, timeout: float | None) -> None:
-        """Until the future is done or the time is up, signals held back but
-        between slices (and in the reader's poll)."""
-        left = self._read_here(timeout, held)
+    def _wait_in_main(self, timeout: float | None) -> None:
+        """Until the future is done or the time is up, in the main thread: the
+        reader's poll with every signal held back but there, then the gate,
+        never the future's lock."""
+        left = timeout
+        if self._read is not None:
+            with _sigmask.Held() as held:
+                held.hold()  # inside the with: whatever lands from here finds the mask restored
+                left = self._read_here(timeout, held)
         deadline = None if left is None else time.monotonic() + left
-        while True:
-            wait = SLICE_S if deadline is None else min(SLICE_S, deadline - time.monotonic())
-            with self._condition:
-                if self._state in (CANCELLED_AND_NOTIFIED, FINISHED) or wait <= 0:
-                    return
-                self._condition.wait(wait)
-            if self._state in (CANCELLED_AND_NOTIFIED, FINISHED):
+        while self._state not in _DONE:
+            if deadline is None:
+                self._gate.acquire()
+                continue
+            wait = deadline - time.monotonic()
+            if wait <= 0:
                 return
-            held.let_in()  # a signal that came meanwhile lands here, where no lock is held
-            held.hold()
+            self._gate.acquire(True, wait)
 
     def _invoke_callbacks(self) -> None:
         self._stop = None
         self._read = None
+        with contextlib.suppress(RuntimeError):  # released once: a second settle is refused
+            self._gate.release()
         if not self._done_callbacks:  # type: ignore[attr-defined]
             return
         with _sigmask.as_started():
