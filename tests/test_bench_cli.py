@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -182,3 +183,23 @@ def test_the_run_keeps_dasks_warnings_out_of_its_output():
     assert results[("startup", "dask")].samples  # it ran
     assert heard[1:] and all(not any(levels) for levels in heard[1:])
     assert {name: logging.getLogger(name).level for name in DASK_LOGGERS} == before
+
+
+def test_bench_stats_prints_what_each_concur_pool_did():
+    args = ["bench", "--scenario", "latency", "--repeat", "1", "--scale", "0.01"]
+    args += ["--backend", "concur-process", "--backend", "concur-thread"]
+    args += ["--backend", "ThreadPoolExecutor"]
+    result = CliRunner().invoke(cli, [*args, "--stats"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "pool stats latency · concur-process (the last pool of the last run)" in out
+    assert "pool stats latency · concur-thread (the last pool of the last run)" in out
+    assert "pool stats latency · ThreadPoolExecutor" not in out  # it has no stats()
+    # 50 warm-up calls and 30 timed ones, on the pool's one or two workers
+    assert re.search(r"process pool: [12] worker\(s\) started, 80 task\(s\) done", out), out
+    assert re.search(r"thread pool: [12] worker\(s\) started, 80 task\(s\) done", out), out
+    assert "shut down: exited with code 0" in out
+    assert "concur.bench.workloads.noop" in out  # the slowest tasks, by label
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 0, plain.output
+    assert "pool stats" not in plain.output

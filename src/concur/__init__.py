@@ -37,6 +37,9 @@ _WHERE = {
     "WorkerStateError": ".errors",
     "ProcessPool": ".processes",
     "WorkerInfo": ".ps",
+    "PoolStats": "._stats",
+    "TaskStat": "._stats",
+    "WorkerStats": "._stats",
     "Worker": "._spawn",
     "process": "._spawn",
     "spawn": "._spawn",
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     from ._pool import PoolView, TaskOptions
     from ._share import Shared, share
     from ._spawn import Worker, process, spawn, thread
+    from ._stats import PoolStats, TaskStat, WorkerStats
     from .api import Results, imap, map, run
     from .auto import AutoPool, Decision, Measurements, advise
     from .dask_pool import DaskPool
@@ -82,7 +86,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'concur' has no attribute {name!r}")
     import importlib
 
-    if where not in (".errors", ".ps"):
+    if where not in (".errors", ".ps", "._stats"):
         # What runs work imports much (multiprocessing, cloudpickle): put the
         # Ctrl-C-at-exit handling in place first, so a press during those
         # imports prints one traceback (see _exit).
@@ -117,6 +121,7 @@ __all__ = (
     "PoolBroken",
     "PoolClosed",
     "PoolInherited",
+    "PoolStats",
     "PoolView",
     "ProcessPool",
     "ProcessPoolBroken",
@@ -126,6 +131,7 @@ __all__ = (
     "SerializationError",
     "Shared",
     "TaskOptions",
+    "TaskStat",
     "TaskTimeout",
     "ThreadNotKillable",
     "ThreadPool",
@@ -135,6 +141,7 @@ __all__ = (
     "WorkerCrashed",
     "WorkerInfo",
     "WorkerStateError",
+    "WorkerStats",
     "__version__",
     "advise",
     "amap",

@@ -143,6 +143,7 @@ def take(state: PoolState, worker: WorkerProcess, data: bytes) -> Settle | None:
     if kind == _task.DONE:
         return _done(state, worker, task_id, flags, body, (wall, cpu))
     if kind == _task.READY:
+        state.stats.ready(worker.record)
         task = state.worker_ready(worker)
         if task is not None:
             send(worker, task)
@@ -178,6 +179,7 @@ def _done(
         if flags & _task.SHARED:
             _send_bytes(worker, RELEASE_MESSAGE)
         return None
+    state.stats.done(worker.record, task, task.items, *times)
     buffers: list[memoryview] | None = None
     outcome: Any = None
     if flags & _task.SHARED:

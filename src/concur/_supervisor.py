@@ -46,6 +46,7 @@ from . import (
     _pool,
     _replies,
     _sigmask,
+    _stats,
     _supervise,
     _task,
     _worker,
@@ -143,6 +144,7 @@ class PoolState:
         self.owner = os.getpid()  # the process that may use the pool
         self.thread: threading.Thread | None = None  # the supervisor's, once started
         self.watch: _replies.Watch | None = None  # the supervisor's poll, once it runs
+        self.stats = _stats.Recorder("process")  # what pool.stats() reports
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
 
@@ -428,7 +430,10 @@ class Supervisor:
             None if settings.log_levels is None else _logs.levels(),
             settings.cpu_budget,
         )
+        began = time.monotonic()
         worker = _workerproc.start(state.ctx, name, settings, state.initializer)
+        worker.record.started = began
+        state.stats.started(worker.record)
         self.watch.register(worker.rx.fileno(), (_REPLY, worker))
         self.watch.register(worker.exit_fd, (_EXIT, worker))
         worker.watched = True
@@ -469,6 +474,7 @@ class Supervisor:
             self.unwatch(worker, worker.rx.fileno(), worker.exit_fd)
             pid = worker.pid
             exitcode = worker.reap()
+        _record_exit(state, worker, exitcode)
         for settle in settles:
             if settle is not None:
                 settle()
@@ -494,11 +500,32 @@ class Supervisor:
         for worker in workers:
             with worker.reader:  # no caller reads a pipe about to close
                 self.unwatch(worker, worker.rx.fileno(), worker.exit_fd)
-        _workerproc.stop_all(workers, EXIT_MESSAGE, EXIT_GRACE_S)
+        codes = _workerproc.stop_all(workers, EXIT_MESSAGE, EXIT_GRACE_S)
+        for worker, code in zip(workers, codes, strict=True):
+            state.stats.ended(worker.record, f"shut down: {exit_description(code)}", code)
 
     def close(self) -> None:
         self.watch.close()
         self.state.close_wake()
+
+
+def _record_exit(state: PoolState, worker: WorkerProcess, exitcode: int | None) -> None:
+    """Put the worker's end in the pool's stats: why, how, and the time a task
+    that died with it ran."""
+    with state.lock:
+        held = worker.task is not None and worker.ready
+        busy_since = worker.task_started if held else None
+        if worker.failure is not None:
+            why = "initializer failed"
+        elif worker.retiring:
+            why = "retired"
+        elif worker.stopping:
+            why = "stopped by the pool"
+        elif state.closing or state.broken:
+            why = "shut down"
+        else:
+            why = "crashed"
+    state.stats.ended(worker.record, f"{why}: {exit_description(exitcode)}", exitcode, busy_since)
 
 
 def _start_failure(state: PoolState, pid: int, exitcode: int | None) -> BaseException:

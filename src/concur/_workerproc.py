@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _safepath, _sigmask, _supervise, _worker
+from . import _safepath, _sigmask, _stats, _supervise, _worker
 
 
 class WorkerProcess:
@@ -37,7 +37,8 @@ class WorkerProcess:
     error its initializer's failure breaks the pool with once it is gone;
     ``stop_hint`` why concur killed it, for its task's ``WorkerCrashed``.
     ``reader`` is held by whoever reads ``rx`` (see ``_replies``);
-    ``watched`` while the supervisor polls its pipes.
+    ``watched`` while the supervisor polls its pipes. ``record`` is its
+    line in the pool's ``stats()``.
     """
 
     __slots__ = (
@@ -50,6 +51,7 @@ class WorkerProcess:
         "process",
         "reader",
         "ready",
+        "record",
         "retiring",
         "rx",
         "stop_hint",
@@ -80,6 +82,7 @@ class WorkerProcess:
         self.stop_hint: str | None = None  # why concur killed it, for the task it held
         self.reader = threading.RLock()  # an RLock: only its holder can release it
         self.watched = False
+        self.record = _stats.WorkerRecord(name, self.pid, self.pid, time.monotonic())
 
     @property
     def state(self) -> str:
@@ -181,8 +184,8 @@ def _start_helpers(ctx: multiprocessing.context.BaseContext) -> None:
         _safepath.start_forkserver()
 
 
-def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> None:
-    """Ask idle workers to exit, kill the rest, and reap them all.
+def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) -> list[int | None]:
+    """Ask idle workers to exit, kill the rest, and reap them all; their exit codes.
 
     A worker already being stopped (its task timed out or was cancelled)
     gets SIGKILL at once: its task has failed, and waiting out its grace
@@ -195,10 +198,12 @@ def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) ->
         with contextlib.suppress(OSError):
             worker.tx.send_bytes(exit_message)
     deadline = time.monotonic() + grace
+    codes = []
     for worker in workers:
         if not worker.exited(max(0.0, deadline - time.monotonic())):
             worker.signal(signal.SIGTERM)
             if not worker.exited(0.5):
                 worker.signal(signal.SIGKILL)
                 worker.exited(5.0)
-        worker.reap()
+        codes.append(worker.reap())
+    return codes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import click
 
@@ -60,6 +60,12 @@ def cli() -> None:
     metavar="FILE.png",
     help="Draw a chart of the results (needs concur[plot]).",
 )
+@click.option(
+    "--stats",
+    "show_stats",
+    is_flag=True,
+    help="Then print what the concur pools' workers did (pool.stats()).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List scenarios and backends, then exit.")
 def bench(
     quick: bool,
@@ -69,6 +75,7 @@ def bench(
     scale: float,
     json_path: str | None,
     plot_path: str | None,
+    show_stats: bool,
     list_only: bool,
 ) -> None:
     """Time the seed's CPU-bound and IO-bound experiment (and more) on this machine.
@@ -77,31 +84,29 @@ def bench(
     backends within each repeat; the table gives median, min and max, and
     ratios to serial and to the best peer. --quick runs smaller work on a
     subset of the scenarios, without the Dask backends, in under a minute.
+    --stats prints, for each scenario and concur backend, the stats of the
+    last pool its last run used: start-up, working and idle time per worker,
+    and the slowest tasks.
     """
     from rich.console import Console
 
     from .bench import BenchConfig, report, run_bench
-    from .bench.backends import BACKENDS
-    from .bench.runner import SCENARIOS
 
     console = Console()
     if list_only:
-        for name, scenario in SCENARIOS.items():
-            console.print(f"scenario [bold]{name}[/]: {scenario.about}")
-        for name, backend in BACKENDS.items():
-            console.print(f"backend  [bold]{name}[/] ({backend.family})")
+        _list_bench(console)
         return
     if plot_path:
-        from .bench.plot import require_matplotlib
-
-        try:
-            require_matplotlib()
-        except ImportError as exc:
-            raise click.UsageError(str(exc)) from None
+        _require_plotting()
     env = report.environment()
     report.print_environment(console, env)
     cfg = BenchConfig(
-        quick=quick, scenarios=scenarios, backends=backends, repeat=repeat, scale=scale
+        quick=quick,
+        scenarios=scenarios,
+        backends=backends,
+        repeat=repeat,
+        scale=scale,
+        stats=show_stats,
     )
     err = Console(stderr=True)
     try:
@@ -113,14 +118,39 @@ def bench(
     report.print_tables(console, rows)
     if quick and not backends:
         report.print_left_out(console)
+    if show_stats:
+        report.print_stats(console, results)
     if json_path:
         report.write_json(json_path, env, rows)
         console.print(f"measurements written to {json_path}")
     if plot_path:
-        from .bench.plot import draw
+        _draw(console, plot_path, env, rows)
 
-        draw(plot_path, env, rows)
-        console.print(f"chart written to {plot_path}")
+
+def _draw(console: Any, plot_path: str, env: Any, rows: Any) -> None:
+    from .bench.plot import draw
+
+    draw(plot_path, env, rows)
+    console.print(f"chart written to {plot_path}")
+
+
+def _list_bench(console: Any) -> None:
+    from .bench.backends import BACKENDS
+    from .bench.runner import SCENARIOS
+
+    for name, scenario in SCENARIOS.items():
+        console.print(f"scenario [bold]{name}[/]: {scenario.about}")
+    for name, backend in BACKENDS.items():
+        console.print(f"backend  [bold]{name}[/] ({backend.family})")
+
+
+def _require_plotting() -> None:
+    from .bench.plot import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 BACKEND_CHOICE = click.Choice(list(BACKENDS))

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
-from . import _future, _pool, _replies, _shm, _supervise, _task, _worker
+from . import _future, _pool, _replies, _shm, _stats, _supervise, _task, _worker
 from ._exit import register_exit_hook
 from ._proc import cpu_count
 from ._replies import send
@@ -262,6 +262,20 @@ class ProcessPool(_pool.PoolBase):
         """Each worker now: pid, state, the task it runs and for how long, RSS."""
         self._check_owner()
         return _info(self._state)
+
+    def stats(self) -> _stats.PoolStats:
+        """What the pool did so far: each worker's start-up, idle and working
+        time and tasks done (exited workers too, the last 64), and the
+        slowest tasks with their labels (see docs/supervision.md)."""
+        self._check_owner()
+        state = self._state
+        with state.lock:
+            busy = {
+                id(w.record): w.task_started
+                for w in state.workers.values()
+                if w.task is not None and w.ready
+            }
+        return state.stats.snapshot(busy)
 
     def _check_owner(self) -> None:
         if os.getpid() != self._state.owner:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _future, _pool, _share, _task
+from . import _future, _pool, _share, _stats, _task
 from ._deadlines import Deadlines
 from ._exit import register_exit_hook
 from .errors import TaskTimeout, ThreadPoolBroken
@@ -42,7 +42,7 @@ _task_ids = itertools.count()
 
 
 class _WorkItem:
-    __slots__ = ("args", "fn", "future", "id", "kwargs", "label_fn", "timeout")
+    __slots__ = ("args", "fn", "future", "id", "items", "kwargs", "label_fn", "timeout")
 
     def __init__(
         self,
@@ -52,8 +52,10 @@ class _WorkItem:
         kwargs: dict[str, Any],
         timeout: float | None,
         label_fn: object,
+        items: int = 1,
     ) -> None:
         self.id = next(_task_ids)
+        self.items = items  # calls it makes: a chunk's items
         self.future = future
         self.fn = fn
         self.args = args
@@ -78,10 +80,11 @@ class _WorkItem:
 class _Slot:
     """What one worker thread is doing, for time limits and ``workers()``."""
 
-    __slots__ = ("abandoned", "item", "started", "tasks_done", "thread")
+    __slots__ = ("abandoned", "item", "record", "started", "tasks_done", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self.thread = threading.current_thread()  # replaced by the pool at once
+        self.record = _stats.WorkerRecord(name, os.getpid(), None, time.monotonic())
         self.item: _WorkItem | None = None
         self.started = 0.0
         self.tasks_done = 0
@@ -134,6 +137,7 @@ class ThreadPool(_pool.PoolBase):
         self._slots: dict[threading.Thread, _Slot] = {}
         self._deadlines = Deadlines(f"{self._prefix}-deadlines")
         self._lock = threading.Lock()
+        self._stats = _stats.Recorder("thread")
         self._closed = False
         self._broken: str | None = None
         self._owner = os.getpid()  # threads do not survive a fork: the pool stays here
@@ -152,6 +156,7 @@ class ThreadPool(_pool.PoolBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         label_fn: object = None,
+        items: int = 1,
     ) -> Future[Any]:
         with self._lock:
             self._check_open()
@@ -159,7 +164,7 @@ class ThreadPool(_pool.PoolBase):
             args = _share.values(args)
             if any(type(v) is _share.Shared for v in kwargs.values()):
                 kwargs = {k: v.value if type(v) is _share.Shared else v for k, v in kwargs.items()}
-            item = _WorkItem(future, fn, args, kwargs, options.timeout, label_fn or fn)
+            item = _WorkItem(future, fn, args, kwargs, options.timeout, label_fn or fn, items)
             self._queue.put(item)
             self._adjust()
             return future
@@ -172,7 +177,7 @@ class ThreadPool(_pool.PoolBase):
         options: _pool.TaskOptions,
     ) -> Future[_pool.ChunkResult]:
         items = [_share.values(args) for args in items]
-        return self._submit_with(options, _task.run_chunk, (fn, items, False), {}, fn)
+        return self._submit_with(options, _task.run_chunk, (fn, items, False), {}, fn, len(items))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if os.getpid() != self._owner:
@@ -218,6 +223,17 @@ class ThreadPool(_pool.PoolBase):
             )
         return rows
 
+    def stats(self) -> _stats.PoolStats:
+        """What the pool did so far: each thread's start-up, idle and working
+        time and tasks done, and the slowest tasks with their labels (see
+        docs/supervision.md)."""
+        busy = {}
+        for slot in list(self._slots.values()):
+            started = slot.started  # read before item: a task that starts now counts from 0
+            if slot.item is not None:
+                busy[id(slot.record)] = started
+        return self._stats.snapshot(busy)
+
     # -- internals ---------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -228,19 +244,22 @@ class ThreadPool(_pool.PoolBase):
         if self._idle.acquire(blocking=False):
             return
         if len(self._slots) < self._max_workers:
-            slot = _Slot()
+            name = f"{self._prefix}_{len(self._slots)}"
+            slot = _Slot(name)
             slot.thread = threading.Thread(
-                name=f"{self._prefix}_{len(self._slots)}",
+                name=name,
                 target=_worker_loop,
                 args=(self._ref, self._queue, slot),
                 daemon=True,
             )
             self._slots[slot.thread] = slot
+            self._stats.started(slot.record)
             slot.thread.start()
 
     def _run(self, item: _WorkItem, slot: _Slot) -> None:
         if not item.future.set_running_or_notify_cancel():
             return
+        cpu = time.thread_time()
         slot.item, slot.started = item, time.monotonic()
         if item.timeout is not None:
             self._deadlines.add(slot, slot.started + item.timeout, lambda: _expire(slot, item))
@@ -249,8 +268,10 @@ class ThreadPool(_pool.PoolBase):
         finally:
             if item.timeout is not None:
                 self._deadlines.remove(slot)
+            wall = time.monotonic() - slot.started
             slot.item, slot.abandoned = None, False
             slot.tasks_done += 1
+            self._stats.done(slot.record, item, item.items, wall, time.thread_time() - cpu)
 
     def _drain(self, cancel: bool, error: BaseException | None = None) -> None:
         while True:
@@ -281,13 +302,27 @@ def _worker_loop(
     pool_ref: weakref.ref[ThreadPool], work: queue.SimpleQueue[Any], slot: _Slot
 ) -> None:
     pool = pool_ref()
-    if pool is not None and pool._initializer is not None:
-        try:
-            pool._initializer(*pool._initargs)
-        except BaseException as exc:
-            pool._initializer_failed(exc)
-            return
-    del pool
+    if pool is None:
+        _serve(pool_ref, work, slot)
+        return
+    stats = pool._stats
+    try:
+        if pool._initializer is not None:
+            try:
+                pool._initializer(*pool._initargs)
+            except BaseException as exc:
+                stats.ended(slot.record, "initializer failed")
+                pool._initializer_failed(exc)
+                return
+        stats.ready(slot.record, threading.get_ident())
+        del pool
+        _serve(pool_ref, work, slot)
+    finally:
+        stats.ended(slot.record, "shut down")
+
+
+def _serve(pool_ref: weakref.ref[ThreadPool], work: queue.SimpleQueue[Any], slot: _Slot) -> None:
+    """Run work items until the exit marker comes and the pool is closed."""
     while True:
         item = work.get()
         if item is not None:

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .. import _future, _task
+from .. import _future, _stats, _task
 from .. import _pool as _pool_base
 from .._pool import ChunkResult, TaskOptions
 from .._proc import cpu_count
@@ -268,6 +268,14 @@ class AutoPool(_pool_base.PoolBase):
         stream = tracked.stream
         bar = Bar(length_hint(iterables), stream.where) if progress else None
         return AsyncResults(stream, bar)
+
+    def stats(self) -> _stats.PoolStats:
+        """Its thread pool's and process pool's stats as one (calls run
+        inline are in neither)."""
+        parts = [self._threads.stats()]
+        if self._processes is not None:
+            parts.append(self._processes.stats())
+        return _stats.PoolStats.combine("auto", parts)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._threads.shutdown(wait, cancel_futures=cancel_futures)

@@ -30,6 +30,22 @@ from ..threads import ThreadPool
 Fn = Callable[[Any], Any]
 
 
+class StatsSink:
+    """Where a concur pool's ``stats()`` go when its runner closes, while
+    ``take`` is set (``concur bench --stats``)."""
+
+    take: Callable[[Any], None] | None = None
+
+
+STATS = StatsSink()
+
+
+def report_stats(pool: Any) -> None:
+    stats = getattr(pool, "stats", None)
+    if STATS.take is not None and callable(stats):
+        STATS.take(stats())
+
+
 def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
@@ -104,6 +120,7 @@ class ExecutorRunner(Runner):
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        report_stats(self.executor)
 
 
 class AutoRunner(Runner):
@@ -136,6 +153,7 @@ class AutoRunner(Runner):
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+            report_stats(self.pool)
 
 
 def _echo(conn: Any) -> None:

@@ -161,6 +161,20 @@ def print_tables(console: Console, rows: list[dict[str, Any]]) -> None:
     )
 
 
+def print_stats(console: Console, results: dict[tuple[str, str], Result]) -> None:
+    """What each concur pool's workers did, for ``--stats``: per scenario and
+    backend, the stats of the last pool its last run closed."""
+    shown = [r for r in results.values() if r.pool_stats is not None]
+    if not shown:
+        console.print("no concur pool ran: no pool stats to show")
+    for result in shown:
+        console.print(
+            f"[bold]pool stats[/] {result.scenario} · {result.backend} "
+            "(the last pool of the last run)"
+        )
+        console.print(Text(result.pool_stats.table()), soft_wrap=True)
+
+
 def not_installed(row: dict[str, Any]) -> bool:
     """A row of a backend whose library is missing (it ran nowhere)."""
     return not row["samples"] and BACKENDS[row["backend"]].unavailable() is not None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import auto_scenarios, bigdata, workloads
-from .backends import BACKENDS, Backend, close_shared
+from .backends import BACKENDS, STATS, Backend, close_shared
 
 
 @dataclass
@@ -27,6 +27,7 @@ class BenchConfig:
     backends: Sequence[str] | None = None
     repeat: int | None = None
     scale: float = 1.0  # multiplies the work; tests use a tiny scale
+    stats: bool = False  # keep each concur pool's stats() (the last one per backend)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Result:
     backend: str
     samples: list[float] = field(default_factory=list)
     error: str | None = None
+    pool_stats: Any = None  # with --stats: the last concur pool's PoolStats
 
     @property
     def median(self) -> float | None:
@@ -363,8 +365,17 @@ def _run_all(
                     continue
                 if progress:
                     progress(f"{scenario_name} · {backend_name} · run {r + 1}/{repeat}")
-                try:
-                    result.samples.append(scenario.measure(backend, cfg))
-                except Exception as exc:
-                    result.error = f"failed: {type(exc).__name__}: {exc}"
-                    result.error += "\n" + traceback.format_exc(limit=3)
+                _measure(scenario, backend, cfg, result)
+
+
+def _measure(scenario: Scenario, backend: Backend, cfg: BenchConfig, result: Result) -> None:
+    """One run; with ``cfg.stats`` the concur pools it closes leave their stats in ``result``."""
+    if cfg.stats:
+        STATS.take = lambda stats: setattr(result, "pool_stats", stats)
+    try:
+        result.samples.append(scenario.measure(backend, cfg))
+    except Exception as exc:
+        result.error = f"failed: {type(exc).__name__}: {exc}"
+        result.error += "\n" + traceback.format_exc(limit=3)
+    finally:
+        STATS.take = None
