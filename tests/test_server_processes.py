@@ -130,10 +130,24 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _exit_code(proc: subprocess.Popen, timeout: float) -> int:
+    """The server's exit code; one still running after ``timeout`` fails the
+    test with every thread's stack (faulthandler, on SIGABRT) and its log."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        pytest.fail(f"the server did not exit within {timeout} s:\n{proc.stderr.read()[-6000:]}")
+
+
 def _serve(*args: str) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "concur", "serve", "--port", str(port), *args],
+        [sys.executable, "-X", "faulthandler", "-m", "concur", "serve", "--port", str(port), *args],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -410,7 +424,7 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_stops_at_once(model):
             assert ask(sock, "still") == b"STILL\n"
             pressed = time.monotonic()
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=10) == 0
+            assert _exit_code(proc, 10) == 0
             assert time.monotonic() - pressed < 3, "the second Ctrl-C did not stop it at once"
             assert sock.recv(1024) == b""
         said += proc.stderr.read()
