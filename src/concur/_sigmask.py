@@ -127,13 +127,18 @@ class Held:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-_started = threading.local()  # .mask: what one of concur's threads started with
+_started = threading.local()  # .held: the mask one of concur's threads started with
 
 
 def hold_in_this_thread() -> None:
     """For the first line of concur's own threads: they never take a signal,
     which then goes to the main thread (or a thread of the program)."""
-    _started.mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    if _LIBC is None:
+        _started.mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+        return
+    held = Held().__enter__()  # for the thread's life
+    held.hold()
+    _started.held = held
 
 
 @contextlib.contextmanager
@@ -141,15 +146,25 @@ def as_started() -> Iterator[None]:
     """Inside, one of concur's threads has the mask it started with (for the
     program's code it runs: callbacks, and whatever threads or processes
     they start, which inherit the mask); nothing changes in other threads."""
-    mask = getattr(_started, "mask", None)
-    if mask is None or threading.current_thread() is threading.main_thread():  # a fork's child
+    if threading.current_thread() is threading.main_thread():  # (a fork's child too)
         yield
         return
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    held: Held | None = getattr(_started, "held", None)
+    mask = getattr(_started, "mask", None)
+    if held is not None:
+        held.let_in()
+    elif mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    else:
+        yield  # not one of concur's threads
+        return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+        if held is not None:
+            held.hold()
+        else:
+            signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
 
 
 @contextlib.contextmanager
