@@ -139,32 +139,43 @@ def test_no_zombies_after_a_thousand_single_task_workers():
     # A retiring worker is a zombie for the moment between its exit and its
     # reaping (by the pool under fork/spawn, by the fork server under
     # forkserver). "Reaped at once" means: zombies never pile up while the
-    # workers churn (at most 4 at any sample), and the last ones are gone
-    # soon after (10 s: under a full suite's load one was twice seen to
-    # outlive 5 s; the message then says what its parent was doing).
+    # workers churn (at most 4 at any sample), none stays a zombie for long
+    # (5 s, generous for a loaded machine; the message then says what its
+    # parent was doing), and none is left once the pool has closed. The last
+    # workers retire after their results arrived, so a zombie may appear
+    # after map() returns: it is timed like the others, not counted as left.
     most = 0
+    first_seen: dict[str, float] = {}
+    longest = 0.0
+    states = ""
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal most
+        nonlocal most, longest, states
         while not stop.wait(0.05):
-            most = max(most, len(zombie_children()))
+            zombies = zombie_children()
+            most = max(most, len(zombies))
+            now = time.monotonic()
+            for zombie in zombies:
+                lived = now - first_seen.setdefault(zombie, now)
+                if lived > 2.0 and not states:
+                    states = _parent_states()
+                longest = max(longest, lived)
 
     sampler = threading.Thread(target=sample)
-    with concur.ProcessPool(2, max_tasks_per_child=1) as pool:
-        sampler.start()
-        try:
+    sampler.start()
+    try:
+        with concur.ProcessPool(2, max_tasks_per_child=1) as pool:
             assert sum(pool.map(abs, range(-1000, 0), chunksize=1)) == 500500
-        finally:
-            stop.set()
-            sampler.join()
-        deadline = time.monotonic() + 10.0
-        while zombie_children() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert zombie_children() == [], _parent_states()
-        assert len(pool.workers()) <= 2
-    assert most <= 4, f"{most} zombies at once: dead workers are not being reaped"
+            time.sleep(0.5)  # the last workers retire and are reaped meanwhile
+            assert len(pool.workers()) <= 2
+    finally:
+        stop.set()
+        sampler.join()
+    assert zombie_children() == [], "zombies left after the pool closed"
     assert pool.workers() == []
+    assert most <= 4, f"{most} zombies at once: dead workers are not being reaped"
+    assert longest < 5.0, f"a zombie lived {longest:.1f} s:\n{states}"
 
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
