@@ -203,3 +203,19 @@ def test_bench_stats_prints_what_each_concur_pool_did():
     plain = CliRunner().invoke(cli, args)
     assert plain.exit_code == 0, plain.output
     assert "pool stats" not in plain.output
+
+
+@pytest.mark.timeout(120)
+def test_one_cpu_runs_the_bench_on_one_cpu_and_says_so():
+    argv = ["bench", "--one-cpu", "--quick", "--repeat", "1", "--scenario", "latency"]
+    argv += ["--backend", "bare-pipe", "--backend", "concur-process"]
+    done = subprocess.run(
+        [sys.executable, "-m", "concur", *argv],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"CPUs 1 usable of \d+", done.stdout), done.stdout
+    assert "bare-pipe" in done.stdout
+    assert "concur-pro" in done.stdout

@@ -22,7 +22,6 @@ does.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -140,8 +139,10 @@ class RunningFuture(Future[Any]):
     def _invoke_callbacks(self) -> None:
         self._stop = None
         self._read = None
-        with contextlib.suppress(RuntimeError):  # released once: a second settle is refused
+        try:
             self._gate.release()
+        except RuntimeError:
+            pass  # released once: a second settle is refused
         if not self._done_callbacks:  # type: ignore[attr-defined]
             return
         with _sigmask.as_started():

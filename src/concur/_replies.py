@@ -44,7 +44,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from . import _future, _logs, _sigmask, _task
+from . import _future, _logs, _sigmask, _task, _wire
 from .errors import ProcessPoolBroken, SerializationError, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -99,13 +99,17 @@ class Watch:
     def mute(self, fd: int) -> None:
         # One-shot with no events: a hang-up is reported at most once.
         assert self._epoll is not None
-        with contextlib.suppress(OSError):
+        try:  # (not contextlib.suppress: this runs twice a round trip)
             self._epoll.modify(fd, select.EPOLLONESHOT)
+        except OSError:
+            pass
 
     def unmute(self, fd: int) -> None:
         assert self._epoll is not None
-        with contextlib.suppress(OSError):
+        try:
             self._epoll.modify(fd, select.EPOLLIN)
+        except OSError:
+            pass
 
     def select(self, timeout: float | None) -> list[Any]:
         if self._epoll is not None:
@@ -128,7 +132,7 @@ class Watch:
 # -- what a reply does, whoever read it ------------------------------------------
 
 
-def take(state: PoolState, worker: WorkerProcess, data: bytes) -> Settle | None:
+def take(state: PoolState, worker: WorkerProcess, data: bytes | bytearray) -> Settle | None:
     """Apply one reply to the pool; what it returns settles a future, to be
     run once the reader has let go of the pipe (it runs callbacks)."""
     if worker.stop_hint is TORN:
@@ -221,7 +225,7 @@ def send(worker: WorkerProcess, task: Task) -> None:
 
 def _send_bytes(worker: WorkerProcess, data: bytes) -> None:
     try:
-        worker.tx.send_bytes(data)
+        _wire.send(worker.tx_fd, data)
     except OSError:
         pass  # the worker died; the supervisor sees its exit and fails the task
 
@@ -302,7 +306,7 @@ def _claim(state: PoolState, watch: Watch, worker: WorkerProcess, task: Task) ->
             return False
         if not worker.reader.acquire(blocking=False):
             return False
-        watch.mute(worker.rx.fileno())
+        watch.mute(worker.rx_fd)
         return True
 
 
@@ -315,7 +319,7 @@ def _let_go(state: PoolState, watch: Watch, worker: WorkerProcess) -> None:
         except RuntimeError:
             return  # not ours
         if worker.watched:
-            watch.unmute(worker.rx.fileno())
+            watch.unmute(worker.rx_fd)
 
 
 def _deliver(settles: list[Settle]) -> None:
@@ -340,10 +344,8 @@ def _read_until_done(
     held: _sigmask.Held | None,
     settles: list[Settle],
 ) -> None:
-    rx = worker.rx.fileno()
-    poll = select.poll()
-    poll.register(rx, select.POLLIN)
-    poll.register(worker.exit_fd, select.POLLIN)
+    rx = worker.rx_fd
+    poll = worker.poller
     deadline = None if timeout is None else time.monotonic() + timeout
     reading = False  # True from a poll that found a reply until it is applied
     try:
@@ -360,7 +362,7 @@ def _read_until_done(
                     held.hold()
             reading = True
             if rx in ready:
-                settle = take(state, worker, worker.rx.recv_bytes())
+                settle = take(state, worker, _wire.recv(worker.rx_fd))
                 if settle is not None:
                     settles.append(settle)
                     return

@@ -49,6 +49,7 @@ from . import (
     _stats,
     _supervise,
     _task,
+    _wire,
     _worker,
     _workerproc,
 )
@@ -455,7 +456,7 @@ class Supervisor:
     def read_one(self, worker: WorkerProcess) -> _replies.Settle | None:
         """Read and apply one reply (``worker.reader`` held)."""
         try:
-            data = worker.rx.recv_bytes()
+            data = _wire.recv(worker.rx_fd)
         except (EOFError, OSError):
             self.unwatch(worker, worker.rx.fileno())
             return None  # it died mid-reply; its exit reports the death

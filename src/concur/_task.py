@@ -6,7 +6,7 @@ else. The bytes then go to whichever worker is free (and again to a fresh one
 if the task is retried). Replies carry the outcome and the time the call took
 (wall and CPU), which the chunk sizer and the supervisor use.
 
-Wire format: each message is one ``Connection.send_bytes`` frame, a fixed
+Wire format: each message is one ``_wire`` frame (``Connection``'s framing), a fixed
 binary header and then a pickle. The header carries what the supervisor must
 know even when the pickle cannot be read (which task, whether the worker is
 retiring), so a bad payload costs its own task and nothing else.
@@ -44,7 +44,6 @@ from __future__ import annotations
 import pickle
 import struct
 import sys
-import threading
 import time
 import traceback
 import types
@@ -157,7 +156,7 @@ def unpack(
         raise SerializationError(str(exc), what="result") from exc
 
 
-def open_message(data: bytes) -> tuple[int, int, memoryview, list[memoryview] | None]:
+def open_message(data: bytes | bytearray) -> tuple[int, int, memoryview, list[memoryview] | None]:
     """A task message's (kind, task_id, pickle, shared buffers or None); the
     worker's view: buffers map read-only."""
     kind, flags, task_id = TASK_HEAD.unpack_from(data)
@@ -228,29 +227,38 @@ _SCALARS = (int, float, complex, str, bytes, bool, type(None))
 class _Kept:
     """A function's bytes and what they were made from."""
 
-    __slots__ = ("blob", "code", "defaults", "kwdefaults", "names", "values")
+    __slots__ = ("blob", "code", "defaults", "fn", "kwdefaults", "names", "values")
 
     def __init__(self, fn: types.FunctionType, names: tuple[str, ...], blob: bytes) -> None:
+        key = id(fn)
+        # Dropped with its function (a stale entry, its id reused, is never
+        # taken for another function: ``fn`` is compared first).
+        self.fn = weakref.ref(fn, lambda _: _blobs.pop(key, None))
         self.code, self.defaults, self.kwdefaults = fn.__code__, fn.__defaults__, fn.__kwdefaults__
         self.names = names
         self.values = _values(fn, names)
         self.blob = blob
 
     def still(self, fn: types.FunctionType) -> bool:
-        """Whether ``fn`` would pickle to the same bytes: the same code and
-        defaults, and every global it names bound to the same object."""
+        """Whether ``fn`` would pickle to the same bytes: the same function,
+        code and defaults, and every global it names bound to the same object."""
         if not (
-            fn.__code__ is self.code
+            self.fn() is fn
+            and fn.__code__ is self.code
             and fn.__defaults__ is self.defaults
             and fn.__kwdefaults__ is self.kwdefaults
         ):
             return False
-        now = _values(fn, self.names)
-        return all(a is b for a, b in zip(now, self.values, strict=True))
+        namespace = fn.__globals__
+        for name, value in zip(self.names, self.values, strict=True):  # (a loop: once a call)
+            if namespace.get(name, _MISSING) is not value:
+                return False
+        return True
 
 
-_blobs: weakref.WeakKeyDictionary[Any, _Kept] = weakref.WeakKeyDictionary()
-_blobs_lock = threading.Lock()
+# By id(fn): a plain dict's lookup costs a fraction of a WeakKeyDictionary's,
+# which makes a weak reference per lookup.
+_blobs: dict[int, _Kept] = {}
 
 
 def _names(code: types.CodeType) -> tuple[str, ...]:
@@ -294,8 +302,7 @@ def function_blob(fn: object) -> bytes | None:
     anything else, which is pickled with each call as before."""
     if type(fn) is not types.FunctionType or fn.__closure__ is not None or fn.__dict__:
         return None
-    with _blobs_lock:
-        kept = _blobs.get(fn)
+    kept = _blobs.get(id(fn))
     if kept is not None and kept.still(fn):
         return kept.blob
     names = _names(fn.__code__)
@@ -304,8 +311,7 @@ def function_blob(fn: object) -> bytes | None:
         return None
     blob = dumps(fn)
     if len(blob) <= KEEP_BLOB_BYTES:
-        with _blobs_lock:
-            _blobs[fn] = _Kept(fn, names, blob)
+        _blobs[id(fn)] = _Kept(fn, names, blob)
     return blob
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _logs, _namespace, _proc, _safepath, _shm, _supervise, _task
+from . import _logs, _namespace, _proc, _safepath, _shm, _supervise, _task, _wire
 from .errors import SerializationError
 from .ps import own_rss
 
@@ -89,7 +89,8 @@ class _Replies:
     """The reply pipe, shared by the task loop and log records from any thread."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+        self.conn = conn  # kept open for as long as the worker runs
+        self.fd = conn.fileno()
         self.lock = threading.Lock()
 
     def send(
@@ -105,7 +106,7 @@ class _Replies:
         flags = (_task.RETIRING if retiring else 0) | (_task.SHARED if shared else 0)
         head = _task.REPLY_HEAD.pack(kind, flags, task_id, wall, cpu)
         with self.lock:
-            self.conn.send_bytes(head + body)
+            _wire.send(self.fd, head, body)
 
     def log(self, body: bytes) -> None:
         self.send(_task.LOG, body=body)
@@ -148,9 +149,10 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
     show = _supervise.task_titles(settings.title)
     if show is not None:
         show(None, 0)
+    fd = tasks.fileno()
     while True:
         try:
-            data = tasks.recv_bytes()
+            data = _wire.recv(fd)
         except (EOFError, OSError):
             return
         if held:
@@ -182,13 +184,15 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
         if retiring:
             if shared:  # the parent maps the reply, then says RELEASE
                 with contextlib.suppress(EOFError, OSError):
-                    tasks.recv_bytes()
+                    _wire.recv(fd)
             return
         if show is not None:
             show(None, task_id)
 
 
-def _opened(data: bytes) -> tuple[int, int, memoryview, list[memoryview] | BaseException | None]:
+def _opened(
+    data: bytes | bytearray,
+) -> tuple[int, int, memoryview, list[memoryview] | BaseException | None]:
     """``open_message``, with a failure to map the shared memory kept as the
     task's error."""
     try:

@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _safepath, _sigmask, _stats, _supervise, _worker
+from . import _safepath, _sigmask, _stats, _supervise, _wire, _worker
 
 
 class WorkerProcess:
@@ -48,18 +48,21 @@ class WorkerProcess:
         "name",
         "pid",
         "pidfd",
+        "poller",
         "process",
         "reader",
         "ready",
         "record",
         "retiring",
         "rx",
+        "rx_fd",
         "stop_hint",
         "stopping",
         "task",
         "task_started",
         "tasks_done",
         "tx",
+        "tx_fd",
         "watched",
     )
 
@@ -70,6 +73,14 @@ class WorkerProcess:
         self.exit_fd: int = self.pidfd if self.pidfd is not None else process.sentinel
         self.tx = tx
         self.rx = rx
+        # The pipes' descriptors, for _wire; -1 once closed, so a late
+        # write fails (EBADF) rather than reaching a reused descriptor.
+        self.tx_fd = tx.fileno()
+        self.rx_fd = rx.fileno()
+        # What a caller reading its own reply waits on: a reply, or the exit.
+        self.poller = select.poll()
+        self.poller.register(self.rx_fd, select.POLLIN)
+        self.poller.register(self.exit_fd, select.POLLIN)
         self.name = name
         self.task: Any = None
         self.task_started = 0.0
@@ -115,6 +126,7 @@ class WorkerProcess:
         return code
 
     def close(self) -> None:
+        self.tx_fd = self.rx_fd = -1
         self.tx.close()
         self.rx.close()
         if self.pidfd is not None:
@@ -196,7 +208,7 @@ def stop_all(workers: list[WorkerProcess], exit_message: bytes, grace: float) ->
             worker.signal(signal.SIGKILL)
             continue
         with contextlib.suppress(OSError):
-            worker.tx.send_bytes(exit_message)
+            _wire.send(worker.tx_fd, exit_message)
     deadline = time.monotonic() + grace
     codes = []
     for worker in workers:

@@ -66,6 +66,11 @@ def cli() -> None:
     is_flag=True,
     help="Then print what the concur pools' workers did (pool.stats()).",
 )
+@click.option(
+    "--one-cpu",
+    is_flag=True,
+    help="Run everything on one CPU: a round trip then costs what its two ends compute.",
+)
 @click.option("--list", "list_only", is_flag=True, help="List scenarios and backends, then exit.")
 def bench(
     quick: bool,
@@ -76,6 +81,7 @@ def bench(
     json_path: str | None,
     plot_path: str | None,
     show_stats: bool,
+    one_cpu: bool,
     list_only: bool,
 ) -> None:
     """Time the seed's CPU-bound and IO-bound experiment (and more) on this machine.
@@ -86,7 +92,8 @@ def bench(
     subset of the scenarios, without the Dask backends, in under a minute.
     --stats prints, for each scenario and concur backend, the stats of the
     last pool its last run used: start-up, working and idle time per worker,
-    and the slowest tasks.
+    and the slowest tasks. --one-cpu runs it all on one CPU (Linux): no
+    wake-up of another CPU, slow on some virtual machines, hides CPU time.
     """
     from rich.console import Console
 
@@ -96,18 +103,13 @@ def bench(
     if list_only:
         _list_bench(console)
         return
+    if one_cpu:
+        _run_on_one_cpu()
     if plot_path:
         _require_plotting()
     env = report.environment()
     report.print_environment(console, env)
-    cfg = BenchConfig(
-        quick=quick,
-        scenarios=scenarios,
-        backends=backends,
-        repeat=repeat,
-        scale=scale,
-        stats=show_stats,
-    )
+    cfg = BenchConfig(quick, scenarios, backends, repeat, scale, stats=show_stats)
     err = Console(stderr=True)
     try:
         with err.status("running") as status:
@@ -132,6 +134,15 @@ def _draw(console: Any, plot_path: str, env: Any, rows: Any) -> None:
 
     draw(plot_path, env, rows)
     console.print(f"chart written to {plot_path}")
+
+
+def _run_on_one_cpu() -> None:
+    """Pin this process (and so every thread and process it starts) to one CPU."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cpus)})
+    except (AttributeError, OSError) as exc:
+        raise click.UsageError(f"--one-cpu needs a system that can pin processes: {exc}") from None
 
 
 def _list_bench(console: Any) -> None:

@@ -35,6 +35,7 @@ using it there raises ``PoolInherited`` and never touches the parent's workers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.context
@@ -321,8 +322,8 @@ class ProcessPool(_pool.PoolBase):
             task_id, future, payload, f"a chunk of {name}" if items > 1 else name, items, options
         )
         state = self._state
-        future._stop = lambda: _stop_task(state, task)
-        future._read = lambda timeout, held: _replies.wait_in_caller(state, task, timeout, held)
+        future._stop = functools.partial(_stop_task, state, task)
+        future._read = functools.partial(_replies.wait_in_caller, state, task)
         with state.lock:
             self._check_open()
             if state.thread is None:

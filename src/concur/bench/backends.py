@@ -156,40 +156,45 @@ class AutoRunner(Runner):
             report_stats(self.pool)
 
 
-def _echo(conn: Any) -> None:
+def _echo(requests: Any, answers: Any) -> None:
     """The bare pipe's other end: send back what arrives, until b""."""
     while True:
-        data = conn.recv_bytes()
+        data = requests.recv_bytes()
         if not data:
             return
-        conn.send_bytes(data)
+        answers.send_bytes(data)
 
 
 class PipeRunner(Runner):
-    """No pool: a round trip through one pipe to a process that echoes.
+    """No pool: a round trip through a pair of pipes to a process that echoes.
 
     The physical floor under any process pool's round trip on this machine,
-    measured the same way (the argument and the answer pickled): only the
-    latency scenario runs it.
+    measured the same way (the argument and the answer pickled), over what
+    concur's and the standard library's pools use: one pipe each way (not a
+    socket pair, whose wake-ups cost differently). Only the latency
+    scenario runs it.
     """
 
     def __init__(self, workers: int | None) -> None:
         ctx = _mp_context()
-        self.conn, theirs = ctx.Pipe()
+        requests, self.requests = ctx.Pipe(duplex=False)
+        self.answers, answers = ctx.Pipe(duplex=False)
         self.process = ctx.Process(  # type: ignore[attr-defined]
-            target=_echo, args=(theirs,), name="concur-bench-pipe"
+            target=_echo, args=(requests, answers), name="concur-bench-pipe"
         )
         self.process.start()
-        theirs.close()
+        requests.close()
+        answers.close()
 
     def call(self, fn: Fn, arg: Any) -> Any:
-        self.conn.send_bytes(pickle.dumps(arg))
-        return pickle.loads(self.conn.recv_bytes())
+        self.requests.send_bytes(pickle.dumps(arg))
+        return pickle.loads(self.answers.recv_bytes())
 
     def close(self) -> None:
-        self.conn.send_bytes(b"")
+        self.requests.send_bytes(b"")
         self.process.join(5)
-        self.conn.close()
+        self.requests.close()
+        self.answers.close()
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
