@@ -344,6 +344,32 @@ def test_spawn_sends_a_large_argument_through_shared_memory():
     assert no_memfds_left()
 
 
+def test_spawn_returns_a_large_result_through_shared_memory():
+    concur.spawn(ones, 10).result(timeout=30)  # imports done, as a pool's first task
+    before = rchar()
+    worker = concur.spawn(ones, 50 * MB)
+    result = worker.result(timeout=30)
+    read = rchar() - before
+    assert result.shape == (50 * MB,) and int(result.sum()) == 50 * MB
+    assert read < 1 * MB, f"the parent read {read} bytes for a 50 MB result"
+    result[0] = 7  # the parent's own copy-on-write mapping: writable
+    assert int(result.sum()) == 50 * MB + 6
+    worker.join(10)  # the child exits once its result is mapped
+    assert worker.exitcode == 0
+    del result, worker
+    wait_until(no_memfds_left)
+
+
+def test_spawn_of_a_large_result_no_one_reads_leaves_nothing():
+    worker = concur.spawn(ones, 8 * MB)
+    pid = worker.pid
+    wait_until(lambda: bool(memfds(pid)))  # the child holds its result's memory
+    worker.kill()
+    worker.join(10)
+    del worker
+    wait_until(no_memfds_left)
+
+
 def _holders(parent: int) -> list[str]:
     """Every process that holds or maps a segment the parent made."""
     name = f"memfd:concur-{parent}"
@@ -373,13 +399,15 @@ def test_nothing_is_left_after_the_parent_is_sigkilled(tmp_path):
         line = parent.stdout.readline()
         workers = [int(pid) for pid in line.split()]
         assert len(workers) == 2, (line, parent.stderr.read() if parent.poll() else "")
+        child = int(parent.stdout.readline())
         held = _holders(parent.pid)
         assert any(str(parent.pid) in h for h in held) and len(held) >= 3, held
+        assert _holders(child) == [f"{child} holds it"]
         parent.kill()
         parent.wait(10)
         deadline = time.monotonic() + 5.0
-        while _holders(parent.pid):
-            assert time.monotonic() < deadline, _holders(parent.pid)
+        while _holders(parent.pid) or _holders(child):
+            assert time.monotonic() < deadline, (_holders(parent.pid), _holders(child))
             time.sleep(0.05)
     finally:
         if parent.poll() is None:

@@ -7,8 +7,11 @@ under one interface, plus the return value neither of them gives you.
 
 A process worker sends its outcome back over a pipe that the parent drains
 while it waits, so a large result never deadlocks ``join()`` (the classic
-``Process`` + ``Queue`` trap). Process workers are tied to the parent like
-pool workers: they exit when the parent dies (see ``_supervise``).
+``Process`` + ``Queue`` trap). An outcome with large buffers sends them
+through shared memory (``_shm``): the child then holds that memory until
+the parent, having mapped it, closes the ``mapped`` pipe. Process workers
+are tied to the parent like pool workers: they exit when the parent dies
+(see ``_supervise``).
 
 ``@concur.process`` and ``@concur.thread`` turn a function into one that
 returns a ``Future``, run on a shared pool of that kind.
@@ -16,19 +19,26 @@ returns a ``Future``, run on a shared pool of that kind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import multiprocessing.context
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _namespace, _pool, _supervise, _task
-from .errors import ThreadNotKillable, WaitTimeout, WorkerCrashed, WorkerStateError
+from .errors import (
+    SerializationError,
+    ThreadNotKillable,
+    WaitTimeout,
+    WorkerCrashed,
+    WorkerStateError,
+)
 from .processes import ProcessPool, get_context
 from .threads import ThreadPool
 
@@ -60,6 +70,7 @@ class Worker:
         self.kind = kind
         self._outcome: Any = _NO_OUTCOME
         self._reader: Connection | None = None
+        self._mapped: Connection | None = None  # closed once a shared result is mapped
         self._keep: tuple[Any, ...] = ()
         self._stopped_by: str | None = None  # "kill()" or "terminate()", once called
         if kind == "process":
@@ -83,6 +94,7 @@ class Worker:
         # shared memory, until the child is done
         ctx = get_context(mp_context)
         reader, writer = ctx.Pipe(duplex=False)
+        mapped_r, mapped_w = ctx.Pipe(duplex=False)
         lifeline = Connection(os.dup(_supervise.lifeline_fd()), writable=False)
         # PR_SET_PDEATHSIG follows the starting thread: only the main thread
         # is sure to live as long as this process.
@@ -90,7 +102,7 @@ class Worker:
         title = f"concur-spawn {name or _task.describe(fn)}"
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_process_main,
-            args=(payload, writer, lifeline, title, pdeathsig),
+            args=(payload, writer, mapped_r, lifeline, title, pdeathsig),
             name=name,
             daemon=daemon,
         )
@@ -99,9 +111,11 @@ class Worker:
                 process.start()
         finally:
             writer.close()
+            mapped_r.close()
             lifeline.close()
         self._process = process
         self._reader = reader
+        self._mapped = mapped_w
 
     def _start_thread(
         self,
@@ -191,17 +205,25 @@ class Worker:
                 return
             if self._reader in ready:
                 try:
-                    self._outcome = _task.loads(self._reader.recv_bytes())
+                    self._outcome = _opened_outcome(self._reader.recv_bytes())
                 except (EOFError, OSError):
                     pass
                 self._reader.close()
                 self._reader = None
+                self._let_go()
             elif self._process.sentinel in ready and not self._reader.poll(0):
                 self._reader.close()
                 self._reader = None
+                self._let_go()
         self._keep = ()  # the child has mapped its arguments, or is gone
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self._process.join(left)
+
+    def _let_go(self) -> None:
+        """Tell the child its result is mapped (or no longer wanted): it may exit."""
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
 
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value, or its exception re-raised here.
@@ -254,26 +276,61 @@ class Worker:
 
 
 def _process_main(
-    payload: bytes, writer: Connection, lifeline: Connection, title: str, pdeathsig: bool
+    payload: bytes,
+    writer: Connection,
+    mapped: Connection,
+    lifeline: Connection,
+    title: str,
+    pdeathsig: bool,
 ) -> None:
     _supervise.child_setup(lifeline.fileno(), title, pdeathsig, short="concur-spawn")
+    data, shared, keep = _packed_outcome(_call(payload))
+    writer.send_bytes(data)
+    if shared:
+        # The parent maps the result's memory from this process: hold it
+        # until the parent says so (closes its end) or is gone.
+        with contextlib.suppress(EOFError, OSError):
+            mapped.recv_bytes()
+    del keep
+
+
+def _call(payload: bytes) -> _task.Outcome:
     try:
         _, _, body, buffers = _task.open_message(payload)
         fn, args, kwargs = _namespace.load_call(body, buffers)
-        outcome: _task.Outcome = (_task.OK, fn(*args, **kwargs))
+        return (_task.OK, fn(*args, **kwargs))
     except BaseException as exc:
-        outcome = (_task.ERR, _task.pack_exception(exc))
-    try:
-        data = _task.dumps(outcome)
-    except Exception as exc:
-        from .errors import SerializationError
+        return (_task.ERR, _task.pack_exception(exc))
 
+
+def _packed_outcome(outcome: _task.Outcome) -> tuple[bytes, bool, Sequence[Any]]:
+    """The outcome as the message to send (one flag byte, then ``_task.pack``'s
+    body), whether its large buffers are in shared memory, and the segments
+    to hold until the parent mapped them."""
+    try:
+        body, shared, keep = _task.pack(outcome)
+    except Exception as exc:
         error = SerializationError(
             f"the worker's result could not be pickled: {type(exc).__name__}: {exc}",
             what="result",
         )
-        data = _task.dumps((_task.ERR, _task.pack_exception(error)))
-    writer.send_bytes(data)
+        body, shared, keep = _task.dumps((_task.ERR, _task.pack_exception(error))), False, ()
+    return (_SHARED if shared else _INLINE) + body, shared, keep
+
+
+_INLINE, _SHARED = b"\0", b"\1"
+
+
+def _opened_outcome(data: bytes) -> Any:
+    """The child's outcome, its shared buffers mapped (copy-on-write)."""
+    body = memoryview(data)[1:]
+    if data[:1] != _SHARED:
+        return _task.loads(body)
+    try:
+        body, buffers = _task.unpack(body, writable=True)
+    except SerializationError as exc:
+        return (_task.RAISED, exc)
+    return _task.loads(body, buffers=buffers)
 
 
 def spawn(
