@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
+import pyarrow as pa
 import pytest
 
 import concur
@@ -183,6 +185,31 @@ def test_the_pipe_carries_a_small_message_for_a_large_result(pool):
     assert read < 1 * MB, f"the caller read {read} bytes for a 50 MB result"
     result[0] = 7  # a result is the caller's own: writable
     assert int(result[0]) == 7 and int(result.sum()) == 50 * MB + 6
+
+
+def frame_of(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"a": np.arange(n, dtype=np.int64), "b": np.ones(n)})
+
+
+def table_of(n: int) -> pa.Table:
+    return pa.table({"a": pa.array(np.arange(n, dtype=np.int64))})
+
+
+def column_total(data: pd.DataFrame | pa.Table) -> int:
+    return int(np.asarray(data["a"]).sum())
+
+
+@pytest.mark.parametrize("make", [frame_of, table_of], ids=["pandas", "arrow"])
+def test_data_frames_and_arrow_tables_travel_through_shared_memory(pool, make):
+    column_total(pool.submit(make, 10).result())  # imports done
+    before = rchar()
+    data = pool.submit(make, 4 * MB).result()  # 32 MB a column
+    assert rchar() - before < 1 * MB
+    before = rchar()
+    assert pool.submit(column_total, data).result() == column_total(make(4 * MB))
+    assert rchar() - before < 1 * MB
+    del data
+    wait_until(no_memfds_left)
 
 
 def test_arguments_are_read_only_in_workers(pool):
