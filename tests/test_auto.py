@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,6 +224,25 @@ def test_auto_pool_decides_per_function():
         assert decisions["test_auto.nap"].backend == "thread"
         assert list(pool.map(square, range(10))) == [x * x for x in range(10)]
         assert pool.decision is not None
+
+
+def test_auto_pool_keeps_computing_work_on_processes_on_a_busy_machine():
+    # Three programs computing beside it on two cores: a learning call's CPU
+    # clock runs at about half the wall clock, which is the host's queue
+    # (and the GIL), not a wait.
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        with concur.AutoPool() as pool:
+            for _ in range(2):
+                # Calls longer than the GIL's switch interval: they hand it over.
+                futures = [pool.submit(spin, 2_000_000) for _ in range(4)]
+                assert [f.result(timeout=60) for f in futures] == [2_000_000] * 4
+            decision = pool.decisions["test_auto.spin"]
+            assert decision.backend == "process", decision.reason
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def spin_pid(n):

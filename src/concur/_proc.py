@@ -19,6 +19,24 @@ from collections.abc import Callable
 CPU_BUDGET_ENV = "CONCUR_CPU_BUDGET"
 
 
+def host_share() -> float:
+    """The share of a CPU one more runnable thread of this process gets now:
+    1.0 on an idle machine, less when more threads are runnable than this
+    process may use CPUs (``/proc/loadavg``'s count of runnable threads,
+    this one among them). 1.0 where it cannot be read.
+
+    A program whose threads compute can use at most this share of each CPU
+    it may run on: on a busy machine, a CPU clock running slower than the
+    wall clock is the host's queue, not a wait.
+    """
+    try:
+        with open("/proc/loadavg", "rb") as handle:
+            runnable = int(handle.read().split()[3].split(b"/")[0])
+    except (OSError, IndexError, ValueError):
+        return 1.0
+    return min(1.0, _usable_cpus() / max(1, runnable))
+
+
 @functools.cache
 def cpu_count() -> int:
     """CPUs this process may use: its affinity mask (where the OS has one),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _future, _stats, _task
 from .. import _pool as _pool_base
 from .._pool import ChunkResult, TaskOptions
-from .._proc import cpu_count
+from .._proc import cpu_count, host_share
 from .._progress import Bar, Shown
 from .._stream import length_hint
 from ..threads import ThreadPool
@@ -155,7 +155,9 @@ class AutoPool(_pool_base.PoolBase):
                 now = (time.perf_counter(), time.process_time())
                 span, used = now[0] - self._clock[0], now[1] - self._clock[1]
                 self._clock = now
-                if span > 0 and used / span > 0.8:  # the GIL is busy: the work computes
+                # The GIL is busy (as busy as the host lets this process be):
+                # the work computes, and its threads wait for the GIL, not IO.
+                if span > 0 and used / span > 0.8 * host_share():
                     wall = cpu
             old = route.stats or Measurements(
                 cores=cpu_count(),
