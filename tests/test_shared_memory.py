@@ -371,18 +371,26 @@ def test_spawn_sends_a_large_argument_through_shared_memory():
     assert no_memfds_left()
 
 
-def test_spawn_returns_a_large_result_through_shared_memory():
-    concur.spawn(ones, 10).result(timeout=30)  # imports done, as a pool's first task
-    before = rchar()
-    worker = concur.spawn(ones, 50 * MB)
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
+def test_spawn_returns_a_large_result_through_shared_memory(start_method):
+    concur.spawn(ones, 10, mp_context=start_method).result(timeout=30)  # imports done
+    worker = concur.spawn(ones, 50 * MB, mp_context=start_method)
+    # Under fork a child started next inherits the parent's end of the first
+    # one's "mapped" pipe: the first must still hear that its result was mapped.
+    other = concur.spawn(time.sleep, 30, mp_context=start_method)
+    # This thread's reads: the process's count takes in the reads of the
+    # children it reaps (a spawned interpreter's imports).
+    before = rchar("thread-self")
     result = worker.result(timeout=30)
-    read = rchar() - before
+    read = rchar("thread-self") - before
     assert result.shape == (50 * MB,) and int(result.sum()) == 50 * MB
     assert read < 1 * MB, f"the parent read {read} bytes for a 50 MB result"
     result[0] = 7  # the parent's own copy-on-write mapping: writable
     assert int(result.sum()) == 50 * MB + 6
-    worker.join(10)  # the child exits once its result is mapped
+    worker.join(5)  # the child exits once its result is mapped
     assert worker.exitcode == 0
+    other.kill()
+    other.join(5)
     del result, worker
     wait_until(no_memfds_left)
 

@@ -9,7 +9,7 @@ A process worker sends its outcome back over a pipe that the parent drains
 while it waits, so a large result never deadlocks ``join()`` (the classic
 ``Process`` + ``Queue`` trap). An outcome with large buffers sends them
 through shared memory (``_shm``): the child then holds that memory until
-the parent, having mapped it, closes the ``mapped`` pipe. Process workers
+the parent, having mapped it, says so on the ``mapped`` pipe. Process workers
 are tied to the parent like pool workers: they exit when the parent dies
 (see ``_supervise``).
 
@@ -102,7 +102,7 @@ class Worker:
         title = f"concur-spawn {name or _task.describe(fn)}"
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_process_main,
-            args=(payload, writer, mapped_r, lifeline, title, pdeathsig),
+            args=(payload, writer, (mapped_r, mapped_w), lifeline, title, pdeathsig),
             name=name,
             daemon=daemon,
         )
@@ -220,8 +220,14 @@ class Worker:
         self._process.join(left)
 
     def _let_go(self) -> None:
-        """Tell the child its result is mapped (or no longer wanted): it may exit."""
+        """Tell the child its result is mapped (or no longer wanted): it may exit.
+
+        Said in a message, not only by closing the pipe: under fork, other
+        children may hold a copy of this end, and an end of file would wait
+        for them."""
         if self._mapped is not None:
+            with contextlib.suppress(OSError):
+                self._mapped.send_bytes(b"mapped")
             self._mapped.close()
             self._mapped = None
 
@@ -278,11 +284,13 @@ class Worker:
 def _process_main(
     payload: bytes,
     writer: Connection,
-    mapped: Connection,
+    mapped_ends: tuple[Connection, Connection],
     lifeline: Connection,
     title: str,
     pdeathsig: bool,
 ) -> None:
+    mapped, theirs = mapped_ends
+    theirs.close()  # the parent's end (inherited under fork): EOF means it is gone
     _supervise.child_setup(lifeline.fileno(), title, pdeathsig, short="concur-spawn")
     data, shared, keep = _packed_outcome(_call(payload))
     writer.send_bytes(data)
