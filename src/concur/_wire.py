@@ -6,8 +6,8 @@ then the bytes. The pools read and write their workers' pipes here instead
 of through ``Connection``, whose layers of Python cost a few microseconds a
 message on each side, a good part of a warm round trip:
 
-    send   the length, a header and a body: joined and written at once when
-           small (the pipe then holds the whole frame or nothing of it), or
+    send   the length, a header and a body: joined and written in one call
+           when small (a frame of up to PIPE_BUF, 4 KiB, lands whole), or
            written with ``writev``, no copy of the body
     recv   the length, then the frame: one read when the pipe holds it all,
            else filled in place (``readv`` into one buffer, no copies)

@@ -157,7 +157,8 @@ class AutoPool(_pool_base.PoolBase):
                 self._clock = now
                 # The GIL is busy (as busy as the host lets this process be):
                 # the work computes, and its threads wait for the GIL, not IO.
-                if span > 0 and used / span > 0.8 * host_share():
+                # (/proc/loadavg is read only when the first test fails)
+                if span > 0 and (used / span > 0.8 or used / span > 0.8 * host_share()):
                     wall = cpu
             old = route.stats or Measurements(
                 cores=cpu_count(),
