@@ -219,3 +219,21 @@ def test_one_cpu_runs_the_bench_on_one_cpu_and_says_so():
     assert re.search(r"CPUs 1 usable of \d+", done.stdout), done.stdout
     assert "bare-pipe" in done.stdout
     assert "concur-pro" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_bench_server_writes_only_its_results_to_stdout():
+    """What ``make bench`` tees into docs/bench-server.txt: the tables, with
+    the run's progress kept on stderr."""
+    argv = ["bench-server", "--quick", "--repeat", "1", "--scenario", "sessions"]
+    argv += ["--server", "concur-async", "--server", "asyncio"]
+    done = subprocess.run(
+        [sys.executable, "-m", "concur", *argv],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sessions: 200 short sessions" in done.stdout
+    assert "concur async" in done.stdout and "asyncio streams" in done.stdout
+    assert " · concur async" not in done.stdout, done.stdout  # a progress line

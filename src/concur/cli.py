@@ -473,13 +473,14 @@ def bench_server(
     print_environment(console, env)
     sizes = bench.QUICK if quick else bench.FULL
     chosen = list(servers) or list(bench.SERVERS)
-    measures = bench.run(
-        sizes,
-        chosen,
-        list(scenarios) or list(bench.SCENARIOS),
-        repeat or (1 if quick else 3),
-        progress=lambda what: console.print(f"[dim]{what}[/]", highlight=False),
-    )
+    with Console(stderr=True).status("running") as status:
+        measures = bench.run(
+            sizes,
+            chosen,
+            list(scenarios) or list(bench.SCENARIOS),
+            repeat or (1 if quick else 3),
+            progress=lambda what: status.update(what),
+        )
     rows = bench.summarize(measures)
     bench.print_tables(console, rows, sizes)
     if json_path:
