@@ -144,10 +144,12 @@ _functions = _Functions()
 
 
 def load_call(
-    data: bytes | memoryview, buffers: list[memoryview] | None = None
+    fn_blob: memoryview, data: bytes | memoryview, buffers: list[memoryview] | None = None
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """A CALL message's ``(fn, args, kwargs)``, its function loaded once per blob."""
-    fn, args, kwargs = loads(data, buffers)
-    if isinstance(fn, bytes):
-        fn = _functions.get(fn)
-    return fn, args, kwargs
+    """A CALL message's ``(fn, args, kwargs)``, its function loaded once per
+    blob (``fn_blob``; empty when the function is in the pickle)."""
+    if not fn_blob:
+        fn, args, kwargs = loads(data, buffers)
+        return fn, args, kwargs
+    args, kwargs = loads(data, buffers)
+    return _functions.get(fn_blob.tobytes()), args, kwargs

@@ -304,8 +304,8 @@ def _process_main(
 
 def _call(payload: bytes) -> _task.Outcome:
     try:
-        _, _, body, buffers = _task.open_message(payload)
-        fn, args, kwargs = _namespace.load_call(body, buffers)
+        _, _, fn_blob, body, buffers = _task.open_message(payload)
+        fn, args, kwargs = _namespace.load_call(fn_blob, body, buffers)
         return (_task.OK, fn(*args, **kwargs))
     except BaseException as exc:
         return (_task.ERR, _task.pack_exception(exc))

@@ -21,8 +21,9 @@ neither pickled nor rebuilt per call. Any other callable is pickled with
 each call.
 
     caller → worker   TASK_HEAD (kind, flags, task_id) + body
-                      CALL     body: (fn or fn_blob, args, kwargs)
-                      CHUNK    body: (fn_blob, [args, ...])
+                      CALL     FN_LEN + fn_blob + (args, kwargs), or
+                               FN_LEN (0) + (fn, args, kwargs)
+                      CHUNK    FN_LEN + fn_blob + [args, ...]
                       EXIT     no body: exit cleanly
                       RELEASE  no body: the last reply's shared memory is mapped
     worker → caller   REPLY_HEAD (kind, flags, task_id, wall_s, cpu_s) + body
@@ -33,10 +34,17 @@ each call.
                       outcome: (OK, value) | (ERR, packed exception)
                                | (CHUNK_DONE, [outcome, ...])
 
+A function's bytes travel beside the pickle, not in it: a function of
+``__main__`` travels by value, so its bytes name ``__main__`` and
+cloudpickle, and inside the pickle they would send every call's arguments
+through cloudpickle here and the namespace-binding unpickler there, ten
+times the C pickler's cost (``dumps``, ``_namespace.loads``).
+
 A message whose flags have SHARED carries its large buffers in shared
-memory: its body starts with the table of their places (``_shm``), and
-the pickle refers to them out of band. A worker answers a shared reply's
-RELEASE, or its next task, by closing that reply's memory.
+memory: the part after the function's bytes starts with the table of
+their places (``_shm``), and the pickle refers to them out of band. A
+worker answers a shared reply's RELEASE, or its next task, by closing
+that reply's memory.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
 # Message kinds, caller → worker.
 CALL, CHUNK, EXIT, RELEASE = 1, 2, 3, 4
 TASK_HEAD = struct.Struct("<BBq")
+FN_LEN = struct.Struct("<I")  # CALL and CHUNK: the length of the function's bytes that follow
 # Message kinds, worker → caller, and the flags of either direction.
 READY, INIT_FAILED, DONE, LOG = 1, 2, 3, 4
 RETIRING, SHARED = 1, 2
@@ -156,15 +165,26 @@ def unpack(
         raise SerializationError(str(exc), what="result") from exc
 
 
-def open_message(data: bytes | bytearray) -> tuple[int, int, memoryview, list[memoryview] | None]:
-    """A task message's (kind, task_id, pickle, shared buffers or None); the
-    worker's view: buffers map read-only."""
+Opened = tuple[int, int, memoryview, memoryview, list[memoryview] | None]
+
+
+def open_message(data: bytes | bytearray) -> Opened:
+    """A task message's (kind, task_id, function's bytes (empty if none),
+    pickle, shared buffers or None); the worker's view: buffers map read-only."""
     kind, flags, task_id = TASK_HEAD.unpack_from(data)
-    body = memoryview(data)[TASK_HEAD.size :]
+    view = memoryview(data)
+    start = TASK_HEAD.size
+    fn = view[start:start]
+    if kind in (CALL, CHUNK):
+        (size,) = FN_LEN.unpack_from(data, start)
+        start += FN_LEN.size
+        fn = view[start : start + size]
+        start += size
+    body = view[start:]
     if not flags & SHARED:
-        return kind, task_id, body, None
+        return kind, task_id, fn, body, None
     body, buffers = unpack(body, writable=False, mappings=_shm.worker_mappings)
-    return kind, task_id, body, buffers
+    return kind, task_id, fn, body, buffers
 
 
 def describe(fn: object) -> str:
@@ -213,9 +233,10 @@ def task_message(kind: int, task_id: int, body: bytes = b"") -> bytes:
     return TASK_HEAD.pack(kind, 0, task_id) + body
 
 
-def _shared_message(kind: int, task_id: int, obj: object) -> Payload:
+def _shared_message(kind: int, task_id: int, fn_blob: bytes, obj: object) -> Payload:
     body, shared, keep = pack(obj)
-    return TASK_HEAD.pack(kind, SHARED if shared else 0, task_id) + body, tuple(keep)
+    head = TASK_HEAD.pack(kind, SHARED if shared else 0, task_id) + FN_LEN.pack(len(fn_blob))
+    return b"".join((head, fn_blob, body)), tuple(keep)
 
 
 # Functions pickled bigger are pickled per call, and kept by neither side.
@@ -321,7 +342,9 @@ def serialize_call(
     """The message for one call; raises SerializationError naming the culprit."""
     try:
         blob = function_blob(fn)
-        return _shared_message(CALL, task_id, (fn if blob is None else blob, args, kwargs))
+        if blob is None:
+            return _shared_message(CALL, task_id, b"", (fn, args, kwargs))
+        return _shared_message(CALL, task_id, blob, (args, kwargs))
     except SerializationError:
         raise
     except Exception as error:
@@ -330,7 +353,7 @@ def serialize_call(
 
 def serialize_chunk(task_id: int, fn_blob: bytes, items: list[tuple[Any, ...]]) -> Payload:
     try:
-        return _shared_message(CHUNK, task_id, (fn_blob, items))
+        return _shared_message(CHUNK, task_id, fn_blob, items)
     except SerializationError:
         raise
     except Exception as error:

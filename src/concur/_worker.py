@@ -159,16 +159,16 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
             held.clear()
         if mappings.current:
             mappings.next_task()
-        kind, task_id, body, buffers = _opened(data)
+        kind, task_id, fn_blob, body, buffers = _opened(data)
         if kind == _task.EXIT:
             return
         if kind == _task.RELEASE:
             mappings.release()
             continue
-        outcome, items, cached, start = _run(kind, task_id, body, buffers, cached, show)
+        outcome, items, cached, start = _run(kind, task_id, fn_blob, body, buffers, cached, show)
         if mappings.previous:
             mappings.done_with_previous()
-        del data, body, buffers
+        del data, fn_blob, body, buffers
         done += items
         retiring = (settings.max_tasks is not None and done >= settings.max_tasks) or (
             settings.max_memory is not None and own_rss() > settings.max_memory
@@ -192,19 +192,20 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
 
 def _opened(
     data: bytes | bytearray,
-) -> tuple[int, int, memoryview, list[memoryview] | BaseException | None]:
+) -> tuple[int, int, memoryview, memoryview, list[memoryview] | BaseException | None]:
     """``open_message``, with a failure to map the shared memory kept as the
     task's error."""
     try:
         return _task.open_message(data)
     except SerializationError as exc:
         kind, _, task_id = _task.TASK_HEAD.unpack_from(data)
-        return kind, task_id, memoryview(b""), exc
+        return kind, task_id, memoryview(b""), memoryview(b""), exc
 
 
 def _run(
     kind: int,
     task_id: int,
+    fn_blob: memoryview,
     body: memoryview,
     buffers: list[memoryview] | BaseException | None,
     cached: tuple[bytes | None, Any],
@@ -221,12 +222,14 @@ def _run(
         if isinstance(buffers, BaseException):
             raise buffers
         message: Any = (
-            _namespace.load_call(body, buffers)
+            _namespace.load_call(fn_blob, body, buffers)
             if kind == _task.CALL
             else _namespace.loads(body, buffers)
         )
-        if kind == _task.CHUNK and cached[0] != message[0]:
-            cached = (message[0], _namespace.loads(message[0]))
+        if kind == _task.CHUNK:
+            blob = fn_blob.tobytes()
+            if cached[0] != blob:
+                cached = (blob, _namespace.loads(blob))
     except BaseException as exc:
         return (_task.ERR, _unpickle_error(exc)), 1, cached, _task.clock()
     start = _task.clock()
@@ -235,7 +238,7 @@ def _run(
         if show is not None:
             show(_task.describe(fn), task_id)
         return _call(fn, args, kwargs), 1, cached, start
-    items = message[1]
+    items = message
     if show is not None:
         show(f"{_task.describe(cached[1])} ×{len(items)}", task_id)
     outcomes, _, _ = _task.run_chunk(cached[1], items, pack=True)
