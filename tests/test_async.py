@@ -416,3 +416,36 @@ def test_docs_have_examples() -> None:
 def test_docs_example_prints_what_is_shown(index: int, tmp_path: Path) -> None:
     code, shown = examples("async.md")[index]
     assert printed(code, tmp_path, timeout=60) == shown
+
+
+COLD_FIRST_ARUN = """
+import sys, threading, anyio
+
+loop_thread = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "concur.auto":
+            here = threading.current_thread() is loop_thread[0]
+            print("imported on", "the loop" if here else "a worker thread")
+        return None
+
+async def main():
+    loop_thread.append(threading.current_thread())
+    import concur
+    assert "concur.auto" not in sys.modules
+    sys.meta_path.insert(0, Watch())
+    print(await concur.arun(pow, 2, 5, backend="thread"))
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_the_first_arun_imports_the_engine_off_the_loops_thread(loop: str) -> None:
+    """The engine is ~0.1 s of imports: made on the loop, they would hold it."""
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_FIRST_ARUN, loop], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["imported on a worker thread", "32"], done.stdout
