@@ -281,3 +281,9 @@ def test_a_shared_handle_is_scattered_once_and_received_as_the_object(pool):
         assert len([key for key in held if "ndarray" in str(key)]) == 1, held
     with pytest.raises(concur.SerializationError, match="closed"):
         pool.submit(_ends, shared)
+
+
+def test_a_worker_count_where_the_address_goes_says_what_to_write():
+    # ProcessPool(2) habits: DaskPool's first argument is an address.
+    with pytest.raises(TypeError, match=r"DaskPool\(n_workers=N\)"):
+        concur.DaskPool(2)  # type: ignore[arg-type]

@@ -155,6 +155,27 @@ def test_options_given_to_parallel_reach_the_pool() -> None:
     assert len(pids_of(results)) == 6
 
 
+_HELD: list[bytes] = []
+
+
+def grow_and_where(x: int) -> tuple[int, int, str | None]:
+    """Keep 80 MB in the worker (past the limit below), then say where it ran."""
+    _HELD.append(b"\1" * (80 << 20))  # written, so resident
+    return where(x)
+
+
+def test_a_memory_limit_given_to_the_backend_retires_workers_past_it() -> None:
+    # One call per batch: each call leaves its worker past 60 MB, so every
+    # call meets a fresh worker; without the limit two workers serve all six.
+    with parallel_config(backend="concur", n_jobs=2, max_memory_per_child="60MB"):
+        results = Parallel(batch_size=1)(delayed(grow_and_where)(i) for i in range(6))
+    assert [value for value, _, _ in results] == [i * i for i in range(6)]
+    assert len(pids_of(results)) == 6
+    with parallel_config(backend="concur", n_jobs=2):
+        unlimited = Parallel(batch_size=1)(delayed(where)(i) for i in range(6))
+    assert len(pids_of(unlimited)) <= 2
+
+
 def test_retries_rerun_a_call_whose_worker_died(tmp_path: Path) -> None:
     marker = tmp_path / "died-once"
 

@@ -105,6 +105,38 @@ def test_pool_map_draws_a_bar_on_a_terminal_and_nothing_on_a_pipe(tmp_path, pool
     assert out.stderr == ""  # not a terminal: nothing drawn
 
 
+AUTO_AND_DASK_MAP = """
+def nap(x):
+    time.sleep(0.005)
+    return x * 2
+
+async def amapped():
+    return [x async for x in concur.amap(nap, range(40), progress=True)]
+
+if __name__ == "__main__":
+    with concur.{pool} as pool:
+        assert list(pool.map(nap, range(40), progress=True)) == [x * 2 for x in range(40)]
+    if "{pool}".startswith("AutoPool"):
+        import anyio
+        assert anyio.run(amapped) == [x * 2 for x in range(40)]
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool", ["AutoPool(2)", "DaskPool(n_workers=2)"])
+def test_auto_and_dask_pool_map_and_concur_amap_draw_a_bar(tmp_path, pool):
+    if pool.startswith("DaskPool"):
+        pytest.importorskip("distributed", reason="the dask extra is not installed")
+    path = script(tmp_path, AUTO_AND_DASK_MAP.format(pool=pool))
+    code, text = on_a_terminal(path)
+    assert code == 0, text
+    finished = [f for f in frames(text) if "40/40" in f and "100%" in f]
+    assert len(finished) >= (2 if pool.startswith("AutoPool") else 1), text  # map, then amap
+    out = piped(path)
+    assert out.returncode == 0, out.stderr
+    assert "40/40" not in out.stderr  # not a terminal: no bar
+
+
 def test_pool_imap_shows_the_total_of_a_list_and_a_count_for_endless_input(tmp_path):
     path = script(
         tmp_path,

@@ -122,6 +122,12 @@ class DaskPool(_pool.PoolBase):
             distributed: Any = importlib.import_module("distributed")
         except ImportError:
             raise _missing() from None
+        if address is not None and not isinstance(address, str):
+            raise TypeError(
+                "DaskPool's first argument is a scheduler's address (a str), "
+                f"not {address!r}; for a local cluster of N workers, "
+                "write DaskPool(n_workers=N)"
+            )
         self._defaults = _pool.TaskOptions(_pool.check_timeout(task_timeout), retries)
         address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         self._cluster: Any = None
