@@ -287,3 +287,42 @@ def test_a_worker_count_where_the_address_goes_says_what_to_write():
     # ProcessPool(2) habits: DaskPool's first argument is an address.
     with pytest.raises(TypeError, match=r"DaskPool\(n_workers=N\)"):
         concur.DaskPool(2)  # type: ignore[arg-type]
+
+
+def own_pid() -> int:
+    return os.getpid()
+
+
+def hang() -> None:
+    time.sleep(60)
+
+
+def gone_within(pid: int, bound: float) -> bool:
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_cancelling_an_awaited_call_kills_its_worker_on_the_pools_own_cluster(loop):
+    anyio = pytest.importorskip("anyio", reason="the async extra is not installed")
+    with concur.DaskPool(n_workers=1) as pool:
+        worker = pool.submit(own_pid).result(timeout=30)
+
+        async def cancelled_while_it_runs() -> float:
+            with anyio.move_on_after(0.5):
+                await pool.arun(hang)
+            return time.monotonic()
+
+        cancelled_at = anyio.run(cancelled_while_it_runs, backend=loop)
+        assert gone_within(worker, 0.5), "the worker still runs the cancelled call"
+        assert time.monotonic() - cancelled_at < 1.0
+        # Its slot is free again: a fresh worker takes the next call.
+        assert pool.submit(own_pid).result(timeout=30) != worker

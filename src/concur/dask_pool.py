@@ -24,7 +24,9 @@ its ``timeout`` fails with ``TaskTimeout`` on time.
 Two differences, both Dask's: a task's time limit counts from submission
 (Dask does not tell the client when a task starts), and a task past its
 limit is released, not stopped, since Dask runs it on a worker thread that
-cannot be interrupted.
+cannot be interrupted. A cancelled task that runs on the pool's own local
+cluster is stopped all the same: the worker process running it, a
+descendant of this one, is killed, and its nanny starts a fresh one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import signal
 import threading
 import time
 import weakref
@@ -65,19 +68,57 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any])
 
 
 class _DaskFuture(Future[Any]):
-    """A concurrent.futures Future whose ``cancel()`` also cancels the Dask task."""
+    """A concurrent.futures Future whose ``cancel()`` also cancels the Dask
+    task; on the pool's own local cluster it also stops the task if it runs
+    (``stop``: kills the worker process running it)."""
 
-    def __init__(self, remote: Any) -> None:
+    def __init__(self, remote: Any, stop: Callable[[Any], None] | None) -> None:
         super().__init__()
         self.remote = remote
+        self.stop = stop
 
     def cancel(self) -> bool:
         remote = self.remote
         if not super().cancel():
             return False
-        if remote is not None:
+        if remote is not None and self.stop is not None:
+            self.stop(remote)
+        elif remote is not None:
             remote.cancel()
         return True
+
+
+def _pid_running(key: Any, dask_scheduler: Any = None) -> int | None:
+    """Runs on the scheduler: the pid of the worker processing ``key``, if any."""
+    task = dask_scheduler.tasks.get(key)
+    worker = getattr(task, "processing_on", None)
+    return None if worker is None else worker.pid
+
+
+def _stop_remote(client: Any, remote: Any) -> None:
+    """Kill the local worker process that runs ``remote``'s task (its nanny
+    starts a fresh one), then cancel the task. In a thread of its own: it
+    asks the scheduler, and ``cancel()`` may be called on an event loop."""
+    try:
+        pid = client.run_on_scheduler(_pid_running, remote.key)
+        if pid is not None and _descends_from_here(pid):
+            os.kill(pid, signal.SIGKILL)
+    except Exception:  # the cluster is closing, or the task just ended
+        pass
+    try:
+        remote.cancel()
+    except Exception:
+        pass
+
+
+def _descends_from_here(pid: int) -> bool:
+    """Only this pool's own cluster's workers (this process's descendants) are killed."""
+    import psutil
+
+    try:
+        return any(parent.pid == os.getpid() for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
 
 
 def _expire(future: Future[Any], label: str, timeout: float) -> Callable[[], None] | None:
@@ -228,7 +269,7 @@ class DaskPool(_pool.PoolBase):
             if self._closed:
                 raise PoolClosed("cannot submit to a DaskPool after shutdown()")
             remote = self._client.submit(target, *args, pure=False, retries=options.retries)
-            future = _DaskFuture(remote)
+            future = _DaskFuture(remote, self._stop if self._cluster is not None else None)
             self._live.add(future)
         remote.add_done_callback(lambda done: self._settle(future, done, label, chunk))
         if options.timeout is not None:
@@ -237,6 +278,11 @@ class DaskPool(_pool.PoolBase):
             self._deadlines.add(future, due, lambda: _expire(future, label, timeout))
             future.add_done_callback(self._deadlines.remove)
         return future
+
+    def _stop(self, remote: Any) -> None:
+        client = self._client
+        name = "concur-dask-stop"
+        threading.Thread(target=_stop_remote, args=(client, remote), name=name, daemon=True).start()
 
     def _settle(self, future: Future[Any], remote: Any, label: str, chunk: bool) -> None:
         if remote.status == "lost" and not future.done():
