@@ -28,6 +28,23 @@ def concur_ps(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def wait_gone(pids: list[int], limit: float) -> float:
+    """Seconds until none of ``pids`` is alive (a zombie counts as gone)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return time.monotonic() - start
+        time.sleep(0.005)
+    raise AssertionError(f"processes {alive} still alive after {limit} s")
+
+
 def _service_pids() -> set[int]:
     """multiprocessing's own long-lived helpers, shared by the whole session."""
     pids = set()

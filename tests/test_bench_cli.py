@@ -205,16 +205,18 @@ def test_bench_stats_prints_what_each_concur_pool_did():
     assert "pool stats" not in plain.output
 
 
+def concur_cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m concur ARGV`` run to its end in a subprocess (100 s at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "concur", *argv], capture_output=True, text=True, timeout=100
+    )
+
+
 @pytest.mark.timeout(120)
 def test_one_cpu_runs_the_bench_on_one_cpu_and_says_so():
     argv = ["bench", "--one-cpu", "--quick", "--repeat", "1", "--scenario", "latency"]
     argv += ["--backend", "bare-pipe", "--backend", "concur-process"]
-    done = subprocess.run(
-        [sys.executable, "-m", "concur", *argv],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = concur_cli(argv)
     assert done.returncode == 0, done.stderr
     assert re.search(r"CPUs 1 usable of \d+", done.stdout), done.stdout
     assert "bare-pipe" in done.stdout
@@ -227,12 +229,7 @@ def test_bench_server_writes_only_its_results_to_stdout():
     the run's progress kept on stderr."""
     argv = ["bench-server", "--quick", "--repeat", "1", "--scenario", "sessions"]
     argv += ["--server", "concur-async", "--server", "asyncio"]
-    done = subprocess.run(
-        [sys.executable, "-m", "concur", *argv],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = concur_cli(argv)
     assert done.returncode == 0, done.stderr
     assert "sessions: 200 short sessions" in done.stdout
     assert "concur async" in done.stdout and "asyncio streams" in done.stdout

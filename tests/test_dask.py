@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import concur
-from conftest import SHARED_SERVICES
+from conftest import SHARED_SERVICES, wait_gone
 
 distributed = pytest.importorskip(
     "distributed", reason="the dask extra is not installed (pip install 'concur[dask]')"
@@ -297,18 +297,6 @@ def hang() -> None:
     time.sleep(60)
 
 
-def gone_within(pid: int, bound: float) -> bool:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.01)
-    return False
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_cancelling_an_awaited_call_kills_its_worker_on_the_pools_own_cluster(loop):
@@ -322,7 +310,7 @@ def test_cancelling_an_awaited_call_kills_its_worker_on_the_pools_own_cluster(lo
             return time.monotonic()
 
         cancelled_at = anyio.run(cancelled_while_it_runs, backend=loop)
-        assert gone_within(worker, 0.5), "the worker still runs the cancelled call"
+        wait_gone([worker], limit=0.5)  # it no longer runs the cancelled call
         assert time.monotonic() - cancelled_at < 1.0
         # Its slot is free again: a fresh worker takes the next call.
         assert pool.submit(own_pid).result(timeout=30) != worker

@@ -425,7 +425,9 @@ def _by_value(source: str, **names):
     return namespace["f"]
 
 
-def test_a_plain_function_sent_by_value_is_pickled_once(monkeypatch):
+@pytest.fixture
+def cloudpickled(monkeypatch):
+    """What this process gives ``cloudpickle.dumps``, in order."""
     import cloudpickle
 
     pickled = []
@@ -436,32 +438,26 @@ def test_a_plain_function_sent_by_value_is_pickled_once(monkeypatch):
         return real(obj, *args, **kwargs)
 
     monkeypatch.setattr(cloudpickle, "dumps", counting)
+    return pickled
+
+
+def test_a_plain_function_sent_by_value_is_pickled_once(cloudpickled):
     f = _by_value("import math\ndef f(x):\n    return math.floor(x * SCALE)\n", SCALE=2.5)
     with concur.ProcessPool(1) as pool:
         assert [pool.submit(f, i).result(timeout=10) for i in range(5)] == [0, 2, 5, 7, 10]
-    assert [obj for obj in pickled if obj is f] == [f]
+    assert [obj for obj in cloudpickled if obj is f] == [f]
 
 
-def test_the_arguments_of_a_main_function_go_through_the_c_pickler(monkeypatch):
+def test_the_arguments_of_a_main_function_go_through_the_c_pickler(cloudpickled):
     """A function of ``__main__`` travels by value, and its bytes name
     ``__main__``: they travel beside the arguments' pickle, so the arguments
     need no cloudpickle (ten times the C pickler's cost per call)."""
-    import cloudpickle
-
-    pickled = []
-    real = cloudpickle.dumps
-
-    def counting(obj, *args, **kwargs):
-        pickled.append(obj)
-        return real(obj, *args, **kwargs)
-
-    monkeypatch.setattr(cloudpickle, "dumps", counting)
     f = _by_value("def f(x, *, k=0):\n    return x + k\n", __name__="__main__")
     with concur.ProcessPool(1) as pool:
         assert [pool.submit(f, i, k=1).result(timeout=10) for i in range(5)] == [1, 2, 3, 4, 5]
         assert list(pool.map(f, range(6), chunksize=3)) == list(range(6))
     # the function only (once for submit, once for map), never a message
-    assert pickled and all(obj is f for obj in pickled), pickled
+    assert cloudpickled and all(obj is f for obj in cloudpickled), cloudpickled
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import concur
+from conftest import wait_gone
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -26,23 +27,6 @@ def run_script(name: str, *args: str, **kwargs) -> subprocess.Popen:
         text=True,
         **kwargs,
     )
-
-
-def wait_gone(pids: list[int], limit: float) -> float:
-    """Seconds until none of ``pids`` is alive (a zombie counts as gone)."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive:
-            return time.monotonic() - start
-        time.sleep(0.005)
-    raise AssertionError(f"processes {alive} outlived their parent by {limit} s")
 
 
 @pytest.mark.parametrize("mode", ["pool-sleep", "pool-busy", "pool-gil", "spawn"])

@@ -81,10 +81,11 @@ class _DaskFuture(Future[Any]):
         remote = self.remote
         if not super().cancel():
             return False
-        if remote is not None and self.stop is not None:
-            self.stop(remote)
-        elif remote is not None:
-            remote.cancel()
+        if remote is not None:
+            if self.stop is not None:
+                self.stop(remote)  # also stops it if it runs
+            else:
+                remote.cancel()
         return True
 
 
