@@ -77,6 +77,33 @@ def test_computing_that_releases_the_gil_runs_in_parallel():
     assert results.decision.backend in ("thread", "process")
 
 
+def digest_of_megabytes(mb):
+    return hashlib.sha256(memoryview(BLOCK)[: mb << 20]).hexdigest()  # no copy: all in C
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to run in parallel")
+@pytest.mark.parametrize("mb", [1, 4])
+def test_short_calls_that_release_the_gil_get_threads(mb):
+    # About 1 ms (timed inline by the probe) and 4 ms (watched on the probe
+    # thread, ending before the spin test can tell) per call: too short for
+    # one look to see the GIL released, and long enough in all (64 calls)
+    # that threads halve the time while processes would pay their start-up.
+    stream = concur.imap(digest_of_megabytes, [mb] * 64)
+    assert list(stream) == [digest_of_megabytes(mb)] * 64
+    first = stream.decisions[0]
+    assert first.backend == "thread", str(first)
+    assert "process" not in {d.backend for d in stream.decisions}, stream.decisions
+
+
+@pytest.mark.parametrize("n", [30_000, 120_000])
+def test_short_calls_that_hold_the_gil_do_not_get_threads(n):
+    # The same sizes in pure Python: threads would only take turns.
+    results = concur.map(spin, [n] * 64)
+    assert results == [n] * 64
+    assert results.decision.backend in ("inline", "process"), str(results.decision)
+    assert not results.decision.measurements.released
+
+
 def test_a_trivial_function_runs_inline():
     results = concur.map(square, range(20_000))
     assert results == [x * x for x in range(20_000)]
@@ -97,17 +124,28 @@ def test_work_that_changes_half_way_is_re_decided():
     assert "process" in backends[1:]
 
 
+_LOGS: dict[str, int] = {}  # path → a descriptor open for appends, per process
+
+
 def _record(path, x):
-    with open(path, "a") as handle:  # one short append per call: atomic
-        handle.write(f"{x}\n")
+    # One short write per call to a descriptor kept open: atomic, and cheap
+    # enough that the first 3,000 calls stay inline work.
+    fd = _LOGS.get(path)
+    if fd is None:
+        fd = _LOGS[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\n" % x)
     return changes_half_way(x)
 
 
 def test_no_item_is_lost_or_run_twice_when_the_backend_changes(tmp_path):
-    log = tmp_path / "calls"
-    stream = concur.imap(_record, [log] * 3060, range(3060))
-    assert list(stream) == [x if x < 3000 else 1_000_000 for x in range(3060)]
-    assert len({d.backend for d in stream.decisions}) > 1
+    log = str(tmp_path / "calls")
+    try:
+        stream = concur.imap(_record, [log] * 3060, range(3060))
+        assert list(stream) == [x if x < 3000 else 1_000_000 for x in range(3060)]
+    finally:
+        if log in _LOGS:
+            os.close(_LOGS.pop(log))
+    assert len({d.backend for d in stream.decisions}) > 1, stream.decisions
     calls = sorted(int(line) for line in Path(log).read_text().split())
     assert calls == list(range(3060))
 

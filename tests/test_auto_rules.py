@@ -12,13 +12,14 @@ import pytest
 from concur.auto import Measurements, choose, estimate
 
 
-def m(wall, cpu, *, cores=2, transfer=1e-6, utilization=None, gil=True, warm=False):
+def m(wall, cpu, *, cores=2, transfer=1e-6, utilization=None, gil=True, warm=False, released=False):
     return Measurements(
         items=5,
         wall=wall,
         cpu=cpu,
         transfer=transfer,
         utilization=utilization,
+        released=released,
         cores=cores,
         gil=gil,
         warm=warm,
@@ -59,6 +60,15 @@ RULES = [
         2,
         None,
         "GIL is released",
+    ),
+    (
+        "threads side by side on a core the host shared: GIL released",
+        m(0.001, 0.001, utilization=1.0, released=True),
+        10_000,
+        "thread",
+        2,
+        None,
+        "none waiting for the GIL",
     ),
     (
         "two threads used 1.1 CPUs: GIL held",

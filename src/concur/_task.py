@@ -550,6 +550,12 @@ def spent(start: Clock) -> tuple[float, float]:
     return wall, cpu
 
 
+def blocking_counted() -> bool:
+    """Whether ``spent`` can tell a thread that blocked from one the host
+    did not run (a per-thread count of voluntary switches: Linux)."""
+    return _RUSAGE_THREAD is not None
+
+
 def _voluntary_switches() -> int | None:
     """How often this thread has blocked so far (Linux), else None."""
     if _RUSAGE_THREAD is None:

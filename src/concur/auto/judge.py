@@ -32,12 +32,14 @@ class Judge:
         self.decisions: list[Decision] = []
         self.pending_switch: str | None = None
         self.utilization: float | None = None
+        self.released = False  # threads were seen running items side by side (probe)
         self.transfer = 0.0
         self.warm = False  # a process pool of the right size runs already
         # Waits are taken for waits on the outside world (threads ramp up),
         # unless the probe saw a sleep: where it can tell (Linux).
         self.outside = sys.platform == "linux"
         self.clock = (time.perf_counter(), time.process_time())
+        self.rate: float | None = None  # the last process_utilization reading
 
     @property
     def decision(self) -> Decision | None:
@@ -50,6 +52,7 @@ class Judge:
             cpu=cpu / items,
             transfer=self.transfer,
             utilization=self.utilization,
+            released=self.released,
             cores=self.cores,
             gil=self.gil,
             warm=self.warm,
@@ -77,15 +80,15 @@ class Judge:
             log.info("concur auto: the work changed; now %s", decision)
 
     def process_utilization(self) -> float | None:
-        """Process CPU seconds per wall second since the last reading, once
-        at least 50 ms have passed (shorter windows are noise)."""
+        """Process CPU seconds per wall second over the last window of at
+        least 50 ms (shorter windows are noise): a new reading once one has
+        passed, else the last one (None before the first)."""
         now = (time.perf_counter(), time.process_time())
         span = now[0] - self.clock[0]
-        if span < 0.05:
-            return None
-        used = now[1] - self.clock[1]
-        self.clock = now
-        return used / span
+        if span >= 0.05:
+            self.rate = (now[1] - self.clock[1]) / span
+            self.clock = now
+        return self.rate
 
     def observe(
         self,
@@ -113,6 +116,10 @@ class Judge:
             # ~0.01% CPU; items sharing the GIL with up to 100 others, 1% or more).
             if rate is not None and rate > 0.8 and per_cpu > 0.01 * per_wall:
                 per_wall = per_cpu
+                if rate <= GIL_FREE_UTILIZATION:
+                    # Computing threads that fill one core and no more: whatever
+                    # the probe saw of earlier items, these take turns for the GIL.
+                    self.utilization, self.released = rate, False
         old = self.stats or Measurements(cores=self.cores, gil=self.gil, transfer=self.transfer)
         # Each chunk is a few milliseconds of work: weigh chunks, not items, so
         # a change shows within a couple of chunks however many items came before.

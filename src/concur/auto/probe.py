@@ -21,14 +21,18 @@ from .. import _gil, _shm, _task
 from .._pool import ChunkResult
 from .._stream import Stream
 from .rules import (
+    GIL_FREE_UTILIZATION,
     INLINE_PROBE_CHUNKS,
     INLINE_PROBE_S,
     LONG_RUN,
+    PARALLEL_TEST_S,
+    PARALLEL_TEST_WORK_S,
     PROBE_WAIT_S,
     PROCESS_START_S,
     THREAD_BOUND,
     WAITING,
     Decision,
+    Measurements,
     choose,
     gil_free,
 )
@@ -224,7 +228,7 @@ class Probe:
         self.note_transfer(first, None)
         window = PROBE_WAIT_S
         states_seen: set[str] = set()  # "running", "lock", "sleep", "io" at the looks
-        gil_tests = 0
+        spins = SpinTest()
         while True:
             elapsed = time.perf_counter() - wall0
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
@@ -248,9 +252,8 @@ class Probe:
             # Computing, or ready to compute on a host too busy to run it
             if (busy >= WAITING or state == "running") and work_left >= PROCESS_START_S:
                 # Computing, and enough of it for parallel work to matter.
-                if self.judge.utilization is None and gil_tests < 2:  # each costs the probe CPU
-                    gil_tests += 1
-                    self.judge.utilization = _gil_test(probe, clock)
+                if self.judge.utilization is None:
+                    self.judge.utilization = spins.look(probe, clock)
                 # Only a lower bound so far: act on it when even that pays for
                 # processes, or for threads because the GIL is released. Any
                 # other verdict waits for the finished item (a bound measured
@@ -263,11 +266,15 @@ class Probe:
                     return True
             window *= 2
             if wait([probe], timeout=window)[0]:
-                self.finished(first, probe.result(), states_seen)
+                self.finished(first, probe.result(), states_seen, spins.unclear)
                 return False
 
-    def finished(self, first: list[Any], result: ChunkResult, states_seen: set[str]) -> None:
-        """Item 0 ended before a verdict: decide from its whole run."""
+    def finished(
+        self, first: list[Any], result: ChunkResult, states_seen: set[str], unclear: bool
+    ) -> None:
+        """Item 0 ended before a verdict: decide from its whole run.
+        ``unclear``: a spin test beside it found the host too busy to tell;
+        the parallel test would be no clearer, and the GIL counts as held."""
         outcomes, wall, cpu = result
         if states_seen == {"running"}:
             # Runnable at every look, never blocked: the time it did not run
@@ -281,6 +288,8 @@ class Probe:
             self.tiny(first, (outcomes, wall, cpu))
             return
         self.note_transfer(first, value_of(outcomes[0]))
+        if not unclear:
+            self.parallel_test(self.judge.measure(wall, cpu, 1))
         self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream.left()))
 
     def tiny(self, first: list[Any], result: ChunkResult) -> None:
@@ -312,9 +321,117 @@ class Probe:
             # Items that wait, wait in every chunk; a chunk the host's other
             # work preempted is slow once. The calmest chunk tells which.
             spent_wall = min(spent_wall, spent_cpu * max(1.0, calmest))
+        self.parallel_test(self.judge.measure(spent_wall, spent_cpu, items))
         self.judge.adopt(
             choose(self.judge.measure(spent_wall, spent_cpu, items), self.stream.left())
         )
+
+    def parallel_test(self, m: Measurements) -> None:
+        """Whether computing items release the GIL, seen by their progress:
+        one chunk per core (PARALLEL_TEST_S of CPU each) runs on threads at
+        once (``parallel_round``).
+
+        Run when the GIL is unknown and the computing left (PARALLEL_TEST_WORK_S
+        or more) is worth a second core. It costs nothing to speak of: items
+        that hold the GIL take turns on the threads about as fast as inline.
+        More than GIL_FREE_UTILIZATION CPUs used proves the GIL released.
+        Fewer prove nothing alone: the host may have run both threads on one
+        core for a while (it does, for a few ms after waking them). Threads
+        that take turns for the GIL block on it; so a round in which no
+        thread ever blocked (``_task.spent`` reports its wall time as its CPU
+        time) shows the GIL released. GIL-free items may block once where
+        two end at once, so the GIL counts as held only after a second
+        round shows no more.
+        """
+        judge, left = self.judge, self.stream.left()
+        n = LONG_RUN if left is None else left
+        if (
+            not judge.gil
+            or judge.utilization is not None
+            or judge.cores < 2
+            or m.wait_fraction >= WAITING
+            or n * m.wall < PARALLEL_TEST_WORK_S
+        ):
+            return
+        size = max(1, math.ceil(PARALLEL_TEST_S / max(m.cpu, 1e-9)))
+        for _ in range(2):
+            results = self.parallel_round(size, m.wall)
+            if results is None:
+                return
+            span, side_by_side, chunks = results
+            reading = sum(cpu for _, _, cpu in chunks) / span
+            judge.utilization = max(reading, judge.utilization or 0.0)
+            if reading > GIL_FREE_UTILIZATION:
+                return
+            never_blocked = all(wall == cpu for _, wall, cpu in chunks)
+            if side_by_side and never_blocked and _task.blocking_counted():
+                judge.released = True
+                return
+
+    def parallel_round(
+        self, size: int, wall: float
+    ) -> tuple[float, bool, list[ChunkResult]] | None:
+        """One chunk of ``size`` items per core on threads at once: the wall
+        time they took together, whether they ran side by side (each ran
+        through three quarters of the others' time at least: a thread the
+        host started late proves nothing) and their results; None if too
+        few items are left or an item ran far longer than those measured."""
+        left, cores = self.stream.left(), self.judge.cores
+        if left is not None:
+            size = min(size, left // cores)
+        if size < 1:
+            return None
+        threads, cursor, fn = self.placement.thread_pool(), self.stream.cursor, self.placement.fn
+        futures: list[Future[ChunkResult]] = []
+        spans: list[tuple[float, float]] = []
+        start = time.perf_counter()
+        for _ in range(cores):
+            chunk = cursor.take(size)
+            future = threads.submit(_timed_chunk, fn, cursor.as_args(chunk), spans)
+            self.stream.inflight.add(future, len(chunk), "probe")
+            futures.append(future)
+        done, _ = wait(futures, timeout=max(0.05, 10 * size * wall))
+        if len(done) < cores:
+            return None
+        together = min(end for _, end in spans) - max(begin for begin, _ in spans)
+        side_by_side = together >= 0.75 * min(end - begin for begin, end in spans)
+        return time.perf_counter() - start, side_by_side, [future.result() for future in futures]
+
+
+def _timed_chunk(
+    fn: Callable[..., Any], items: list[tuple[Any, ...]], spans: list[tuple[float, float]]
+) -> ChunkResult:
+    """``_task.run_chunk`` on a thread, noting when it began and ended."""
+    begin = time.perf_counter()
+    try:
+        return _task.run_chunk(fn, items, False)
+    finally:
+        spans.append((begin, time.perf_counter()))
+
+
+class SpinTest:
+    """Spins beside a running probe (``_gil_test``), three at most (each
+    costs the probe CPU): a verdict once one saw the GIL released, or two
+    saw it held. One held reading is not enough: a probe whose C call ended
+    in the window waits for the GIL the spinner holds, as held code does.
+    ``unclear``: a window in which the probe ran on but a thread hardly ran
+    (a busy host)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+        self.held = 0
+        self.unclear = False
+
+    def look(self, probe: Future[Any], clock: ThreadClock) -> float | None:
+        if self.tries >= 3:
+            return None
+        self.tries += 1
+        reading = _gil_test(probe, clock)
+        self.unclear = self.unclear or (reading is None and not probe.done())
+        if reading is None or reading > GIL_FREE_UTILIZATION:
+            return reading
+        self.held += 1
+        return reading if self.held >= 2 else None
 
 
 def _gil_test(probe: Future[Any], clock: ThreadClock) -> float | None:
@@ -340,8 +457,8 @@ def _gil_test(probe: Future[Any], clock: ThreadClock) -> float | None:
     # ended before the last read would credit the probe with more CPU time
     # than wall time.
     span = now_wall() - wall0
-    if span < PROBE_WAIT_S / 2 or clock.clock is None:
-        return None
+    if probe.done() or clock.clock is None:
+        return None  # it ended in the window: not seen running beside the spin
     least = min(mine, theirs) / span
     # Sharing the GIL, each thread gets about half the window; without it,
     # both run through it. Only both running through proves the GIL free

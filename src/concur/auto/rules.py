@@ -26,6 +26,8 @@ INLINE_ITEM_S = 50e-6  # below this per item, handing work to a thread costs mor
 INLINE_TOTAL_S = 0.002  # remaining work this small runs inline whatever it is
 WAITING = 0.5  # wait fraction above which work counts as waiting
 GIL_FREE_UTILIZATION = 1.3  # process CPU per wall second that proves the GIL is released
+PARALLEL_TEST_S = 0.004  # CPU each thread gets in the parallel test of the GIL
+PARALLEL_TEST_WORK_S = 0.02  # ... which runs when the computing left takes this long
 THREAD_BOUND = 256  # most threads auto will run at once
 LONG_RUN = 1_000_000  # the items an open-ended run is decided (and estimated) for
 BACKENDS = LOCAL_BACKENDS
@@ -45,6 +47,7 @@ class Measurements:
     cpu: float = 0.0
     transfer: float = 0.0  # pickling the arguments and the result, once each
     utilization: float | None = None  # process CPU per wall second, with 2 threads busy
+    released: bool = False  # threads ran items side by side, none waiting for the GIL
     cores: int = 1
     gil: bool = True
     warm: bool = False  # a process pool is already running: its start-up is paid
@@ -113,8 +116,10 @@ def choose(m: Measurements, remaining: int | None) -> Decision:
             return Decision("thread", threads, 1, why + tail, m)
         if not m.gil:
             why = f"{pct}; no GIL: {threads} threads"
-        elif gil_free(m):
+        elif m.utilization is not None and m.utilization > GIL_FREE_UTILIZATION:
             why = f"{pct}; 2 threads used {m.utilization:.1f} CPUs: the GIL is released → threads"
+        elif m.released:
+            why = f"{pct}; threads ran it side by side, none waiting for the GIL: it is released"
         else:
             why = f"{pct}: waits hide the computing → {threads} threads"
         return Decision("thread", threads, items_per_chunk(m, n, "thread"), why + tail, m)
@@ -135,7 +140,11 @@ _PREFERENCE = {"inline": 1.0, "thread": 1.2, "process": 1.35}
 
 
 def gil_free(m: Measurements) -> bool:
-    return not m.gil or (m.utilization is not None and m.utilization > GIL_FREE_UTILIZATION)
+    return (
+        not m.gil
+        or m.released
+        or (m.utilization is not None and m.utilization > GIL_FREE_UTILIZATION)
+    )
 
 
 def estimate(m: Measurements, n: int) -> tuple[dict[str, float], int]:
