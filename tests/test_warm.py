@@ -101,6 +101,51 @@ def test_threads_are_reused_too():
     assert first and first <= warm_threads()
 
 
+def square(x):
+    return x * x
+
+
+def test_a_warm_run_starts_no_thread(monkeypatch):
+    # Each thread started is a wait for it to run: beside a thread of the
+    # program that computes, a GIL hand-off of up to 5 ms. A warm inline
+    # run times its chunks on the pool's own thread, and parking its pool
+    # again wakes no timer.
+    import threading
+
+    concur.map(square, range(5000))  # leaves a thread pool and the keeper
+    started = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread):
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    for _ in range(10):
+        results = concur.map(square, range(5000))
+        assert results == [x * x for x in range(5000)]
+        assert results.decision.backend == "inline"
+    # A run's probe may find the pool's thread still ending the last run's
+    # watch, and add one: a few times on a loaded host, never once per run
+    # (a thread of its own per watch started 20 here).
+    assert len(started) <= 3, started
+    assert all(name.startswith("concur-auto-thread") for name in started), started
+    assert [t.name for t in threading.enumerate()].count("concur-warm-keeper") == 1
+
+
+def test_a_shorter_keep_warm_time_is_kept_to(monkeypatch):
+    # The keeper waits for the first parked pool's time; one parked later
+    # with a shorter time must wake it.
+    monkeypatch.setenv("CONCUR_KEEP_WARM", "30")
+    concur.map(pid_after, [0.01] * 4, backend="thread")
+    monkeypatch.setenv("CONCUR_KEEP_WARM", "0.3")
+    pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
+    deadline = time.monotonic() + 10
+    while pids & {p.pid for p in psutil.Process().children(recursive=True)}:
+        assert time.monotonic() < deadline, "the process pool outlived its 0.3 s"
+        time.sleep(0.05)
+
+
 def test_auto_pool_map_runs_on_the_pools_own_workers():
     with concur.AutoPool(max_workers=1) as pool:
         first = set(pool.map(pid_after, [0.01] * 6))

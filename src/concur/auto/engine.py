@@ -105,7 +105,7 @@ class AutoPlacement:
         self.pools: Pools = pools or RunPools()
         self._fn_blob: bytes | None = None
         self._once: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
-        self._watchdog = Watchdog()
+        self._watchdog = Watchdog(lambda run: self.thread_pool().submit(run))
         self.ramp: Ramp | None = None  # threads for work that waits on the outside world
         self.judge = Judge(workers, chunksize, forced_backend or environment_override("this run"))
         if self.judge.forced is not None:
@@ -218,5 +218,5 @@ class AutoPlacement:
         """The run ended: its pools are parked warm, or stopped (see ``warm``),
         and the record of what went to shared memory goes."""
         self._once = contextlib.nullcontext
+        self._watchdog.stop(wait=not settled)  # its task runs on the thread pool
         self.pools.release(abort, settled)
-        self._watchdog.stop(wait=not settled)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from .. import _sigmask, _task
@@ -18,24 +19,26 @@ class Watchdog:
 
     A list iterator's ``__setstate__`` moves its index; set to the end, the
     ``map`` feeding ``list.extend`` stops after the item in progress. The
-    thread lives only while its AutoMap runs inline chunks.
+    watch runs as a task on the run's thread pool (``start`` submits it),
+    whose thread is already there: starting a thread of its own would wait
+    for the thread to run, and beside another thread that computes, each
+    such wait is a GIL hand-off of up to a switch interval (5 ms). It lives
+    while its AutoMap runs inline chunks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: Callable[[Callable[[], None]], Future[Any]]) -> None:
+        self._start = start
         self._cond = threading.Condition()
         self._job: tuple[Any, int, float] | None = None
-        self._thread: threading.Thread | None = None
+        self._task: Future[Any] | None = None
         self._stopped = False
         self._idle = False  # waiting with no deadline: only then must arm() wake it
 
     def arm(self, iterator: Any, end: int, deadline: float) -> None:
         with self._cond:
             self._job = (iterator, end, deadline)
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(
-                    target=self._run, name="concur-auto-watchdog", daemon=True
-                )
-                self._thread.start()
+            if self._task is None and not self._stopped:
+                self._task = self._start(self._run)
             elif self._idle:
                 # A watchdog already timing an earlier deadline re-reads the job
                 # when it wakes; waking it now would only cost the caller the GIL.
@@ -46,17 +49,20 @@ class Watchdog:
             self._job = None
 
     def stop(self, wait: bool = True) -> None:
+        """End the watch; with ``wait``, once its task has returned."""
         with self._cond:
             self._stopped = True
             self._job = None
             self._cond.notify()
-            thread = self._thread
-        if wait and thread is not None and thread is not threading.current_thread():
-            thread.join()
+            task = self._task
+        if wait and task is not None:
+            futures_wait([task])
 
     def _run(self) -> None:
-        _sigmask.hold_in_this_thread()
-        with self._cond:
+        # Like concur's own threads, no signal while watching; the pool's
+        # thread has its mask back for what it runs next.
+        with _sigmask.Held() as held, self._cond:
+            held.hold()
             while not self._stopped:
                 job = self._job
                 if job is None:

@@ -8,6 +8,7 @@ finds becomes the run's first Decision on the ``Judge``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import struct
@@ -181,6 +182,9 @@ class Probe:
         self.stream = stream
         self.placement = placement
         self.judge = placement.judge
+        # The process's and this thread's CPU clocks when the probe began:
+        # what other threads of the program computed meanwhile (``others_busy``).
+        self.clocks = (time.perf_counter(), time.process_time(), time.thread_time())
 
     def note_transfer(self, first: list[Any], result: Any) -> None:
         cost = transfer_cost(self.stream.cursor.as_args(first)[0], result)
@@ -289,7 +293,7 @@ class Probe:
             return
         self.note_transfer(first, value_of(outcomes[0]))
         if not unclear:
-            self.parallel_test(self.judge.measure(wall, cpu, 1))
+            self.parallel_test(self.judge.measure(wall, cpu, 1), cpu)
         self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream.left()))
 
     def tiny(self, first: list[Any], result: ChunkResult) -> None:
@@ -321,12 +325,20 @@ class Probe:
             # Items that wait, wait in every chunk; a chunk the host's other
             # work preempted is slow once. The calmest chunk tells which.
             spent_wall = min(spent_wall, spent_cpu * max(1.0, calmest))
-        self.parallel_test(self.judge.measure(spent_wall, spent_cpu, items))
+        self.parallel_test(self.judge.measure(spent_wall, spent_cpu, items), cpu)
         self.judge.adopt(
             choose(self.judge.measure(spent_wall, spent_cpu, items), self.stream.left())
         )
 
-    def parallel_test(self, m: Measurements) -> None:
+    def others_busy(self, probe_cpu: float) -> bool:
+        """Whether another thread of the program computed through much of
+        the probe (a monitor, a UI): all CPU the process used since it began
+        but this thread's and the probe item's (``probe_cpu``)."""
+        wall0, process0, thread0 = self.clocks
+        others = time.process_time() - process0 - (time.thread_time() - thread0) - probe_cpu
+        return others > 0.25 * (time.perf_counter() - wall0)
+
+    def parallel_test(self, m: Measurements, probe_cpu: float) -> None:
         """Whether computing items release the GIL, seen by their progress:
         one chunk per core (PARALLEL_TEST_S of CPU each) runs on threads at
         once (``parallel_round``).
@@ -341,7 +353,9 @@ class Probe:
         thread ever blocked (``_task.spent`` reports its wall time as its CPU
         time) shows the GIL released. GIL-free items may block once where
         two end at once, so the GIL counts as held only after a second
-        round shows no more.
+        round shows no more. Not run beside another thread that computes
+        (``others_busy``): there every thread blocks to get the GIL back,
+        and each hand-off among three takes a switch interval.
         """
         judge, left = self.judge, self.stream.left()
         n = LONG_RUN if left is None else left
@@ -351,6 +365,11 @@ class Probe:
             or judge.cores < 2
             or m.wait_fraction >= WAITING
             or n * m.wall < PARALLEL_TEST_WORK_S
+            # Only where the verdict matters: items too small for a thread
+            # (beside a computing thread, each hand-off costs a GIL switch)
+            # stay inline whatever it says.
+            or choose(dataclasses.replace(m, released=True), left).backend != "thread"
+            or self.others_busy(probe_cpu)
         ):
             return
         size = max(1, math.ceil(PARALLEL_TEST_S / max(m.cpu, 1e-9)))

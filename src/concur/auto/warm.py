@@ -4,7 +4,8 @@ A run that ends cleanly (every chunk finished, no Ctrl-C) parks its thread
 pool and its process pool on the shelf instead of stopping them; the next
 run that needs a pool of that kind and size leases it, so repeated calls
 pay no start-up. A parked pool stops after ``CONCUR_KEEP_WARM`` seconds
-idle (default ``KEEP_WARM_S``; 0 turns parking off), at interpreter exit
+idle (default ``KEEP_WARM_S``; 0 turns parking off; one keeper thread
+watches the times), at interpreter exit
 (the pools' own exit hooks), or on ``release_warm()``. One pool of each
 kind is kept at most (a thread pool, a process pool, the joblib backend's
 pool): a second one parked stops the first.
@@ -19,8 +20,10 @@ the end. ``AutoPool.map`` uses its own pools instead (``OwnPools`` there).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from .. import _sigmask
@@ -63,14 +66,6 @@ class Pools(Protocol):
     def release(self, abort: bool, settled: bool) -> None: ...
 
 
-class _Timer(threading.Timer):
-    """A timer thread that takes no signal (see ``_sigmask``)."""
-
-    def run(self) -> None:
-        _sigmask.hold_in_this_thread()
-        super().run()
-
-
 def same_key(a: object, b: object) -> bool:
     """Whether two shelf keys are equal; one that cannot be compared (arrays
     among a pool's options) is taken as different."""
@@ -82,30 +77,42 @@ def same_key(a: object, b: object) -> bool:
 
 class Shelf:
     """Idle pools, at most one per kind, each with its key (what a lease must
-    ask for: a worker count, or that and a pool's options) and the timer
-    that stops it."""
+    ask for: a worker count, or that and a pool's options) and the time it
+    stops at.
+
+    One keeper thread stops pools whose time has come. It is started by the
+    first park and ends once nothing has been parked for an idle time (or
+    on ``clear``); a later park only notes the
+    time, and wakes the keeper only when it waits for a later one (never,
+    unless ``CONCUR_KEEP_WARM`` shrinks). A thread started per park would
+    cost each run's end a wait for it to run: beside another thread that
+    computes, a GIL hand-off of up to a switch interval (5 ms).
+    """
 
     def __init__(self) -> None:
         self.forget()
 
     def forget(self) -> None:
-        self._lock = threading.Lock()
-        self._parked: dict[str, tuple[object, PoolBase, threading.Timer]] = {}
+        self._cond = threading.Condition()
+        self._parked: dict[str, tuple[object, PoolBase, float]] = {}
+        self._keeper: threading.Thread | None = None
+        self._wakes_at = math.inf  # when the keeper looks next
+        self._generation = 0  # a keeper of an older one ends (``clear``)
+        self._idle_s = KEEP_WARM_S  # the last park's: how long the keeper stays
         self._pid = os.getpid()
 
     def has(self, kind: str, key: object) -> bool:
-        with self._lock:
+        with self._cond:
             entry = self._parked.get(kind)
             return entry is not None and same_key(entry[0], key)
 
     def lease(self, kind: str, key: object) -> PoolBase | None:
-        with self._lock:
+        with self._cond:
             entry = self._parked.get(kind)
             if entry is None or not same_key(entry[0], key):
                 return None
             del self._parked[kind]
-        _, pool, timer = entry
-        timer.cancel()
+        pool = entry[1]
         if pool.accepting():
             return pool
         _stop(pool)
@@ -117,36 +124,66 @@ class Shelf:
         idle = keep_warm_s()
         if idle <= 0 or os.getpid() != self._pid or not pool.accepting():
             return False
-        timer = _Timer(idle, self._expire, (kind, pool))
-        timer.name = f"concur-warm-{kind}-timer"
-        timer.daemon = True
-        with self._lock:
+        stops_at = time.monotonic() + idle
+        keeper = None
+        with self._cond:
+            self._idle_s = idle
             old = self._parked.pop(kind, None)
-            self._parked[kind] = (key, pool, timer)
-            timer.start()
+            self._parked[kind] = (key, pool, stops_at)
+            if self._keeper is None:
+                keeper = self._keeper = threading.Thread(
+                    target=self._keep,
+                    args=(self._generation,),
+                    name="concur-warm-keeper",
+                    daemon=True,
+                )
+            elif stops_at < self._wakes_at:
+                self._cond.notify()
+        if keeper is not None:
+            keeper.start()
         if old is not None:
-            old[2].cancel()
             _stop(old[1])
         return True
 
-    def _expire(self, kind: str, pool: PoolBase) -> None:
-        with self._lock:
-            entry = self._parked.get(kind)
-            if entry is None or entry[1] is not pool:
-                return  # leased or replaced meanwhile
-            del self._parked[kind]
-        _stop(pool)
+    def _keep(self, generation: int) -> None:
+        _sigmask.hold_in_this_thread()
+        empty_since = None  # nothing parked since: a run holds the pools
+        while True:
+            with self._cond:
+                if generation != self._generation:
+                    return  # cleared: what is parked now is a new keeper's
+                now = time.monotonic()
+                due = [kind for kind, (_, _, at) in self._parked.items() if at <= now]
+                pools = [self._parked.pop(kind)[1] for kind in due]
+                if not pools:
+                    if self._parked:
+                        empty_since = None
+                        self._wakes_at = min(at for _, _, at in self._parked.values())
+                    else:
+                        # Stay for one idle time: the run holding the pools
+                        # parks them again, and a new keeper would cost it.
+                        empty_since = now if empty_since is None else empty_since
+                        self._wakes_at = empty_since + self._idle_s
+                        if now >= self._wakes_at:
+                            self._keeper = None
+                            return
+                    self._cond.wait(self._wakes_at - now)
+                    continue
+            for pool in pools:
+                _stop(pool)
 
     def clear(self) -> None:
-        with self._lock:
+        with self._cond:
             entries = list(self._parked.values())
             self._parked.clear()
-        for _, pool, timer in entries:
-            timer.cancel()
+            keeper, self._keeper = self._keeper, None
+            self._generation += 1
+            self._wakes_at = math.inf
+            self._cond.notify()
+        for _, pool, _ in entries:
             _stop(pool)
-        for _, _, timer in entries:
-            if timer is not threading.current_thread():
-                timer.join()
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join()
 
 
 def _stop(pool: PoolBase) -> None:
