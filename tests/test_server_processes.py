@@ -107,6 +107,30 @@ def test_a_crashed_handler_process_costs_only_its_connections(model, caplog):
         assert "crashed (SIGKILL); starting another" in caplog.text
 
 
+class Deaf(TextSession):
+    def on_message(self, text: str) -> tuple[str, bool]:
+        if text == "deaf":  # this connection's process no longer hears "close now"
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return text.upper(), False
+
+
+@pytest.mark.parametrize("model", ["process", "prefork"])
+def test_a_process_that_does_not_close_when_told_is_killed_and_said_so(model, caplog):
+    caplog.set_level(logging.INFO, logger="concur.server")
+    server = start(Deaf, port=0, model=model, workers=2)
+    try:
+        with connect(server.port) as sock:
+            assert ask(sock, "deaf") == b"DEAF\n"
+            began = time.monotonic()
+            server.close(0.0)
+            assert time.monotonic() - began < 5
+            assert sock.recv(1024) == b""
+    finally:
+        server.close(0.0)
+    assert "ended=killed by the server (not closed 1 s after told to)" in caplog.text
+    assert "process crashed" not in caplog.text
+
+
 @pytest.mark.parametrize("model", PROCESS_MODELS)
 def test_children_die_with_a_killed_master(model):
     server = start(port=0, model=model, workers=2)

@@ -102,7 +102,8 @@ class Master:
         self.children: dict[int, dict[str, Any]] = {}  # pid -> facts
         self.stopping_since: float | None = None
         self.grace = 5.0
-        self.signalled: set[int] = set()
+        self.signalled: set[int] = set()  # told to close their sessions now
+        self.killed: set[int] = set()  # still there a second later: SIGKILL
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -208,6 +209,7 @@ class Master:
         late = time.monotonic() - self.stopping_since - self.grace
         for pid in list(self.children):
             if late >= 1.0:
+                self.killed.add(pid)
                 _kill(pid, signal.SIGKILL)
             elif late >= 0 and pid not in self.signalled:
                 self.signalled.add(pid)
@@ -318,11 +320,14 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             serving = self.busy.pop(pid, False)
             if serving and code != 0:  # its connection's own log line died with it
+                killed = pid in self.killed and code == -signal.SIGKILL
                 log.warning(
                     "connection peer=%s duration=%.3fs messages=? ended=%s",
                     facts.get("peer", "?"),
                     time.monotonic() - facts.get("since", facts["started"]),
-                    describe_exit(code),
+                    "killed by the server (not closed 1 s after told to)"
+                    if killed
+                    else describe_exit(code),
                 )
             elif code != 0 and self.stopping_since is None:
                 log.warning(
