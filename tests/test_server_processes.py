@@ -127,7 +127,7 @@ def test_a_process_that_does_not_close_when_told_is_killed_and_said_so(model, ca
             assert sock.recv(1024) == b""
     finally:
         server.close(0.0)
-    assert "ended=killed by the server (not closed 1 s after told to)" in caplog.text
+    assert "ended=killed by the server (not closed 2 s after told to)" in caplog.text
     assert "process crashed" not in caplog.text
 
 

@@ -23,7 +23,7 @@ exits. Each child asks the kernel for SIGKILL when the master dies
 Stopping (a ``stop GRACE`` line on stdin): stop accepting; SIGTERM tells
 prefork and hybrid children to stop accepting and finish their sessions;
 after GRACE seconds SIGINT makes every child close its connections (logged
-as "closed by server"); one second later SIGKILL; the master exits when its
+as "closed by server"); KILL_AFTER_S seconds later SIGKILL; the master exits when its
 last child is reaped. A second ``stop`` can only shorten the grace; a
 ``count`` line is answered with the number of open connections.
 
@@ -67,6 +67,10 @@ from ._children import (
 from ._drive import BACKOFF, AcceptErrors, log
 from .protocol import Session
 
+# Seconds from telling the children to close their sessions now (SIGINT) to
+# killing those still there: enough for one the host keeps waiting to run.
+KILL_AFTER_S = 2.0
+
 
 def _read_setup() -> dict[str, Any]:
     stdin = sys.stdin.buffer
@@ -103,7 +107,7 @@ class Master:
         self.stopping_since: float | None = None
         self.grace = 5.0
         self.signalled: set[int] = set()  # told to close their sessions now
-        self.killed: set[int] = set()  # still there a second later: SIGKILL
+        self.killed: set[int] = set()  # still there KILL_AFTER_S later: SIGKILL
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -208,7 +212,7 @@ class Master:
         assert self.stopping_since is not None
         late = time.monotonic() - self.stopping_since - self.grace
         for pid in list(self.children):
-            if late >= 1.0:
+            if late >= KILL_AFTER_S:
                 self.killed.add(pid)
                 _kill(pid, signal.SIGKILL)
             elif late >= 0 and pid not in self.signalled:
@@ -325,7 +329,7 @@ class Master:
                     "connection peer=%s duration=%.3fs messages=? ended=%s",
                     facts.get("peer", "?"),
                     time.monotonic() - facts.get("since", facts["started"]),
-                    "killed by the server (not closed 1 s after told to)"
+                    f"killed by the server (not closed {KILL_AFTER_S:g} s after told to)"
                     if killed
                     else describe_exit(code),
                 )
