@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import concur
 from concur.auto import AutoMap
+from concur.auto.rules import choose
 
 # -- decisions on real work (the rules alone: test_auto_rules.py) -------------
 
@@ -93,6 +94,37 @@ def test_short_calls_that_release_the_gil_get_threads(mb):
     first = stream.decisions[0]
     assert first.backend == "thread", str(first)
     assert "process" not in {d.backend for d in stream.decisions}, stream.decisions
+
+
+def _hash_for(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        hashlib.sha256(memoryview(BLOCK)[: 1 << 20]).digest()  # the GIL released
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to run in parallel")
+def test_threads_that_release_the_gil_are_judged_by_their_own_cpu_rate():
+    # The probe's time on one core must not count against the threads that
+    # follow it: averaged together, they would look like turns for the GIL.
+    import threading
+
+    from concur.auto.judge import Judge
+
+    judge = Judge(None, None, None)
+    judge.released = True  # what the probe's parallel test found
+    _hash_for(0.4)  # the probe, on one core
+    judge.adopt(choose(judge.measure(0.0025, 0.0025, 1), 1000))
+    assert judge.decision.backend == "thread"
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=_hash_for, args=(0.15,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rate = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    judge.observe(1, 0.0025, 0.0025, "thread", 1000, True, False)
+    # Two cores free (the host may take one): the threads' own rate decides.
+    assert judge.released == (rate > 1.3), (rate, judge.utilization)
 
 
 @pytest.mark.parametrize("n", [30_000, 120_000])

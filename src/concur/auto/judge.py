@@ -74,6 +74,10 @@ class Judge:
         decision = self.sized(decision)
         previous = self.decision
         self.decisions.append(decision)
+        if previous is None or previous.backend != decision.backend:
+            # The process's CPU rate, from here: one read across the probe
+            # (one core) would average the threads' rate down to theirs.
+            self.clock, self.rate = (time.perf_counter(), time.process_time()), None
         if previous is None:
             log.info("concur auto: %s", decision)
         elif previous.backend != decision.backend:
