@@ -198,6 +198,56 @@ def test_code_inside_a_worker_gets_its_share_of_the_cpus():
     assert process_workers == 1  # backend="process" asked: one worker, not a machine's worth
 
 
+def test_what_a_pool_computes_for_a_call_counts_as_the_calls_cpu():
+    # A task whose own map runs on processes computes, though its thread
+    # only waits: auto must not take it for waiting on the outside world.
+    from concur import _cputime
+
+    items = [1_000_000] * 8
+    start = _cputime.clock()
+    spin(items[0])
+    one = _cputime.spent(start)[1]
+    with concur.ProcessPool(2) as pool:
+        pool.submit(spin, 1).result()  # started: only the map is timed
+        start = _cputime.clock()
+        assert list(pool.map(spin, items)) == items
+        _, cpu = _cputime.spent(start)
+    assert cpu > 0.6 * len(items) * one, (cpu, one)
+
+
+def outer_task(n):
+    """A task that itself maps computing work with no hints."""
+    return sum(concur.map(spin, [n] * 8))
+
+
+def test_tasks_that_run_their_own_computing_map_are_not_taken_for_waiting():
+    # 8 tasks, each 8 × ~10 ms computing in its own concur.map: threads for
+    # the outer map would have each inner map start processes of its own.
+    # Run after run, the inner maps find warm pools, and wait less to start.
+    n = 400_000
+    for _ in range(3):
+        results = concur.map(outer_task, [n] * 8)
+        assert results == [8 * n] * 8
+        assert results.decision.backend != "thread", str(results.decision)
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def outer_waits(_):
+    """A task whose own map waits (threads inside), computing nothing."""
+    return sum(concur.map(nap, [0.02] * 4))
+
+
+def test_tasks_whose_own_map_waits_still_get_threads():
+    # What the inner chunks computed decides, not that they ran elsewhere.
+    results = concur.map(outer_waits, range(16))
+    assert results == [0.08] * 16
+    assert results.decision.backend == "thread", str(results.decision)
+
+
 def test_a_budget_set_by_the_user_bounds_every_default(monkeypatch):
     from concur._proc import cpu_count
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import _task
+from . import _cputime, _task
 from ._exit import dying_of_interrupt, exiting, ignoring_ctrl_c
 from ._progress import Bar, Shown
 from ._stream import PoolPlacement, Stream, cancel_all, length_hint
@@ -393,7 +393,7 @@ class PoolBase(Front, Executor):
         limit = max_inflight if max_inflight is not None else 2 * self._max_workers
         if limit < 1:
             raise ValueError(f"max_inflight must be >= 1, not {limit!r}")
-        placement = PoolPlacement(self, options, fn, sizer, limit)
+        placement = PoolPlacement(self, options, fn, sizer, limit, self._kind)
         return Stream(iterables, placement, ordered=ordered, return_exceptions=return_exceptions)
 
 
@@ -442,7 +442,8 @@ def _map_results(
         while pending:
             future, first = pending[0]
             try:
-                outcomes, _, _ = _chunk_result(future, end_time)
+                with _cputime.streaming():
+                    outcomes, wall, cpu = _chunk_result(future, end_time)
             except KeyboardInterrupt:
                 interrupted = True
                 raise
@@ -452,6 +453,7 @@ def _map_results(
                     raise
                 raise exc from error.__cause__
             pending.popleft()
+            _cputime.delegate(wall, cpu)  # computed for this thread's call (auto weighs it)
             outcomes.reverse()
             while outcomes:
                 yield _task.resolve(outcomes.pop())

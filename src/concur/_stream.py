@@ -28,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _task
+from . import _cputime, _task
 from ._exit import ignoring_ctrl_c
 
 if TYPE_CHECKING:
@@ -208,8 +208,10 @@ class Placement(Protocol):
         ...
 
     def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
-        """Run ``chunk``: its future, the items it took, a tag for ``observe``.
-        A future that is already done (the chunk ran here) ends the round."""
+        """Run ``chunk``: its future, the items it took, a tag for ``observe``
+        ("inline" where it ran here; elsewhere, its CPU time counts as the
+        calling thread's, ``_cputime.delegate``). A future that is already
+        done (the chunk ran here) ends the round."""
         ...
 
     def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
@@ -332,6 +334,10 @@ class Stream(Iterator[Any]):
 
     def _advance(self) -> None:
         """Get at least one more block ready, or raise StopIteration."""
+        with _cputime.streaming():
+            self._advance_here()
+
+    def _advance_here(self) -> None:
         try:
             if not self._started:
                 self._started = True
@@ -389,6 +395,8 @@ class Stream(Iterator[Any]):
             self._blocks.append(_Block([value for _, value in outcomes], raw=True))
         else:
             self._blocks.append(_Block(outcomes, raw=False))
+        if tag != "inline":  # computed elsewhere for this thread (auto weighs it)
+            _cputime.delegate(wall, cpu)
         self.placement.observe(count, wall, cpu, tag, self)
 
     def _resolve(self, outcome: _task.Outcome) -> Any:
@@ -420,7 +428,9 @@ class PoolPlacement:
         fn: Callable[..., Any],
         sizer: ChunkSizer,
         limit: int,
+        kind: str,
     ) -> None:
+        self._tag = kind  # "process": its chunks compute in other processes
         self._pool = pool
         self._options = options
         self._fn = fn
@@ -448,7 +458,7 @@ class PoolPlacement:
         args = stream.cursor.as_args(chunk)
         with self._once():
             future = self._pool.submit_chunk(self._fn, args, self._fn_blob, options)
-        return future, len(chunk), ""
+        return future, len(chunk), self._tag
 
     def observe(self, count: int, wall: float, cpu: float, tag: str, stream: Stream) -> None:
         self.sizer.observe(count, wall)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import pickle
 import struct
 import sys
-import time
 import traceback
 import types
 import weakref
@@ -61,16 +60,8 @@ from typing import Any
 
 import cloudpickle
 
-try:
-    import resource
-except ImportError:  # not on this platform
-    resource = None  # type: ignore[assignment]
-
-from . import _shm
+from . import _cputime, _shm
 from .errors import RemoteError, SerializationError, remote_traceback
-
-# Per-thread resource usage (Linux); None elsewhere.
-_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
 
 # Message kinds, caller → worker.
 CALL, CHUNK, EXIT, RELEASE = 1, 2, 3, 4
@@ -517,47 +508,10 @@ def run_chunk(
     seconds they took (``spent``).
     """
     outcomes: list[Outcome] = []
-    start = clock()
+    start = _cputime.clock()
     for args in items:
         try:
             outcomes.append((OK, fn(*args)))
         except BaseException as exc:
             outcomes.append((ERR, pack_exception(exc)) if pack else (RAISED, exc))
-    return outcomes, *spent(start)
-
-
-Clock = tuple[float, float, "int | None"]
-
-
-def clock() -> Clock:
-    """This thread's wall, CPU and blocking count now, for ``spent``."""
-    return time.perf_counter(), time.thread_time(), _voluntary_switches()
-
-
-def spent(start: Clock) -> tuple[float, float]:
-    """Wall and CPU seconds of this thread since ``start``.
-
-    A thread that never blocked meanwhile (no voluntary context switch: no
-    sleep, read, lock or GIL wait) spent the wall time it did not compute
-    waiting for the host to run it, which is not what its work waits for:
-    its wall time is then its CPU time. Auto reads the difference as
-    waiting, and must not see a loaded machine's queue there.
-    """
-    wall0, cpu0, switches0 = start
-    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    if switches0 is not None and _voluntary_switches() == switches0:
-        wall = cpu
-    return wall, cpu
-
-
-def blocking_counted() -> bool:
-    """Whether ``spent`` can tell a thread that blocked from one the host
-    did not run (a per-thread count of voluntary switches: Linux)."""
-    return _RUSAGE_THREAD is not None
-
-
-def _voluntary_switches() -> int | None:
-    """How often this thread has blocked so far (Linux), else None."""
-    if _RUSAGE_THREAD is None:
-        return None
-    return int(resource.getrusage(_RUSAGE_THREAD).ru_nvcsw)
+    return outcomes, *_cputime.spent(start)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _logs, _namespace, _proc, _safepath, _shm, _supervise, _task, _wire
+from . import _cputime, _logs, _namespace, _proc, _safepath, _shm, _supervise, _task, _wire
 from .errors import SerializationError
 from .ps import own_rss
 
@@ -177,7 +177,7 @@ def _serve(tasks: Connection, replies: _Replies, settings: Settings) -> None:
         if keep:
             held.extend(keep)
         del outcome, keep
-        wall, cpu = _task.spent(start)
+        wall, cpu = _cputime.spent(start)
         replies.send(
             _task.DONE, task_id, reply, wall=wall, cpu=cpu, retiring=retiring, shared=shared
         )
@@ -210,7 +210,7 @@ def _run(
     buffers: list[memoryview] | BaseException | None,
     cached: tuple[bytes | None, Any],
     show: Callable[[str | None, int], None] | None,
-) -> tuple[_task.Outcome, int, tuple[bytes | None, Any], _task.Clock]:
+) -> tuple[_task.Outcome, int, tuple[bytes | None, Any], _cputime.Clock]:
     """Run one CALL or CHUNK: (outcome, items run, the chunk function cache,
     the clock at the start of the call).
 
@@ -231,8 +231,8 @@ def _run(
             if cached[0] != blob:
                 cached = (blob, _namespace.loads(blob))
     except BaseException as exc:
-        return (_task.ERR, _unpickle_error(exc)), 1, cached, _task.clock()
-    start = _task.clock()
+        return (_task.ERR, _unpickle_error(exc)), 1, cached, _cputime.clock()
+    start = _cputime.clock()
     if kind == _task.CALL:
         fn, args, kwargs = message
         if show is not None:

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
-from .. import _sigmask, _task
+from .. import _cputime, _sigmask, _task
 from .._pool import CHUNK_TARGET_S, ChunkResult
 from .._stream import Cursor, Values
 
@@ -103,7 +103,7 @@ def run_inline(
     items = iter(chunk)
     watchdog.arm(items, len(chunk), time.perf_counter() + 4 * CHUNK_TARGET_S["inline"])
     # After arm: its first call starts the watchdog's thread, no cost of the items.
-    start, process0 = _task.clock(), time.process_time()
+    start, process0 = _cputime.clock(), time.process_time()
     try:
         values.extend(map(call, items))
     except Exception as exc:
@@ -117,12 +117,13 @@ def run_inline(
     return Done((values, *_spent(start, process0))), len(values)
 
 
-def _spent(start: _task.Clock, process0: float) -> tuple[float, float]:
-    """Wall and CPU seconds of a chunk that ran here (``_task.spent``: the
+def _spent(start: _cputime.Clock, process0: float) -> tuple[float, float]:
+    """Wall and CPU seconds of a chunk that ran here (``_cputime.spent``: the
     host's queue is not the items' waiting), less the time other threads of
     the program computed meanwhile: while another thread holds the GIL this
     one cannot run, and that is neither what the items cost nor a wait that
     more threads could fill (they would need the GIL too)."""
-    wall, own = _task.spent(start)
-    others = max(0.0, time.process_time() - process0 - own)
-    return max(own, wall - others), own
+    wall, cpu = _cputime.spent(start)  # cpu: with what was computed elsewhere for it
+    own = time.thread_time() - start[1]
+    others = max(0.0, time.process_time() - process0 - cpu)
+    return max(own, wall - others), cpu

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
-from .. import _gil, _shm, _task
+from .. import _cputime, _gil, _shm, _task
 from .._pool import ChunkResult
 from .._stream import Stream
 from .rules import (
@@ -81,8 +81,11 @@ class ThreadClock:
         self.start = 0.0
         self.fallback = time.process_time()
         self.tid: int | None = None
+        self.ident = 0  # the thread's, for what was computed elsewhere for it
+        self.elsewhere0 = (0.0, 0.0, 0.0)
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.ident, self.elsewhere0 = threading.get_ident(), _cputime.elsewhere()
         self.tid = threading.get_native_id()
         getter = getattr(time, "pthread_getcpuclockid", None)
         if getter is not None:
@@ -94,14 +97,17 @@ class ThreadClock:
         return fn(*args)
 
     def used(self) -> float:
+        """CPU seconds the call used so far, with what processes computed
+        for it (a call that runs its own map: ``_cputime``)."""
         if self.tid is None:
             return 0.0  # not started
+        elsewhere = _cputime.computed_elsewhere(self.elsewhere0, _cputime.elsewhere(self.ident))
         if self.clock is not None:
             try:
-                return time.clock_gettime(self.clock) - self.start
+                return time.clock_gettime(self.clock) - self.start + elsewhere
             except OSError:
                 pass
-        return time.process_time() - self.fallback
+        return time.process_time() - self.fallback + elsewhere
 
     def state(self) -> str | None:
         """What the thread does right now (Linux: from /proc): "running"
@@ -238,6 +244,8 @@ class Probe:
             used = clock.used()  # the probe thread's own CPU time: others' load is not in it
             busy = used / max(elapsed, 1e-9)
             state = clock.state()
+            if state in ("io", "sleep") and _cputime.is_streaming(clock.ident):
+                state = "lock"  # it waits for its own map's chunks: computing elsewhere
             if state is not None:
                 states_seen.add(state)
             if state in ("io", "sleep"):  # a socket, pipe or file ramps up (see ramp)
@@ -283,7 +291,7 @@ class Probe:
         if states_seen == {"running"}:
             # Runnable at every look, never blocked: the time it did not run
             # was the host's (other work on the cores), not the item's
-            # (the rule ``_task.spent`` applies to every chunk).
+            # (the rule ``_cputime.spent`` applies to every chunk).
             wall = cpu
         elif cpu < WAITING * wall:
             # It finished without being seen to wait (or only for the GIL):
@@ -350,7 +358,7 @@ class Probe:
         Fewer prove nothing alone: the host may have run both threads on one
         core for a while (it does, for a few ms after waking them). Threads
         that take turns for the GIL block on it; so a round in which no
-        thread ever blocked (``_task.spent`` reports its wall time as its CPU
+        thread ever blocked (``_cputime.spent`` reports its wall time as its CPU
         time) shows the GIL released. GIL-free items may block once where
         two end at once, so the GIL counts as held only after a second
         round shows no more. Not run beside another thread that computes
@@ -377,24 +385,26 @@ class Probe:
             results = self.parallel_round(size, m.wall)
             if results is None:
                 return
-            span, side_by_side, chunks = results
-            reading = sum(cpu for _, _, cpu in chunks) / span
+            span, used, side_by_side, chunks = results
+            reading = used / span
             judge.utilization = max(reading, judge.utilization or 0.0)
             if reading > GIL_FREE_UTILIZATION:
                 return
             never_blocked = all(wall == cpu for _, wall, cpu in chunks)
-            if side_by_side and never_blocked and _task.blocking_counted():
+            if side_by_side and never_blocked and _cputime.blocking_counted():
                 judge.released = True
                 return
 
     def parallel_round(
         self, size: int, wall: float
-    ) -> tuple[float, bool, list[ChunkResult]] | None:
+    ) -> tuple[float, float, bool, list[ChunkResult]] | None:
         """One chunk of ``size`` items per core on threads at once: the wall
-        time they took together, whether they ran side by side (each ran
-        through three quarters of the others' time at least: a thread the
-        host started late proves nothing) and their results; None if too
-        few items are left or an item ran far longer than those measured."""
+        time they took together, the CPU time this process used meanwhile
+        (not what the items had computed elsewhere: the GIL is this
+        process's), whether they ran side by side (each ran through three
+        quarters of the others' time at least: a thread the host started
+        late proves nothing) and their results; None if too few items are
+        left or an item ran far longer than those measured."""
         left, cores = self.stream.left(), self.judge.cores
         if left is not None:
             size = min(size, left // cores)
@@ -403,7 +413,7 @@ class Probe:
         threads, cursor, fn = self.placement.thread_pool(), self.stream.cursor, self.placement.fn
         futures: list[Future[ChunkResult]] = []
         spans: list[tuple[float, float]] = []
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(cores):
             chunk = cursor.take(size)
             future = threads.submit(_timed_chunk, fn, cursor.as_args(chunk), spans)
@@ -414,7 +424,8 @@ class Probe:
             return None
         together = min(end for _, end in spans) - max(begin for begin, _ in spans)
         side_by_side = together >= 0.75 * min(end - begin for begin, end in spans)
-        return time.perf_counter() - start, side_by_side, [future.result() for future in futures]
+        span, used = time.perf_counter() - start, time.process_time() - cpu0
+        return span, used, side_by_side, [future.result() for future in futures]
 
 
 def _timed_chunk(
