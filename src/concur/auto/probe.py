@@ -399,12 +399,11 @@ class Probe:
         self, size: int, wall: float
     ) -> tuple[float, float, bool, list[ChunkResult]] | None:
         """One chunk of ``size`` items per core on threads at once: the wall
-        time they took together, the CPU time this process used meanwhile
-        (not what the items had computed elsewhere: the GIL is this
-        process's), whether they ran side by side (each ran through three
-        quarters of the others' time at least: a thread the host started
-        late proves nothing) and their results; None if too few items are
-        left or an item ran far longer than those measured."""
+        time they took together, this process's CPU time meanwhile (the GIL
+        is its own, whatever the items computed elsewhere), whether they ran
+        side by side (each through 3/4 of the others' time at least: a thread
+        started late proves nothing) and their results; None if too few items
+        are left or an item ran far longer than those measured."""
         left, cores = self.stream.left(), self.judge.cores
         if left is not None:
             size = min(size, left // cores)

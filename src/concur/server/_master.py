@@ -324,21 +324,28 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             serving = self.busy.pop(pid, False)
             if serving and code != 0:  # its connection's own log line died with it
-                killed = pid in self.killed and code == -signal.SIGKILL
-                log.warning(
-                    "connection peer=%s duration=%.3fs messages=? ended=%s",
-                    facts.get("peer", "?"),
-                    time.monotonic() - facts.get("since", facts["started"]),
-                    f"killed by the server (not closed {KILL_AFTER_S:g} s after told to)"
-                    if killed
-                    else describe_exit(code),
-                )
+                _lost_connection(facts, code, pid in self.killed)
             elif code != 0 and self.stopping_since is None:
                 log.warning(
                     "%s worker %d %s; starting another", self.model, pid, describe_exit(code)
                 )
             self.kind.gone(pid, code)
             self.replenish()
+
+
+def _lost_connection(facts: dict[str, Any], code: int, killed: bool) -> None:
+    """The log line of a connection whose process ended before writing it;
+    ``killed``: the master sent it SIGKILL at a stop."""
+    if killed and code == -signal.SIGKILL:
+        how = f"killed by the server (not closed {KILL_AFTER_S:g} s after told to)"
+    else:
+        how = describe_exit(code)
+    log.warning(
+        "connection peer=%s duration=%.3fs messages=? ended=%s",
+        facts.get("peer", "?"),
+        time.monotonic() - facts.get("since", facts["started"]),
+        how,
+    )
 
 
 def _kill(pid: int, sig: int) -> None:
