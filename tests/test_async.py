@@ -164,6 +164,20 @@ async def test_pool_amap_keeps_at_most_max_inflight_chunks_out() -> None:
     assert 5 <= len(started) <= 5 + 3
 
 
+async def test_an_amap_dropped_unfinished_cancels_what_has_not_started(tmp_path: Path) -> None:
+    import gc
+
+    paths = [str(tmp_path / f"item{i}") for i in range(3)]
+    with concur.ProcessPool(1) as pool:
+        results = pool.amap(report_and_sleep, paths, [0.3] * 3, chunksize=1, max_inflight=3)
+        assert await results.__anext__() == "finished"  # 1 and 2 wait behind it, placed
+        del results  # never closed: the garbage collector closes it
+        gc.collect()
+        await anyio.sleep(1.5)  # what was not cancelled has run by now
+        ran = [path for path in paths if Path(path).exists()]
+        assert paths[0] in ran and paths[2] not in ran, ran
+
+
 POOLS = {
     "thread": lambda: concur.ThreadPool(2),
     "process": lambda: concur.ProcessPool(2),
@@ -255,6 +269,8 @@ async def test_cancelling_autopool_arun_kills_the_process_worker(
             cancelled = time.monotonic()
             scope.cancel()
         assert await gone_after([pid], cancelled) < KILL_BOUND_S
+        with anyio.fail_after(30):  # its one process slot takes work again, on a new worker
+            assert await pool.arun(os.getpid) not in (pid, os.getpid())
 
 
 async def test_a_cancelled_thread_runs_on_and_its_result_is_dropped() -> None:
@@ -291,6 +307,27 @@ async def test_asyncio_wait_for_and_task_cancel_kill_the_worker(tmp_path: Path) 
             with pytest.raises(asyncio.CancelledError):
                 await pending
         assert await gone_after([pid, other], cancelled) < KILL_BOUND_S
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_timeout_kills_the_worker(tmp_path: Path) -> None:
+    scopes: list[asyncio.Timeout] = []
+
+    async def bounded() -> None:
+        async with asyncio.timeout(30) as scope:  # moved to now once the work runs
+            scopes.append(scope)
+            await pool.arun(report_and_sleep, str(tmp_path / "a"), 30)
+
+    with concur.ProcessPool(2) as pool:
+        task = asyncio.ensure_future(bounded())
+        pid = await pid_in(tmp_path / "a")
+        expired = time.monotonic()
+        scopes[0].reschedule(asyncio.get_running_loop().time())
+        with pytest.raises(TimeoutError):
+            await task
+        assert await gone_after([pid], expired) < KILL_BOUND_S
+        assert await pool.arun(square, 3) == 9  # the pool goes on
 
 
 @pytest.mark.parametrize("how", ["pool", "run"])

@@ -321,6 +321,46 @@ def test_scikit_learn_n_jobs_runs_on_concur() -> None:
     assert os.getpid() not in pids_of(pids)
 
 
+def _fit_where_logged(log: str) -> object:
+    """A scikit-learn classifier whose fit notes which process ran it and
+    the CPU budget it found (built here: scikit-learn may be missing)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.dummy import DummyClassifier
+
+    class Logged(ClassifierMixin, BaseEstimator):
+        def __init__(self, log: str = log) -> None:
+            self.log = log
+
+        def fit(self, X, y):
+            with open(self.log, "a") as out:
+                out.write(f"{os.getpid()} {os.environ.get('CONCUR_CPU_BUDGET')}\n")
+            self.inner_ = DummyClassifier().fit(X, y)
+            self.classes_ = self.inner_.classes_
+            return self
+
+        def predict(self, X):
+            return self.inner_.predict(X)
+
+    return Logged(log)
+
+
+def test_scikit_learns_own_fits_run_in_concur_workers(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import cross_val_score
+
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    log = tmp_path / "fits"
+    with parallel_config(backend="concur", n_jobs=2):
+        scores = cross_val_score(_fit_where_logged(str(log)), X, y, cv=4)
+    assert len(scores) == 4
+    fits = [line.split() for line in log.read_text().splitlines()]
+    assert len(fits) == 4
+    assert os.getpid() not in {int(pid) for pid, _ in fits}  # every fit ran in a worker
+    # a concur worker's CPU share (cores // workers), which no other backend sets
+    assert {budget for _, budget in fits} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
+
+
 # -- docs/joblib.md ----------------------------------------------------------------
 
 
