@@ -21,6 +21,7 @@ from the gap between wall and CPU time, so two things must not open it:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
 # Per thread (by ident): [CPU s, wall s] of the chunks it collected that ran
 # elsewhere, the seconds it waited for them, and how many maps it runs now.
 _elsewhere: dict[int, list[float]] = {}
+if hasattr(os, "register_at_fork"):  # a child forked inside a map runs none
+    os.register_at_fork(after_in_child=_elsewhere.clear)
 
 Totals = tuple[float, float, float]  # see ``elsewhere``
 Clock = tuple[float, float, "int | None", Totals]
