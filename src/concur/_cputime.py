@@ -42,6 +42,7 @@ if hasattr(os, "register_at_fork"):  # a child forked inside a map runs none
 
 Totals = tuple[float, float, float]  # see ``elsewhere``
 Clock = tuple[float, float, "int | None", Totals]
+_NOTHING: Totals = (0.0, 0.0, 0.0)
 
 
 def _record(ident: int) -> list[float]:
@@ -83,13 +84,15 @@ def elsewhere(ident: int | None = None) -> Totals:
     """This thread's (or ``ident``'s) totals so far: CPU and wall seconds of
     chunks run elsewhere for it, and seconds it waited for them."""
     record = _elsewhere.get(threading.get_ident() if ident is None else ident)
-    return (0.0, 0.0, 0.0) if record is None else (record[0], record[1], record[2])
+    return _NOTHING if record is None else (record[0], record[1], record[2])
 
 
 def computed_elsewhere(before: Totals, now: Totals) -> float:
     """CPU seconds to count for a call between two ``elsewhere`` readings:
     the chunks' CPU time, or, if more, the time spent waiting for them in
     the share of their own time they computed."""
+    if now == before:  # most calls: nothing ran elsewhere (a worker's every call)
+        return 0.0
     cpu, wall, waited = (b - a for a, b in zip(before, now, strict=True))
     share = min(1.0, cpu / wall) if wall > 0 else 0.0
     return max(cpu, waited * share)
