@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 # A chunk's future, its items, its tag, and its first item's place in the input.
 Entry = tuple["Future[ChunkResult]", int, str, int]
+Chunk = Sequence[Any]  # items taken together: a list, or a slice of a tuple or range input
 
 
 def length_hint(iterables: tuple[Iterable[Any], ...]) -> int | None:
@@ -96,29 +97,32 @@ class Cursor:
     def has_input(self) -> bool:
         return bool(self._pushed) or self._source is not None or self._seq is not None
 
-    def take(self, count: int) -> list[Any]:
-        """The next ``count`` items (fewer at the end): given-back ones first."""
-        chunk, self._pushed = self._pushed[:count], self._pushed[count:]
-        if len(chunk) < count and self._seq is not None:
-            part = self._seq[self._pos : self._pos + count - len(chunk)]
+    def take(self, count: int) -> Chunk:
+        """The next ``count`` items (fewer at the end): given-back ones first.
+        A slice of a list, tuple or range input is the chunk as it is: no
+        copy per item (its iterator can be moved to its end, see ``inline``)."""
+        given, self._pushed = self._pushed[:count], self._pushed[count:]
+        chunk: Chunk = given
+        if len(given) < count and self._seq is not None:
+            part: Chunk = self._seq[self._pos : self._pos + count - len(given)]
             self._pos += len(part)
             if self._pos >= len(self._seq):
                 self._seq = None
-            if chunk:
-                chunk.extend(part)
+            if given:
+                given.extend(part)
             else:
-                chunk = part if isinstance(part, list) else list(part)
-        if len(chunk) < count and self._source is not None:
-            more = list(itertools.islice(self._source, count - len(chunk)))
-            if len(chunk) + len(more) < count:
+                chunk = part
+        elif len(given) < count and self._source is not None:
+            more = list(itertools.islice(self._source, count - len(given)))
+            if len(given) + len(more) < count:
                 self._source = None
-            chunk.extend(more)
+            given.extend(more)
         if self.remaining is not None:
             self.remaining -= len(chunk)
         self.position += len(chunk)
         return chunk
 
-    def push_back(self, items: list[Any]) -> None:
+    def push_back(self, items: Chunk) -> None:
         """Items taken but not run: they come out again first."""
         if items:
             self._pushed[:0] = items
@@ -126,9 +130,9 @@ class Cursor:
             if self.remaining is not None:
                 self.remaining += len(items)
 
-    def as_args(self, chunk: list[Any]) -> list[tuple[Any, ...]]:
+    def as_args(self, chunk: Chunk) -> list[tuple[Any, ...]]:
         """A chunk as argument tuples, as workers call ``fn(*args)``."""
-        return [(x,) for x in chunk] if self.single else chunk
+        return [(x,) for x in chunk] if self.single else list(chunk)
 
     def close(self) -> None:
         """Read nothing more."""
@@ -207,7 +211,7 @@ class Placement(Protocol):
         """Items in the next chunk; None to place nothing more this round."""
         ...
 
-    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+    def place(self, chunk: Chunk, stream: Stream) -> tuple[Future[ChunkResult], int, str]:
         """Run ``chunk``: its future, the items it took, a tag for ``observe``
         ("inline" where it ran here; elsewhere, its CPU time counts as the
         calling thread's, ``_cputime.delegate``). A future that is already
@@ -450,7 +454,7 @@ class PoolPlacement:
     def chunk_size(self, stream: Stream) -> int | None:
         return self.sizer.next_size(stream.cursor.remaining)
 
-    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+    def place(self, chunk: Chunk, stream: Stream) -> tuple[Future[ChunkResult], int, str]:
         if not self._blob_ready:
             self._fn_blob = self._pool.prepare_fn(self._fn)
             self._blob_ready = True

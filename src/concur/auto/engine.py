@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _task
 from .._pool import ChunkResult, TaskOptions
-from .._stream import Stream
+from .._stream import Chunk, Stream
 from ..errors import SerializationError
 from ..threads import ThreadPool
 from .inline import Done, Watchdog, run_inline
@@ -151,7 +151,7 @@ class AutoPlacement:
             return 1
         return items_per_chunk(self.judge.stats, stream.left() or LONG_RUN, d.backend)
 
-    def place(self, chunk: list[Any], stream: Stream) -> tuple[Future[ChunkResult], int, str]:
+    def place(self, chunk: Chunk, stream: Stream) -> tuple[Future[ChunkResult], int, str]:
         d = self.judge.decision
         assert d is not None
         if d.backend == "inline":
@@ -198,7 +198,7 @@ class AutoPlacement:
                 return False
         return True
 
-    def run_inline(self, chunk: list[Any], stream: Stream) -> tuple[Done, int]:
+    def run_inline(self, chunk: Chunk, stream: Stream) -> tuple[Done, int]:
         return run_inline(self.call, chunk, self._watchdog, stream.cursor)
 
     def thread_pool(self) -> ThreadPool:

@@ -11,13 +11,13 @@ from typing import Any
 
 from .. import _cputime, _sigmask, _task
 from .._pool import CHUNK_TARGET_S, ChunkResult
-from .._stream import Cursor, Values
+from .._stream import Chunk, Cursor, Values
 
 
 class Watchdog:
     """Ends an inline chunk's iterator at a deadline, from another thread.
 
-    A list iterator's ``__setstate__`` moves its index; set to the end, the
+    A list, tuple or range iterator's ``__setstate__`` moves its index; at the end, the
     ``map`` feeding ``list.extend`` stops after the item in progress. The
     watch runs as a task on the run's thread pool (``start`` submits it),
     whose thread is already there: starting a thread of its own would wait
@@ -88,7 +88,7 @@ class Done(Future[ChunkResult]):
 
 
 def run_inline(
-    call: Callable[[Any], Any], chunk: list[Any], watchdog: Watchdog, cursor: Cursor
+    call: Callable[[Any], Any], chunk: Chunk, watchdog: Watchdog, cursor: Cursor
 ) -> tuple[Done, int]:
     """Run a chunk here; return its future and how many items it took.
 

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _cputime, _gil, _shm, _task
 from .._pool import ChunkResult
-from .._stream import Stream
+from .._stream import Chunk, Stream
 from .rules import (
     GIL_FREE_UTILIZATION,
+    INLINE_ITEM_S,
     INLINE_PROBE_CHUNKS,
     INLINE_PROBE_S,
     LONG_RUN,
@@ -192,7 +193,7 @@ class Probe:
         # what other threads of the program computed meanwhile (``others_busy``).
         self.clocks = (time.perf_counter(), time.process_time(), time.thread_time())
 
-    def note_transfer(self, first: list[Any], result: Any) -> None:
+    def note_transfer(self, first: Chunk, result: Any) -> None:
         cost = transfer_cost(self.stream.cursor.as_args(first)[0], result)
         self.judge.transfer = cost if self.placement.callable_travels() else math.inf
 
@@ -228,7 +229,7 @@ class Probe:
 
     def long(
         self,
-        first: list[Any],
+        first: Chunk,
         probe: Future[Any],
         clock: ThreadClock,
         wall0: float,
@@ -282,7 +283,7 @@ class Probe:
                 return False
 
     def finished(
-        self, first: list[Any], result: ChunkResult, states_seen: set[str], unclear: bool
+        self, first: Chunk, result: ChunkResult, states_seen: set[str], unclear: bool
     ) -> None:
         """Item 0 ended before a verdict: decide from its whole run.
         ``unclear``: a spin test beside it found the host too busy to tell;
@@ -304,7 +305,7 @@ class Probe:
             self.parallel_test(self.judge.measure(wall, cpu, 1), cpu)
         self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream.left()))
 
-    def tiny(self, first: list[Any], result: ChunkResult) -> None:
+    def tiny(self, first: Chunk, result: ChunkResult) -> None:
         outcomes, wall, cpu = result
         self.note_transfer(first, value_of(outcomes[0]))
         # Time more items inline, where a small item's cost is seen exactly.
@@ -373,6 +374,10 @@ class Probe:
             or judge.cores < 2
             or m.wait_fraction >= WAITING
             or n * m.wall < PARALLEL_TEST_WORK_S
+            # Items cheaper than their trip through a thread's chunk (an
+            # argument tuple and an outcome each): no C call that short gains
+            # from releasing the GIL, and the test would cost more than them.
+            or m.cpu < INLINE_ITEM_S
             # Only where the verdict matters: items too small for a thread
             # (beside a computing thread, each hand-off costs a GIL switch)
             # stay inline whatever it says.
@@ -382,7 +387,7 @@ class Probe:
             return
         size = max(1, math.ceil(PARALLEL_TEST_S / max(m.cpu, 1e-9)))
         for _ in range(2):
-            results = self.parallel_round(size, m.wall)
+            results = parallel_round(self.placement, self.stream, judge.cores, size, m.wall)
             if results is None:
                 return
             span, used, side_by_side, chunks = results
@@ -395,36 +400,37 @@ class Probe:
                 judge.released = True
                 return
 
-    def parallel_round(
-        self, size: int, wall: float
-    ) -> tuple[float, float, bool, list[ChunkResult]] | None:
-        """One chunk of ``size`` items per core on threads at once: the wall
-        time they took together, this process's CPU time meanwhile (the GIL
-        is its own, whatever the items computed elsewhere), whether they ran
-        side by side (each through 3/4 of the others' time at least: a thread
-        started late proves nothing) and their results; None if too few items
-        are left or an item ran far longer than those measured."""
-        left, cores = self.stream.left(), self.judge.cores
-        if left is not None:
-            size = min(size, left // cores)
-        if size < 1:
-            return None
-        threads, cursor, fn = self.placement.thread_pool(), self.stream.cursor, self.placement.fn
-        futures: list[Future[ChunkResult]] = []
-        spans: list[tuple[float, float]] = []
-        start, cpu0 = time.perf_counter(), time.process_time()
-        for _ in range(cores):
-            chunk = cursor.take(size)
-            future = threads.submit(_timed_chunk, fn, cursor.as_args(chunk), spans)
-            self.stream.inflight.add(future, len(chunk), "probe")
-            futures.append(future)
-        done, _ = wait(futures, timeout=max(0.05, 10 * size * wall))
-        if len(done) < cores:
-            return None
-        together = min(end for _, end in spans) - max(begin for begin, _ in spans)
-        side_by_side = together >= 0.75 * min(end - begin for begin, end in spans)
-        span, used = time.perf_counter() - start, time.process_time() - cpu0
-        return span, used, side_by_side, [future.result() for future in futures]
+
+def parallel_round(
+    placement: AutoPlacement, stream: Stream, cores: int, size: int, wall: float
+) -> tuple[float, float, bool, list[ChunkResult]] | None:
+    """One chunk of ``size`` items per core on threads at once: the wall
+    time they took together, this process's CPU time meanwhile (the GIL
+    is its own, whatever the items computed elsewhere), whether they ran
+    side by side (each through 3/4 of the others' time at least: a thread
+    started late proves nothing) and their results; None if too few items
+    are left or an item ran far longer than those measured."""
+    left = stream.left()
+    if left is not None:
+        size = min(size, left // cores)
+    if size < 1:
+        return None
+    threads, cursor, fn = placement.thread_pool(), stream.cursor, placement.fn
+    futures: list[Future[ChunkResult]] = []
+    spans: list[tuple[float, float]] = []
+    start, cpu0 = time.perf_counter(), time.process_time()
+    for _ in range(cores):
+        chunk = cursor.take(size)
+        future = threads.submit(_timed_chunk, fn, cursor.as_args(chunk), spans)
+        stream.inflight.add(future, len(chunk), "probe")
+        futures.append(future)
+    done, _ = wait(futures, timeout=max(0.05, 10 * size * wall))
+    if len(done) < cores:
+        return None
+    together = min(end for _, end in spans) - max(begin for begin, _ in spans)
+    side_by_side = together >= 0.75 * min(end - begin for begin, end in spans)
+    span, used = time.perf_counter() - start, time.process_time() - cpu0
+    return span, used, side_by_side, [future.result() for future in futures]
 
 
 def _timed_chunk(
