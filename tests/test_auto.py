@@ -392,6 +392,38 @@ def test_tiny_items_beside_a_busy_thread_run_inline(busy_thread):
     assert set(backends) == {"inline"}, stream.decisions
 
 
+SLOW = {"from": 10**9}  # items from this one on sleep 20 ms
+
+
+def square_where(x):
+    """x squared and the thread that computed it (a sleep from SLOW on)."""
+    import threading
+
+    if x >= SLOW["from"]:
+        time.sleep(0.02)
+    return x * x, threading.current_thread().name
+
+
+def test_a_function_tiny_last_time_runs_all_here_next_time(busy_thread):
+    # Handing item 0 to a probe thread costs a GIL switch each way beside a
+    # computing thread: the next run of a tiny function starts inline.
+    import threading
+
+    concur.map(square_where, range(5000))
+    results = concur.map(square_where, range(5000))
+    assert [value for value, _ in results] == [x * x for x in range(5000)]
+    assert {name for _, name in results} == {threading.current_thread().name}
+    assert results.decision.backend == "inline"
+
+
+def test_a_function_tiny_last_time_that_now_waits_still_gets_threads(monkeypatch):
+    concur.map(square_where, range(5000))
+    monkeypatch.setitem(SLOW, "from", 0)  # every item now sleeps
+    results = concur.map(square_where, range(40))
+    assert [value for value, _ in results] == [x * x for x in range(40)]
+    assert results.decision.backend == "thread", str(results.decision)
+
+
 def test_sleeping_items_beside_a_busy_thread_still_get_threads(busy_thread):
     stream = AutoMap(nap_10ms, (range(60),))
     assert list(stream) == list(range(60))

@@ -16,7 +16,7 @@ from ..errors import SerializationError
 from ..threads import ThreadPool
 from .inline import Done, Watchdog, run_inline
 from .judge import Judge
-from .probe import Probe
+from .probe import Probe, note_run
 from .ramp import Ramp
 from .rules import LONG_RUN, Decision, environment_override, forced, items_per_chunk
 from .warm import Pools, RunPools
@@ -220,3 +220,5 @@ class AutoPlacement:
         self._once = contextlib.nullcontext
         self._watchdog.stop(wait=not settled)  # its task runs on the thread pool
         self.pools.release(abort, settled)
+        if settled:
+            note_run(self.fn, self.judge)

@@ -101,8 +101,9 @@ def run_inline(
     """
     values = Values()
     items = iter(chunk)
-    watchdog.arm(items, len(chunk), time.perf_counter() + 4 * CHUNK_TARGET_S["inline"])
-    # After arm: its first call starts the watchdog's thread, no cost of the items.
+    if len(chunk) > 1:  # one item cannot be cut short: no watch, no thread woken
+        watchdog.arm(items, len(chunk), time.perf_counter() + 4 * CHUNK_TARGET_S["inline"])
+    # After arm: its first call starts the watch on a pool thread, no cost of the items.
     start, process0 = _cputime.clock(), time.process_time()
     try:
         values.extend(map(call, items))

@@ -14,13 +14,14 @@ import platform
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _cputime, _gil, _shm, _task
 from .._pool import ChunkResult
-from .._stream import Chunk, Stream
+from .._stream import Chunk, Stream, Values
 from .rules import (
     GIL_FREE_UTILIZATION,
     INLINE_ITEM_S,
@@ -41,6 +42,7 @@ from .rules import (
 
 if TYPE_CHECKING:
     from .engine import AutoPlacement
+    from .judge import Judge
 
 
 # Seconds per byte to write a large buffer into shared memory (one memory
@@ -201,6 +203,21 @@ class Probe:
         first = self.stream.cursor.take(1)
         if not first:
             self.judge.adopt(Decision("inline", 1, 1, "no items"))
+            return
+        if was_tiny(self.placement.fn):
+            # Its last run's items were tiny: time this one inline too, where
+            # handing it to a probe thread would cost more than it (beside a
+            # thread that computes, a GIL switch each way).
+            ran, taken = self.placement.run_inline(first, self.stream)
+            self.stream.inflight.add(ran, taken, "inline")
+            values, wall, cpu = ran.result()
+            if isinstance(values, Values):  # all went well: as the outcomes a thread reports
+                values = [(_task.OK, value) for value in values]
+            result = (values, wall, cpu)
+            if wall < PROBE_WAIT_S:
+                self.tiny(first, result)
+            else:  # no longer tiny: decide from the whole item, as the probe thread would
+                self.finished(first, result, set(), unclear=False)
             return
         threads = self.placement.thread_pool()
         # A computing probe holds the GIL against this thread (which must look
@@ -399,6 +416,33 @@ class Probe:
             if side_by_side and never_blocked and _cputime.blocking_counted():
                 judge.released = True
                 return
+
+
+# Functions whose last settled run was all tiny items, inline (``note_run``).
+_tiny_last_time: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def was_tiny(fn: Callable[..., Any]) -> bool:
+    try:
+        return _tiny_last_time.get(getattr(fn, "__func__", fn), False)
+    except TypeError:  # not weakly referable: never remembered
+        return False
+
+
+def note_run(fn: Callable[..., Any], judge: Judge) -> None:
+    """After a run that ended well: remember whether ``fn``'s items were
+    tiny and ran inline, so that its next run times item 0 inline too. An
+    item that is heavy after all costs the caller that one item, once."""
+    d, m = judge.decision, judge.stats
+    tiny = d is not None and d.backend == "inline" and m is not None and m.wall < INLINE_ITEM_S
+    key = getattr(fn, "__func__", fn)  # a bound method is made anew at each access
+    try:
+        if tiny and judge.forced is None:
+            _tiny_last_time[key] = True
+        else:
+            _tiny_last_time.pop(key, None)
+    except TypeError:  # not weakly referable (a builtin of some kinds)
+        pass
 
 
 def parallel_round(
