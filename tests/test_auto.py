@@ -417,11 +417,15 @@ def test_a_function_tiny_last_time_runs_all_here_next_time(busy_thread):
 
 
 def test_a_function_tiny_last_time_that_now_waits_still_gets_threads(monkeypatch):
+    import threading
+
     concur.map(square_where, range(5000))
     monkeypatch.setitem(SLOW, "from", 0)  # every item now sleeps
     results = concur.map(square_where, range(40))
     assert [value for value, _ in results] == [x * x for x in range(40)]
     assert results.decision.backend == "thread", str(results.decision)
+    # only the item timed in its place held the caller
+    assert [name for _, name in results].count(threading.current_thread().name) == 1
 
 
 def test_sleeping_items_beside_a_busy_thread_still_get_threads(busy_thread):

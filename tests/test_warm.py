@@ -13,6 +13,7 @@ import pytest
 
 import concur
 from concur.auto import release_warm
+from conftest import wait_gone
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -144,6 +145,33 @@ def test_a_shorter_keep_warm_time_is_kept_to(monkeypatch):
     while pids & {p.pid for p in psutil.Process().children(recursive=True)}:
         assert time.monotonic() < deadline, "the process pool outlived its 0.3 s"
         time.sleep(0.05)
+
+
+def test_pools_kept_for_ever_stay_until_released(monkeypatch):
+    # CONCUR_KEEP_WARM=inf: the keeper must wait on, not die of the timeout,
+    # and a pool parked later must still be kept and stopped on release.
+    import threading
+
+    monkeypatch.setenv("CONCUR_KEEP_WARM", "inf")
+    concur.map(pid_after, [0.01] * 4, backend="thread")
+    pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
+    time.sleep(0.2)
+    keepers = [t for t in threading.enumerate() if t.name == "concur-warm-keeper"]
+    assert len(keepers) == 1 and keepers[0].is_alive()
+    assert pids <= {p.pid for p in psutil.Process().children(recursive=True)}
+    release_warm()
+    wait_gone(list(pids), 10)  # raises if one outlives its release
+
+
+def test_an_auto_pool_counts_only_its_callers_work():
+    # Auto's watchdog over inline chunks is none of the caller's tasks: an
+    # AutoPool's stats and threads show the items it ran, nothing else.
+    with concur.AutoPool() as pool:
+        assert list(pool.map(square, range(20_000))) == [x * x for x in range(20_000)]
+        time.sleep(0.2)  # what the run left to end has ended
+        stats = pool.stats()
+    assert stats.tasks_done <= 1, stats  # the probe's item 0, if it went to a thread
+    assert not [task for task in stats.slowest if "Watchdog" in task.label], stats
 
 
 def test_auto_pool_map_runs_on_the_pools_own_workers():

@@ -105,7 +105,7 @@ class AutoPlacement:
         self.pools: Pools = pools or RunPools()
         self._fn_blob: bytes | None = None
         self._once: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
-        self._watchdog = Watchdog(lambda run: self.thread_pool().submit(run))
+        self._watchdog = Watchdog(self.pools.watch)
         self.ramp: Ramp | None = None  # threads for work that waits on the outside world
         self.judge = Judge(workers, chunksize, forced_backend or environment_override("this run"))
         if self.judge.forced is not None:

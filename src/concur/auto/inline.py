@@ -33,6 +33,7 @@ class Watchdog:
         self._task: Future[Any] | None = None
         self._stopped = False
         self._idle = False  # waiting with no deadline: only then must arm() wake it
+        self._thread: int | None = None  # the pool thread watching, while it does
 
     def arm(self, iterator: Any, end: int, deadline: float) -> None:
         with self._cond:
@@ -55,7 +56,9 @@ class Watchdog:
             self._job = None
             self._cond.notify()
             task = self._task
-        if wait and task is not None:
+        if task is None or task.cancel():  # never started: nothing to wait for
+            return
+        if wait and threading.get_ident() != self._thread:  # not from the watch itself
             futures_wait([task])
 
     def _run(self) -> None:
@@ -63,6 +66,7 @@ class Watchdog:
         # thread has its mask back for what it runs next.
         with _sigmask.Held() as held, self._cond:
             held.hold()
+            self._thread = threading.get_ident()
             while not self._stopped:
                 job = self._job
                 if job is None:

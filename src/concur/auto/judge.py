@@ -119,7 +119,7 @@ class Judge:
             # Near one busy core, and items that do compute (sleepers use
             # ~0.01% CPU; items sharing the GIL with up to 100 others, 1% or more).
             if rate is not None and rate > 0.8 and per_cpu > 0.01 * per_wall:
-                per_wall = per_cpu
+                per_wall = min(per_wall, per_cpu)  # CPU computed elsewhere may exceed it
                 if rate <= GIL_FREE_UTILIZATION:
                     # Computing threads that fill one core and no more: whatever
                     # the probe saw of earlier items, these take turns for the GIL.

@@ -29,6 +29,7 @@ from .rules import (
     forced,
     gil_enabled,
 )
+from .warm import own_thread
 
 if TYPE_CHECKING:
     from .._async import AsyncResults
@@ -305,6 +306,9 @@ class _OwnPools:
 
     def threads(self) -> ThreadPool:
         return self.pool._threads
+
+    def watch(self, run: Callable[[], None]) -> Future[None]:
+        return own_thread(run)  # not a task of the AutoPool's: not in its stats
 
     def processes(self, workers: int) -> ProcessPool:
         return self.pool._process_pool()

@@ -216,8 +216,12 @@ class Probe:
             result = (values, wall, cpu)
             if wall < PROBE_WAIT_S:
                 self.tiny(first, result)
-            else:  # no longer tiny: decide from the whole item, as the probe thread would
-                self.finished(first, result, set(), unclear=False)
+                return
+            # No longer tiny: decide from this item, timed whole, rather than
+            # run more of them here (a wait would hold the caller each time).
+            self.note_transfer(first, value_of(values[0]))
+            self.parallel_test(self.judge.measure(wall, cpu, 1), 0.0)  # its CPU: this thread's
+            self.judge.adopt(choose(self.judge.measure(wall, cpu, 1), self.stream.left()))
             return
         threads = self.placement.thread_pool()
         # A computing probe holds the GIL against this thread (which must look

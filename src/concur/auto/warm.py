@@ -20,16 +20,21 @@ the end. ``AutoPool.map`` uses its own pools instead (``OwnPools`` there).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
 from .. import _sigmask
 from .._pool import PoolBase
 from ..threads import ThreadPool
 from .rules import THREAD_BOUND
+
+log = logging.getLogger("concur.auto")
 
 if TYPE_CHECKING:
     from ..processes import ProcessPool
@@ -64,6 +69,26 @@ class Pools(Protocol):
         ...
 
     def release(self, abort: bool, settled: bool) -> None: ...
+
+    def watch(self, run: Callable[[], None]) -> Future[None]:
+        """Run auto's inline watchdog (``inline.Watchdog``) for this run."""
+        ...
+
+
+def own_thread(run: Callable[[], None]) -> Future[None]:
+    """``run`` on a thread of its own (the watchdog of a run whose pools are
+    the caller's: their threads, tasks and stats are the caller's work)."""
+    done: Future[None] = Future()
+    done.set_running_or_notify_cancel()  # running from now: not to be cancelled
+
+    def body() -> None:
+        try:
+            run()
+        finally:
+            done.set_result(None)
+
+    threading.Thread(target=body, name="concur-auto-watchdog", daemon=True).start()
+    return done
 
 
 def same_key(a: object, b: object) -> bool:
@@ -125,28 +150,36 @@ class Shelf:
         if idle <= 0 or os.getpid() != self._pid or not pool.accepting():
             return False
         stops_at = time.monotonic() + idle
-        keeper = None
         with self._cond:
             self._idle_s = idle
             old = self._parked.pop(kind, None)
             self._parked[kind] = (key, pool, stops_at)
             if self._keeper is None:
-                keeper = self._keeper = threading.Thread(
+                # Started here, under the lock: ``clear`` never finds a
+                # keeper it cannot join.
+                self._keeper = threading.Thread(
                     target=self._keep,
                     args=(self._generation,),
                     name="concur-warm-keeper",
                     daemon=True,
                 )
+                self._keeper.start()
             elif stops_at < self._wakes_at:
                 self._cond.notify()
-        if keeper is not None:
-            keeper.start()
         if old is not None:
             _stop(old[1])
         return True
 
     def _keep(self, generation: int) -> None:
         _sigmask.hold_in_this_thread()
+        try:
+            self._keep_on(generation)
+        finally:  # had it failed, the next park starts another keeper
+            with self._cond:
+                if self._keeper is threading.current_thread():
+                    self._keeper = None
+
+    def _keep_on(self, generation: int) -> None:
         empty_since = None  # nothing parked since: a run holds the pools
         while True:
             with self._cond:
@@ -165,12 +198,16 @@ class Shelf:
                         empty_since = now if empty_since is None else empty_since
                         self._wakes_at = empty_since + self._idle_s
                         if now >= self._wakes_at:
-                            self._keeper = None
+                            self._keeper = None  # under the lock: a park now starts one
                             return
-                    self._cond.wait(self._wakes_at - now)
+                    # CONCUR_KEEP_WARM=inf: as long as a wait can be
+                    self._cond.wait(min(self._wakes_at - now, threading.TIMEOUT_MAX))
                     continue
             for pool in pools:
-                _stop(pool)
+                try:
+                    _stop(pool)
+                except Exception:  # one pool that fails to stop stops no other
+                    log.exception("concur: stopping a warm pool failed")
 
     def clear(self) -> None:
         with self._cond:
@@ -213,6 +250,11 @@ class RunPools:
         self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
         self._workers = 0  # the process pool's
+
+    def watch(self, run: Callable[[], None]) -> Future[None]:
+        # A task on the run's thread pool, whose thread is there already (on
+        # a warm run): starting a thread costs a wait for it to run.
+        return self.threads().submit(run)
 
     def threads(self) -> ThreadPool:
         if self._threads is None:
