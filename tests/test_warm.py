@@ -53,10 +53,7 @@ def test_idle_workers_stop_after_the_keep_warm_time(monkeypatch):
     monkeypatch.setenv("CONCUR_KEEP_WARM", "0.5")
     pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
     assert pids <= {p.pid for p in psutil.Process().children(recursive=True)}
-    deadline = time.monotonic() + 10
-    while pids & {p.pid for p in psutil.Process().children(recursive=True)}:
-        assert time.monotonic() < deadline, "warm workers outlived CONCUR_KEEP_WARM"
-        time.sleep(0.05)
+    wait_gone(list(pids), 10)  # raises if a warm worker outlives CONCUR_KEEP_WARM
 
 
 def test_keep_warm_zero_stops_workers_at_the_end_of_each_call(monkeypatch):
@@ -142,10 +139,7 @@ def test_a_shorter_keep_warm_time_is_kept_to(monkeypatch):
     concur.map(pid_after, [0.01] * 4, backend="thread")
     monkeypatch.setenv("CONCUR_KEEP_WARM", "0.3")
     pids = set(concur.map(pid_after, [0.01] * 4, backend="process"))
-    deadline = time.monotonic() + 10
-    while pids & {p.pid for p in psutil.Process().children(recursive=True)}:
-        assert time.monotonic() < deadline, "the process pool outlived its 0.3 s"
-        time.sleep(0.05)
+    wait_gone(list(pids), 10)  # raises if the process pool outlives its 0.3 s
 
 
 def test_pools_kept_for_ever_stay_until_released(monkeypatch):
